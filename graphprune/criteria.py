@@ -1,0 +1,142 @@
+"""Stage 2, data-free: score channels by weight L1 norm or BN scale; pick a plan meeting a FLOPs target."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from graphprune.analysis.groups import ChannelGroup
+from graphprune.analysis.sites import SiteKind
+from graphprune.efficiency import FlopsModel
+from graphprune.errors import PlanError
+from graphprune.graph import PrunableGraph
+from graphprune.plan import PruningPlan
+
+Criterion = Literal["l1", "bn"]
+Scope = Literal["global", "layer"]
+
+
+def _l1(pg: PrunableGraph, g: ChannelGroup) -> np.ndarray | None:
+    scores = np.zeros(g.size)
+    found = False
+    for m in g.members:
+        if m.kind not in (SiteKind.CONV_OUT, SiteKind.LINEAR_OUT):
+            continue
+        mod = pg.gm.get_submodule(m.site.target)
+        w = mod.weight.detach()
+        if isinstance(mod, nn.modules.conv._ConvNd) and mod.transposed:
+            w = w.transpose(0, 1)
+        rows = w.abs().reshape(w.shape[0], -1).mean(dim=1).double().numpy()
+        scores += np.array([rows[list(p)].mean() for p in m.positions])
+        found = True
+    return scores if found else None
+
+
+def _bn(pg: PrunableGraph, g: ChannelGroup) -> np.ndarray | None:
+    scores = np.zeros(g.size)
+    found = False
+    for m in g.members:
+        if m.kind != SiteKind.NORM:
+            continue
+        w = getattr(pg.gm.get_submodule(m.site.target), "weight", None)
+        if not isinstance(w, torch.Tensor):
+            continue
+        gamma = w.detach().abs().double().numpy()
+        scores += np.array([gamma[list(p)].mean() for p in m.positions])
+        found = True
+    return scores if found else None
+
+
+def channel_scores(pg: PrunableGraph, criterion: Criterion = "l1") -> dict[str, np.ndarray]:
+    """Importance of every index of every prunable group (higher = keep). `bn` falls back to `l1`
+    for groups without a BatchNorm; groups with neither have no score and are left alone."""
+    if criterion not in ("l1", "bn"):
+        raise PlanError(f"unknown criterion '{criterion}' (choose l1 or bn)")
+    out: dict[str, np.ndarray] = {}
+    for g in pg.prunable_groups:
+        s = _bn(pg, g) if criterion == "bn" else None
+        if s is None:
+            s = _l1(pg, g)
+        if s is not None:
+            out[g.id] = s
+    return out
+
+
+def plan_by_criterion(
+    pg: PrunableGraph,
+    criterion: Criterion = "l1",
+    target_flops: float = 0.5,
+    scope: Scope = "global",
+    max_ratio: float = 0.9,
+) -> PruningPlan:
+    """Remove the least important channels until the model has at most `target_flops` of its MACs.
+
+    `global` ranks all channels together (scores normalised by their group's mean); `layer` removes the
+    same fraction from every group. No group loses more than `max_ratio` of its channels.
+    """
+    if not 0.0 < target_flops <= 1.0:
+        raise PlanError(f"target FLOPs must be a fraction in (0, 1], got {target_flops}")
+    if scope not in ("global", "layer"):
+        raise PlanError(f"unknown scope '{scope}' (choose global or layer)")
+    scores = channel_scores(pg, criterion)
+    model = FlopsModel(pg)
+    budget = target_flops * pg.flops
+    caps = {gid: min(len(s) - 1, int(math.floor(len(s) * max_ratio))) for gid, s in scores.items()}
+    order = {gid: list(np.argsort(s, kind="stable")) for gid, s in scores.items()}
+
+    if scope == "global":
+        ranked = sorted(
+            (
+                (float(s[i] / (s.mean() or 1.0)), gid, rank)
+                for gid, s in scores.items()
+                for rank, i in enumerate(order[gid])
+                if rank < caps[gid]
+            ),
+        )
+
+        def removal(n: int) -> dict[str, list[int]]:
+            taken: dict[str, int] = {}
+            for _, gid, _rank in ranked[:n]:
+                taken[gid] = taken.get(gid, 0) + 1
+            return {gid: [int(i) for i in order[gid][:k]] for gid, k in taken.items()}
+
+        lo, hi = 0, len(ranked)
+    else:
+        steps = 1000
+
+        def removal(n: int) -> dict[str, list[int]]:
+            r = n / steps * max_ratio
+            return {
+                gid: [int(i) for i in order[gid][: min(caps[gid], int(r * len(s)))]]
+                for gid, s in scores.items()
+                if min(caps[gid], int(r * len(s)))
+            }
+
+        lo, hi = 0, steps
+    if model.flops(removal(hi)) > budget:
+        reachable = model.flops(removal(hi)) / pg.flops
+        raise PlanError(
+            f"target FLOPs {target_flops:.2f} is out of reach: at most {max_ratio:.0%} of each group "
+            f"can go, which leaves {reachable:.2f} of the FLOPs"
+        )
+    while lo < hi:  # smallest removal meeting the budget
+        mid = (lo + hi) // 2
+        if model.flops(removal(mid)) <= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    plan = PruningPlan.for_graph(pg)
+    for gid, idx in removal(lo).items():
+        plan.remove_channels(gid, idx)
+    plan.meta.update(
+        criterion=criterion,
+        scope=scope,
+        target_flops=target_flops,
+        predicted_flops=model.flops(plan.channels),
+        original_flops=pg.flops,
+    )
+    return plan

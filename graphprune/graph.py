@@ -1,0 +1,105 @@
+"""`trace`: the analysis entry point. A PrunableGraph bundles the fx graph and everything derived from it."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from graphprune.analysis.blocks import Block, find_blocks
+from graphprune.analysis.depgraph import DependencyGraph
+from graphprune.analysis.groups import ChannelGroup, derive_groups
+from graphprune.analysis.rules import build_dependency_graph
+from graphprune.costs import LayerCost, count_params, layer_costs
+from graphprune.errors import PlanError
+from graphprune.trace import arch_hash, as_input_tuple, record_values, symbolic_trace
+
+
+@dataclass
+class PrunableGraph:
+    """A traced model with its channel groups, removable blocks and costs. Read-only analysis."""
+
+    gm: fx.GraphModule
+    example_inputs: tuple[torch.Tensor, ...]
+    depgraph: DependencyGraph
+    groups: list[ChannelGroup]
+    blocks: list[Block]
+    layer_costs: list[LayerCost]
+    flops: int
+    params: int
+    arch_hash: str
+    _group_index: dict[str, ChannelGroup] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._group_index = {g.id: g for g in self.groups}
+
+    @property
+    def input_shapes(self) -> list[list[int]]:
+        return [list(t.shape) for t in self.example_inputs]
+
+    @property
+    def prunable_groups(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if g.prunable]
+
+    def group(self, group_id: str) -> ChannelGroup:
+        """The group with this id; PlanError with close matches if there is none."""
+        try:
+            return self._group_index[group_id]
+        except KeyError:
+            close = difflib.get_close_matches(group_id, list(self._group_index), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise PlanError(f"unknown channel group '{group_id}'{hint}") from None
+
+    def block(self, name: str) -> Block:
+        for b in self.blocks:
+            if b.name == name:
+                return b
+        close = difflib.get_close_matches(name, [b.name for b in self.blocks], n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise PlanError(f"unknown block '{name}'{hint}")
+
+    def groups_of(self, module: str) -> list[ChannelGroup]:
+        """Groups holding the output channels of `module` (a conv, linear, norm or parameter)."""
+        keys = {f"{module}:out", f"{module}:norm", f"{module}:param"}
+        return [g for g in self.groups if any(m.site.key in keys for m in g.members)]
+
+    def group_of(self, module: str) -> ChannelGroup:
+        """The one group holding the output channels of `module`; its indices are that output's channels."""
+        found = self.groups_of(module)
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise PlanError(f"no channel group holds the output of '{module}'")
+        ids = ", ".join(g.id for g in found)
+        raise PlanError(f"the output of '{module}' spans {len(found)} groups ({ids}); use groups_of()")
+
+
+def trace(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    leaf_modules: Iterable[str | type] = (),
+) -> PrunableGraph:
+    """Trace `model` with torch.fx and analyse it. The model itself is never modified."""
+    inputs = as_input_tuple(example_inputs)
+    gm = symbolic_trace(model, leaf_modules)
+    record_values(gm, inputs)
+    dg = build_dependency_graph(gm)
+    groups = derive_groups(dg)
+    costs = layer_costs(gm)
+    blocks = find_blocks(gm, costs)
+    return PrunableGraph(
+        gm=gm,
+        example_inputs=tuple(t.detach().clone() for t in inputs),
+        depgraph=dg,
+        groups=groups,
+        blocks=blocks,
+        layer_costs=costs,
+        flops=sum(c.flops for c in costs),
+        params=count_params(gm),
+        arch_hash=arch_hash(gm),
+    )

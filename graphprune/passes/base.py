@@ -1,0 +1,49 @@
+"""Pass infrastructure: a pass takes a GraphModule and returns a new one; a manager runs and checks them."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+
+import torch.fx as fx
+from torch.fx.passes.infra.pass_base import PassBase, PassResult
+
+from graphprune.errors import VerificationError
+
+
+class GraphPass(PassBase):
+    """A PassBase that never mutates its input: `call` receives a private deep copy."""
+
+    def __call__(self, graph_module: fx.GraphModule) -> PassResult:
+        gm = copy.deepcopy(graph_module)
+        self.requires(gm)
+        res = self.call(gm)
+        self.ensures(res.graph_module)
+        return res
+
+    def ensures(self, graph_module: fx.GraphModule) -> None:
+        graph_module.graph.lint()
+
+
+Check = Callable[[fx.GraphModule], None]
+
+
+class PassManager:
+    """Runs passes in order; after each, runs every check (e.g. Verify) on the result."""
+
+    def __init__(self, passes: Sequence[PassBase], checks: Sequence[Check] = ()) -> None:
+        self.passes = list(passes)
+        self.checks = list(checks)
+
+    def __call__(self, gm: fx.GraphModule) -> fx.GraphModule:
+        for p in self.passes:
+            res = p(gm)
+            if res is None:
+                raise VerificationError(f"pass {type(p).__name__} returned nothing")
+            gm = res.graph_module
+            for check in self.checks:
+                try:
+                    check(gm)
+                except VerificationError as exc:
+                    raise VerificationError(f"after pass {type(p).__name__}: {exc}") from None
+        return gm

@@ -1,0 +1,61 @@
+"""Masking passes: the reference a rewrite must match. They keep every shape and only zero things.
+
+MaskChannels zeroes, in every consumer (conv / linear input), the weights that read removed channels:
+exactly what removing those channels means. MaskBlocks multiplies removed branches by zero.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.fx.passes.infra.pass_base import PassResult
+
+from graphprune.analysis.blocks import Block
+from graphprune.analysis.sites import SiteKind, SiteRemoval
+from graphprune.passes.base import GraphPass
+
+
+class MaskChannels(GraphPass):
+    def __init__(self, removals: Sequence[SiteRemoval]) -> None:
+        super().__init__()
+        self.removals = [
+            r for r in removals if r.removed and r.site.kind in (SiteKind.CONV_IN, SiteKind.LINEAR_IN)
+        ]
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        with torch.no_grad():
+            for r in self.removals:
+                m = gm.get_submodule(r.site.target)
+                w = m.weight
+                if isinstance(m, nn.Linear):
+                    w[:, list(r.removed)] = 0
+                    continue
+                assert isinstance(m, nn.modules.conv._ConvNd)
+                cin_g, cout_g = m.in_channels // m.groups, m.out_channels // m.groups
+                for p in r.removed:
+                    if m.transposed:
+                        w[p] = 0
+                    else:
+                        g, local = divmod(p, cin_g)
+                        w[g * cout_g : (g + 1) * cout_g, local] = 0
+        return PassResult(gm, bool(self.removals))
+
+
+class MaskBlocks(GraphPass):
+    def __init__(self, blocks: Sequence[Block]) -> None:
+        super().__init__()
+        self.blocks = list(blocks)
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        nodes = {n.name: n for n in gm.graph.nodes}
+        for b in self.blocks:
+            add, branch = nodes[b.add], nodes[b.branch]
+            with gm.graph.inserting_before(add):
+                zero = gm.graph.call_function(operator.mul, (branch, 0.0))
+            add.args = tuple(zero if a is branch else a for a in add.args)
+        gm.recompile()
+        return PassResult(gm, bool(self.blocks))

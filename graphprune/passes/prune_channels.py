@@ -1,0 +1,153 @@
+"""PruneChannels: remove channel positions at every site (weights, norms, pads, splits, slices)."""
+
+from __future__ import annotations
+
+import operator
+from collections import defaultdict
+from collections.abc import Sequence
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.fx.passes.infra.pass_base import PassResult
+
+from graphprune.analysis.sites import SiteKind, SiteRemoval
+from graphprune.errors import PlanError
+from graphprune.passes.base import GraphPass
+from graphprune.passes.param_surgery import index_select, owner_of, replace_tensor, slice_tensor
+
+
+def _keep(n: int, removed: Sequence[int]) -> list[int]:
+    r = set(removed)
+    return [i for i in range(n) if i not in r]
+
+
+class PruneChannels(GraphPass):
+    """Slice every coupled parameter and rewrite pad amounts, split sizes and slice bounds."""
+
+    def __init__(self, removals: Sequence[SiteRemoval]) -> None:
+        super().__init__()
+        self.removals = [r for r in removals if r.removed]
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        nodes = {n.name: n for n in gm.graph.nodes}
+        by_module: dict[str, dict[SiteKind, tuple[int, ...]]] = defaultdict(dict)
+        for r in self.removals:
+            s = r.site
+            if s.kind in (SiteKind.CONV_OUT, SiteKind.CONV_IN, SiteKind.LINEAR_OUT, SiteKind.LINEAR_IN):
+                by_module[s.target][s.kind] = r.removed
+            elif s.kind == SiteKind.NORM:
+                _prune_norm(gm.get_submodule(s.target), r.removed)
+            elif s.kind == SiteKind.PARAM:
+                owner, name = owner_of(gm, s.target)
+                t = getattr(owner, name)
+                replace_tensor(owner, name, index_select(t, s.dim, _keep(t.shape[s.dim], r.removed)))
+            elif s.kind == SiteKind.PAD:
+                _rewrite_pad(nodes[s.node], s.positions or (), s.info, r.removed)
+            elif s.kind == SiteKind.SPLIT:
+                _rewrite_split(nodes[s.node], s.info, r.removed)
+            elif s.kind == SiteKind.SLICE:
+                _rewrite_slice(nodes[s.node], s.info, r.removed)
+        for target, kinds in by_module.items():
+            m = gm.get_submodule(target)
+            if isinstance(m, nn.Linear):
+                _prune_linear(m, kinds.get(SiteKind.LINEAR_OUT, ()), kinds.get(SiteKind.LINEAR_IN, ()))
+            else:
+                _prune_conv(m, target, kinds.get(SiteKind.CONV_OUT, ()), kinds.get(SiteKind.CONV_IN, ()))
+        gm.recompile()
+        return PassResult(gm, bool(self.removals))
+
+
+def _prune_conv(m: nn.Module, name: str, out_rm: Sequence[int], in_rm: Sequence[int]) -> None:
+    assert isinstance(m, nn.modules.conv._ConvNd)
+    cin, cout, groups = m.in_channels, m.out_channels, m.groups
+    keep_out, keep_in = _keep(cout, out_rm), _keep(cin, in_rm)
+    w = m.weight
+    if m.transposed:  # weight (in, out/groups, k...), groups == 1 by the analysis
+        w = index_select(index_select(w, 0, keep_in), 1, keep_out)
+    elif groups == 1:
+        w = index_select(index_select(w, 0, keep_out), 1, keep_in)
+    elif cin // groups == 1:  # depthwise: whole groups go
+        groups = len(keep_in)
+        if groups == 0 or len(keep_out) % groups:
+            raise PlanError(f"depthwise conv '{name}': {len(keep_out)} outputs do not fit {groups} groups")
+        w = index_select(w, 0, keep_out)
+    else:
+        cin_g, cout_g = cin // groups, cout // groups
+        local = sorted({i % cin_g for i in in_rm})
+        if len(in_rm) != len(local) * groups or len(out_rm) % groups:
+            raise PlanError(f"grouped conv '{name}': channels must be removed equally from every group")
+        w = index_select(index_select(w, 0, keep_out), 1, _keep(cin_g, local))
+        assert len(keep_out) % groups == 0 and cout_g
+    replace_tensor(m, "weight", w)
+    if m.bias is not None:
+        slice_tensor(m, "bias", 0, keep_out)
+    m.in_channels, m.out_channels, m.groups = len(keep_in), len(keep_out), groups
+
+
+def _prune_linear(m: nn.Linear, out_rm: Sequence[int], in_rm: Sequence[int]) -> None:
+    keep_out, keep_in = _keep(m.out_features, out_rm), _keep(m.in_features, in_rm)
+    replace_tensor(m, "weight", index_select(index_select(m.weight, 0, keep_out), 1, keep_in))
+    if m.bias is not None:
+        slice_tensor(m, "bias", 0, keep_out)
+    m.in_features, m.out_features = len(keep_in), len(keep_out)
+
+
+def _prune_norm(m: nn.Module, removed: Sequence[int]) -> None:
+    sized = [
+        t for t in (getattr(m, k, None) for k in ("weight", "running_mean")) if isinstance(t, torch.Tensor)
+    ]
+    n = m.num_channels if isinstance(m, nn.GroupNorm) else sized[0].shape[0]
+    keep = _keep(n, removed)
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        slice_tensor(m, name, 0, keep)
+    if isinstance(m, nn.GroupNorm):
+        per_group = m.num_channels // m.num_groups
+        m.num_groups = len(keep) // per_group
+        m.num_channels = len(keep)
+    elif isinstance(m, nn.PReLU):
+        m.num_parameters = len(keep)
+    elif hasattr(m, "num_features"):
+        m.num_features = len(keep)
+
+
+def _rewrite_pad(node: fx.Node, zeros: Sequence[int], info: tuple[int, ...], removed: Sequence[int]) -> None:
+    k, front, _back = info
+    rm = set(removed)
+    new_front = sum(1 for p in zeros[:front] if p not in rm)
+    new_back = sum(1 for p in zeros[front:] if p not in rm)
+    pad = list(node.args[1] if len(node.args) > 1 else node.kwargs["pad"])
+    pad[k], pad[k + 1] = new_front, new_back
+    if len(node.args) > 1:
+        node.args = (node.args[0], tuple(pad), *node.args[2:])
+    else:
+        node.kwargs = {**node.kwargs, "pad": tuple(pad)}
+
+
+def _rewrite_split(node: fx.Node, sizes: tuple[int, ...], removed: Sequence[int]) -> None:
+    bounds = [0]
+    for s in sizes:
+        bounds.append(bounds[-1] + s)
+    new_sizes = [
+        sizes[i] - sum(1 for p in removed if bounds[i] <= p < bounds[i + 1]) for i in range(len(sizes))
+    ]
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+    x = node.args[0]
+    # chunk and split alike become split with explicit section sizes
+    if node.op == "call_method":
+        node.target = "split"
+        node.args, node.kwargs = (x, new_sizes), {"dim": dim}
+    else:
+        node.target = torch.split
+        node.args, node.kwargs = (x, new_sizes), {"dim": dim}
+
+
+def _rewrite_slice(node: fx.Node, info: tuple[int, ...], removed: Sequence[int]) -> None:
+    k, start, stop = info
+    new_start = start - sum(1 for p in removed if p < start)
+    new_stop = stop - sum(1 for p in removed if p < stop)
+    idx = node.args[1]
+    items = list(idx) if isinstance(idx, tuple) else [idx]
+    items[k] = slice(new_start, new_stop, None)
+    node.args = (node.args[0], tuple(items) if isinstance(idx, tuple) else items[0])
+    assert node.target is operator.getitem

@@ -1,0 +1,61 @@
+"""`apply`: lower a PruningPlan to site removals and run the rewrite passes, verifying the result."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+import torch.fx as fx
+
+from graphprune.analysis.sites import Site, SiteRemoval
+from graphprune.graph import PrunableGraph
+from graphprune.passes import (
+    EliminateDeadCode,
+    MaskBlocks,
+    MaskChannels,
+    PassManager,
+    PruneChannels,
+    RemoveBlocks,
+)
+from graphprune.passes.verify import Verify
+from graphprune.plan import PruningPlan
+
+
+def channel_removals(pg: PrunableGraph, plan: PruningPlan) -> list[SiteRemoval]:
+    """For every site touched by the plan, the tensor positions to remove there."""
+    removed: dict[str, set[int]] = defaultdict(set)
+    sites: dict[str, Site] = {}
+    for gid, indices in plan.channels.items():
+        group = pg.group(gid)
+        for m in group.members:
+            sites[m.site.key] = m.site
+            for k in indices:
+                removed[m.site.key].update(m.positions[k])
+    return [SiteRemoval(sites[k], tuple(sorted(v))) for k, v in removed.items()]
+
+
+def masked_reference(pg: PrunableGraph, plan: PruningPlan) -> fx.GraphModule:
+    """The original model with the plan's channels zeroed at every consumer and its blocks multiplied by 0."""
+    plan.validate(pg)
+    blocks = [pg.block(b) for b in plan.blocks]
+    return PassManager([MaskChannels(channel_removals(pg, plan)), MaskBlocks(blocks)])(pg.gm)
+
+
+def apply(pg: PrunableGraph, plan: PruningPlan, *, verify: bool = True, rtol: float = 1e-5) -> fx.GraphModule:
+    """A new, smaller module computing what the masked original computes. `pg.gm` is left untouched.
+
+    With `verify`, the result is run on the example inputs and compared with `masked_reference`;
+    a relative error above `rtol` raises VerificationError.
+    """
+    plan.validate(pg)
+    removals = channel_removals(pg, plan)
+    blocks = [pg.block(b) for b in plan.blocks]
+    slim = PassManager([PruneChannels(removals), RemoveBlocks(blocks), EliminateDeadCode()])(pg.gm)
+    if verify:
+        reference = masked_reference(pg, plan)
+        reference.eval()
+        with torch.no_grad():
+            expected = reference(*pg.example_inputs)
+        Verify(pg.example_inputs, expected, rtol)(slim)
+    slim.train(pg.gm.training)
+    return slim

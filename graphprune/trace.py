@@ -1,0 +1,166 @@
+"""Stage 1a: turn a model into a torch.fx GraphModule and record every node's value on example inputs."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from graphprune.errors import TraceError
+
+META_KEY = "gp_value"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Shape and dtype of a tensor value seen while running the example inputs."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def _default_leaf_types() -> tuple[type, ...]:
+    """torchvision modules kept whole: StochasticDepth must keep its train/eval behaviour."""
+    try:
+        from graphprune.torchvision_compat import import_torchvision
+
+        ops = import_torchvision().ops
+        return (ops.StochasticDepth,)
+    except Exception:  # noqa: BLE001 - torchvision is optional for tracing
+        return ()
+
+
+class _Tracer(fx.Tracer):
+    """fx tracer that knows extra leaf modules and which module it is inside (for error messages)."""
+
+    def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str]) -> None:
+        super().__init__()
+        self.leaf_types = leaf_types
+        self.leaf_names = leaf_names
+        self.path: list[tuple[str, str]] = []
+        self.failed_at: tuple[str, str] | None = None
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if isinstance(m, self.leaf_types) or module_qualified_name in self.leaf_names:
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        self.path.append((self.path_of_module(m), type(m).__name__))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_at is None:  # innermost module first
+                self.failed_at = self.path[-1]
+            raise
+        finally:
+            self.path.pop()
+
+
+def as_input_tuple(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Normalise example inputs to a tuple of tensors."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    inputs = tuple(example_inputs)
+    if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
+        raise TraceError("example_inputs must be a tensor or a non-empty sequence of tensors")
+    return inputs
+
+
+def symbolic_trace(model: nn.Module, leaf_modules: Iterable[str | type] = ()) -> fx.GraphModule:
+    """Trace a deep copy of `model` in eval mode; the user's model is never touched.
+
+    A GraphModule is not traced again: its graph is copied, so names derived from node metadata are stable.
+    """
+    if not isinstance(model, nn.Module):
+        raise TraceError(f"expected an nn.Module, got {type(model).__name__}")
+    if isinstance(
+        model, fx.GraphModule
+    ):  # already a graph (e.g. a pruned model): keep it and its node metadata
+        gm = copy.deepcopy(model)
+        gm.training = model.training
+        return gm
+    names = frozenset(x for x in leaf_modules if isinstance(x, str))
+    types = tuple(x for x in leaf_modules if isinstance(x, type)) + _default_leaf_types()
+    root = copy.deepcopy(model).eval()
+    tracer = _Tracer(types, names)
+    try:
+        graph = tracer.trace(root)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure becomes a TraceError naming the module
+        where = tracer.failed_at or ("", type(model).__name__)
+        mod = f"module '{where[0]}' ({where[1]})" if where[0] else f"model {where[1]}"
+        hint = f"; mark it as a leaf module (leaf_modules=['{where[0]}'])" if where[0] else ""
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TraceError(f"torch.fx cannot trace {mod}: {first}{hint}") from None
+    for node in graph.nodes:  # `x: torch.Tensor` annotations print as `_Tensor_`, which TorchScript rejects
+        if node.type is torch.Tensor or node.type in ("Tensor", "torch.Tensor"):
+            node.type = None
+    gm = fx.GraphModule(root, graph, class_name=type(model).__name__)
+    gm.training = model.training
+    return gm
+
+
+def _summarize(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return TensorSpec(tuple(value.shape), value.dtype)
+    if isinstance(value, torch.Size):
+        return tuple(int(v) for v in value)
+    if isinstance(value, (tuple, list)):
+        return (
+            type(value)(_summarize(v) for v in value)
+            if isinstance(value, tuple)
+            else [_summarize(v) for v in value]
+        )
+    if isinstance(
+        value, (int, float, bool, str, slice, torch.dtype, torch.device, type(None), type(Ellipsis))
+    ):
+        return value
+    return object()  # opaque
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the graph once and stores each node's value summary in node.meta[META_KEY]."""
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            result = super().run_node(n)
+        except Exception as exc:  # noqa: BLE001 - wrap with the culprit node
+            where = (
+                f"module '{n.target}'" if n.op == "call_module" else f"node '{n.name}' ({n.op} {n.target})"
+            )
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TraceError(f"example input does not fit the model at {where}: {first}") from None
+        n.meta[META_KEY] = _summarize(result)
+        return result
+
+
+def record_values(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> Any:
+    """Run `gm` (in eval mode, no grad) on `inputs`, annotating each node; returns the output."""
+    n_placeholders = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
+    if n_placeholders != len(inputs):
+        raise TraceError(
+            f"model takes {n_placeholders} input(s) but {len(inputs)} example input(s) were given"
+        )
+    was_training = gm.training
+    gm.eval()
+    try:
+        with torch.no_grad():
+            return _Recorder(gm).run(*inputs)
+    finally:
+        gm.train(was_training)
+
+
+def arch_hash(gm: fx.GraphModule) -> str:
+    """A stable hash of the graph's code and every module's type and configuration."""
+    h = hashlib.sha256(gm.code.encode())
+    for name, mod in gm.named_modules():
+        h.update(f"{name}|{type(mod).__name__}|{mod.extra_repr()}\n".encode())
+    for name, p in list(gm.named_parameters()) + list(gm.named_buffers()):
+        h.update(f"{name}|{tuple(p.shape)}\n".encode())
+    return "sha256:" + h.hexdigest()[:16]

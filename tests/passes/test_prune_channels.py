@@ -1,0 +1,53 @@
+"""PruneChannels property: removing channels that are exactly zero at every consumer changes nothing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support.archs import random_toynet
+from support.lossless import check_lossless, random_plan
+
+import graphprune as gp
+from graphprune.models import get_model
+from graphprune.passes import PruneChannels
+from graphprune.rewrite import channel_removals
+
+X16 = torch.randn(2, 3, 16, 16)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    arch=st.integers(0, 10_000),
+    plan_seed=st.integers(0, 10_000),
+    n_blocks=st.integers(1, 7),
+    ratio=st.floats(0.05, 0.8),
+)
+def test_lossless_on_random_architectures(arch: int, plan_seed: int, n_blocks: int, ratio: float) -> None:
+    check_lossless(random_toynet(arch, n_blocks).eval(), X16, plan_seed, ratio)
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_resnet20_b", "cifar_mobilenetv2"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_lossless_on_builtin_models(name: str, seed: int) -> None:
+    check_lossless(get_model(name).eval(), torch.randn(2, 3, 32, 32), seed)
+
+
+def test_pass_returns_a_new_module_and_leaves_its_input_alone() -> None:
+    pg = gp.trace(get_model("cifar_resnet20"), torch.randn(1, 3, 32, 32))
+    before = {k: v.clone() for k, v in pg.gm.state_dict().items()}
+    res = PruneChannels(channel_removals(pg, random_plan(pg, 0)))(pg.gm)
+    assert res.modified and res.graph_module is not pg.gm
+    after = pg.gm.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert res.graph_module.conv1.out_channels < pg.gm.conv1.out_channels
+
+
+def test_pad_amounts_are_rewritten() -> None:
+    pg = gp.trace(get_model("cifar_resnet20"), torch.randn(1, 3, 32, 32))
+    zeros = next(g for g in pg.groups if any(m.kind.value == "pad" for m in g.members) and g.size == 16)
+    plan = gp.PruningPlan().remove_channels(zeros.id, [0, 1, 2, 15])  # 3 in front, 1 at the back
+    slim = gp.apply(pg, plan)
+    pads = [n.args[1] for n in slim.graph.nodes if n.op == "call_function" and "pad" in str(n.target)]
+    assert (0, 0, 0, 0, 5, 7) in pads

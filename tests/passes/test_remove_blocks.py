@@ -1,0 +1,38 @@
+"""RemoveBlocks property: removing a block whose branch output is zero changes nothing."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support.archs import random_toynet
+from support.lossless import check_lossless
+
+import graphprune as gp
+from graphprune.models import get_model
+from graphprune.passes import EliminateDeadCode, MaskBlocks, RemoveBlocks
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arch=st.integers(0, 10_000), seed=st.integers(0, 10_000))
+def test_lossless_block_and_channel_removal_on_random_architectures(arch: int, seed: int) -> None:
+    check_lossless(random_toynet(arch, 6).eval(), torch.randn(2, 3, 16, 16), seed, ratio=0.2, blocks=0.5)
+
+
+def test_removed_block_equals_zeroed_branch_and_drops_its_modules() -> None:
+    x = torch.randn(2, 3, 32, 32)
+    pg = gp.trace(get_model("cifar_resnet20"), x)
+    blocks = [pg.block("layer2.0"), pg.block("layer3.2")]
+    slim = EliminateDeadCode()(RemoveBlocks(blocks)(pg.gm).graph_module).graph_module
+    ref = MaskBlocks(blocks)(pg.gm).graph_module
+    with torch.no_grad():
+        torch.testing.assert_close(slim(x), ref(x), rtol=1e-5, atol=1e-6)
+    names = {n for n, _ in slim.named_modules()}
+    assert "layer2.0.conv1" not in names and "layer3.2.bn2" not in names and "layer2.1.conv1" in names
+    assert gp.count_params(slim) == pg.params - sum(b.params for b in blocks)
+
+
+def test_blocks_of_resnet56_are_named_by_module_path() -> None:
+    pg = gp.trace(get_model("cifar_resnet56"), torch.randn(1, 3, 32, 32))
+    assert [b.name for b in pg.blocks] == [f"layer{s}.{i}" for s in (1, 2, 3) for i in range(9)]
+    assert all(b.flops > 0 and b.params > 0 for b in pg.blocks)

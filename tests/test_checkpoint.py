@@ -1,0 +1,70 @@
+"""A pruned model is architecture + plan + state_dict: it reloads with weights_only=True, never via pickle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import graphprune as gp
+from graphprune.checkpoint import load_pruned, save_pruned
+from graphprune.criteria import plan_by_criterion
+from graphprune.models import get_model
+
+X = torch.randn(2, 3, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, torch.nn.Module, Path]:
+    torch.manual_seed(1)
+    model = get_model("cifar_resnet20").eval()
+    pg = gp.trace(model, X)
+    plan = plan_by_criterion(pg, "l1", 0.6).remove_block("layer3.2")
+    slim = gp.apply(pg, plan)
+    out = tmp_path_factory.mktemp("ck")
+    save_pruned(out, slim, plan, pg)
+    return model, slim, out
+
+
+def test_files_are_tensors_and_json_only(pruned: tuple) -> None:
+    _, slim, out = pruned
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert set(state) == set(slim.state_dict())
+    assert gp.PruningPlan.load(out / "plan.json").input_shapes == [[2, 3, 32, 32]]
+
+
+def test_reload_from_pruned_state_dict(pruned: tuple) -> None:
+    _, slim, out = pruned
+    again = load_pruned(get_model("cifar_resnet20"), out / "plan.json", out / "model.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(X), slim.eval()(X))
+
+
+def test_reload_from_original_state_dict(pruned: tuple, tmp_path: Path) -> None:
+    model, slim, out = pruned
+    torch.save(model.state_dict(), tmp_path / "orig.pt")
+    again = load_pruned(get_model("cifar_resnet20"), out / "plan.json", tmp_path / "orig.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(X), slim.eval()(X))
+
+
+def test_state_dict_of_another_model_is_rejected(pruned: tuple, tmp_path: Path) -> None:
+    _, _, out = pruned
+    torch.save(get_model("cifar_resnet32").state_dict(), tmp_path / "other.pt")
+    with pytest.raises(gp.GraphpruneError):
+        load_pruned(get_model("cifar_resnet20"), out / "plan.json", tmp_path / "other.pt")
+
+
+def test_corrupt_weights_file_names_the_file(pruned: tuple, tmp_path: Path) -> None:
+    _, _, out = pruned
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(gp.WeightsError, match="bad.pt"):
+        load_pruned(get_model("cifar_resnet20"), out / "plan.json", tmp_path / "bad.pt")
+
+
+def test_unwritable_output_raises_output_error(pruned: tuple, tmp_path: Path) -> None:
+    _, slim, _ = pruned
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(gp.OutputError, match="file"):
+        save_pruned(tmp_path / "file" / "sub", slim, gp.PruningPlan())

@@ -1,0 +1,379 @@
+"""End-to-end tests of the `graphprune` command line (click's CliRunner, plus one real subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from click.testing import CliRunner, Result
+
+from graphprune import cli as cli_module
+from graphprune.cli import cli
+from graphprune.errors import PlanError
+
+MODEL = "graphprune:cifar_resnet20"
+OUTPUT_FILES = ("model.pt", "plan.json", "model.onnx", "report.json")
+COMMANDS = ("inspect", "prune", "apply", "export", "demo")
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def assert_one_line_error(result: Result, *culprits: str) -> str:
+    """Exit 2, one `error: ...` line ending stderr (after progress lines) naming the culprit, no traceback."""
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error")]
+    assert errors == [lines[-1]], result.stderr
+    assert lines[-1].startswith("error: ")
+    for culprit in culprits:
+        assert culprit in lines[-1]
+    return lines[-1]
+
+
+def load_state(path: Path) -> Any:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_tensors(a: Any, b: Any) -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b)
+        for key in a:
+            assert_same_tensors(a[key], b[key])
+    elif isinstance(a, list | tuple):
+        assert type(a) is type(b) and len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert_same_tensors(x, y)
+    else:
+        assert a == b
+
+
+@pytest.fixture(scope="module")
+def pruned_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Result]:
+    """One `graphprune prune` run to 50% FLOPs, shared by the tests that read its outputs."""
+    out = tmp_path_factory.mktemp("prune") / "out"
+    result = run("prune", MODEL, "--criterion", "l1", "--target-flops", "0.5", "--out", out)
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+# --- help, version, entry points -------------------------------------------------------------
+
+
+def test_group_help_lists_every_command() -> None:
+    result = run("--help")
+    assert result.exit_code == 0
+    for command in COMMANDS:
+        assert command in result.output
+    assert "Examples:" in result.output
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_command_help_has_examples(command: str) -> None:
+    result = run(command, "--help")
+    assert result.exit_code == 0, result.output
+    assert f"Usage: graphprune {command}" in result.output
+    assert "Examples:" in result.output
+    assert f"graphprune {command}" in result.output
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.exit_code == 0
+    assert result.output.startswith("graphprune, version ")
+
+
+@pytest.mark.parametrize("module", ["graphprune.cli", "graphprune"])
+def test_python_dash_m_help_in_a_real_process(module: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage: graphprune" in proc.stdout
+    for command in COMMANDS:
+        assert command in proc.stdout
+
+
+def test_usage_errors_keep_click_behaviour() -> None:
+    result = run("prune", MODEL, "--target-flops", "0.5", "--out", "x")
+    assert result.exit_code == 2
+    assert "Usage:" in result.output and "--criterion" in result.output
+
+
+# --- inspect ---------------------------------------------------------------------------------
+
+
+def test_inspect_builtin_prints_tables_consistent_with_the_core() -> None:
+    import graphprune as gp
+    from graphprune.modelspec import resolve_model
+
+    result = run("inspect", MODEL)
+    assert result.exit_code == 0, result.output
+    for title in ("channel groups", "removable blocks", "layers by FLOPs", "MMACs"):
+        assert title in result.stdout
+    rm = resolve_model(MODEL)
+    pg = gp.trace(rm.model, rm.example_inputs)
+    assert f"{pg.flops / 1e6:,.2f}" in result.stdout
+    assert f"{pg.params:,}" in result.stdout
+    for block in pg.blocks:
+        assert block.name in result.stdout
+
+
+def test_inspect_all_groups_lists_every_group() -> None:
+    import graphprune as gp
+    from graphprune.modelspec import resolve_model
+
+    rm = resolve_model(MODEL)
+    pg = gp.trace(rm.model, rm.example_inputs)
+    result = run("inspect", MODEL, "--all-groups")
+    assert result.exit_code == 0, result.output
+    assert "more groups" not in result.stdout
+    for group in pg.groups:
+        assert str(group.id) in result.stdout
+    if len(pg.groups) > cli_module.DEFAULT_GROUP_ROWS:
+        default = run("inspect", MODEL)
+        assert "more groups" in default.stdout
+
+
+def test_inspect_file_factory(tmp_path: Path) -> None:
+    path = tmp_path / "net.py"
+    path.write_text(
+        "from torch import nn\n"
+        "def build():\n"
+        "    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3))\n",
+        encoding="utf-8",
+    )
+    result = run("inspect", f"{path}:build", "--input-shape", "1,3,16,16", "--top", "2")
+    assert result.exit_code == 0, result.output
+    assert "top 2 layers by FLOPs" in result.stdout
+    assert "Conv2d" in result.stdout
+
+
+# --- prune / apply / export ------------------------------------------------------------------
+
+
+def test_prune_writes_the_four_files(pruned_dir: tuple[Path, Result]) -> None:
+    out, result = pruned_dir
+    for name in OUTPUT_FILES:
+        assert (out / name).is_file(), name
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    for row in ("FLOPs (MMACs)", "params", "ONNX nodes", "max abs error"):
+        assert row in result.stdout
+
+
+def test_prune_onnx_is_a_valid_model(pruned_dir: tuple[Path, Result]) -> None:
+    import onnx
+
+    out, _ = pruned_dir
+    model = onnx.load(str(out / "model.onnx"))
+    onnx.checker.check_model(model)
+    assert len(model.graph.node) > 0
+
+
+def test_prune_report_ratios_are_consistent(pruned_dir: tuple[Path, Result]) -> None:
+    out, _ = pruned_dir
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    original, pruned = report["original"], report["pruned"]
+    assert report["model"] == MODEL
+    assert report["input_shape"] == [1, 3, 32, 32]
+    assert 0 < pruned["flops"] <= 0.55 * original["flops"]
+    assert 0 < pruned["params"] < original["params"]
+    assert report["ratios"]["flops"] == pytest.approx(pruned["flops"] / original["flops"])
+    assert report["ratios"]["params"] == pytest.approx(pruned["params"] / original["params"])
+    assert report["plan"]["criterion"] == "l1"
+    assert report["plan"]["target_flops"] == 0.5
+    assert report["export"] is not None
+    assert pruned["onnx_nodes"] == report["export"]["nodes"]
+    assert report["export"]["max_abs_error"] < 1e-3
+
+
+def test_prune_outputs_reload_to_the_reported_model(pruned_dir: tuple[Path, Result]) -> None:
+    import graphprune as gp
+    from graphprune.modelspec import resolve_model
+
+    out, _ = pruned_dir
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    rm = resolve_model(MODEL)
+    slim = gp.checkpoint.load_pruned(
+        rm.model, str(out / "plan.json"), str(out / "model.pt"), rm.example_inputs
+    )
+    assert gp.count_flops(slim, rm.example_inputs) == report["pruned"]["flops"]
+    assert gp.count_params(slim) == report["pruned"]["params"]
+
+
+def test_apply_with_the_saved_plan_reproduces_the_state_dict(
+    pruned_dir: tuple[Path, Result], tmp_path: Path
+) -> None:
+    out, _ = pruned_dir
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "model.onnx").write_text("stale export from an earlier run", encoding="utf-8")
+    result = run("apply", MODEL, "--plan", out / "plan.json", "--out", again, "--no-export")
+    assert result.exit_code == 0, result.output
+    assert (again / "model.pt").is_file() and (again / "plan.json").is_file()
+    assert (again / "report.json").is_file() and not (again / "model.onnx").exists()
+    assert_same_tensors(load_state(out / "model.pt"), load_state(again / "model.pt"))
+    first = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    second = json.loads((again / "report.json").read_text(encoding="utf-8"))
+    assert second["pruned"]["flops"] == first["pruned"]["flops"]
+    assert second["export"] is None
+
+
+def test_export_with_plan_writes_onnx(pruned_dir: tuple[Path, Result], tmp_path: Path) -> None:
+    out, _ = pruned_dir
+    target = tmp_path / "sub" / "pruned.onnx"
+    result = run("export", MODEL, "--plan", out / "plan.json", "--out", target)
+    assert result.exit_code == 0, result.output
+    assert target.is_file()
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert f"{report['export']['flops']:,}" in result.stdout  # same pruned model as `prune` wrote
+
+
+def test_export_without_plan(tmp_path: Path) -> None:
+    target = tmp_path / "r20.onnx"
+    result = run("export", MODEL, "--out", target)
+    assert result.exit_code == 0, result.output
+    assert target.is_file()
+    assert "nodes" in result.stdout
+
+
+def test_demo_runs_without_model_arguments(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = run("demo", "--out", out, "--no-export")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["model"] == cli_module.DEMO_MODEL
+    assert report["pruned"]["flops"] <= 0.55 * report["original"]["flops"]
+    assert (out / "model.pt").is_file() and (out / "plan.json").is_file()
+    assert "FLOPs (MMACs)" in result.stdout
+    weights = cli_module._demo_weights()
+    if weights is None:
+        assert "random init" in result.stderr
+    else:
+        assert report["plan"]["weights"] == str(weights)
+
+
+# --- errors: one line, exit 2, no traceback --------------------------------------------------
+
+
+def test_bad_model_name(tmp_path: Path) -> None:
+    result = run("prune", "graphprune:cifar_resnet21", "--criterion", "l1", "--target-flops", "0.5",
+                 "--out", tmp_path / "o")  # fmt: skip
+    assert_one_line_error(result, "cifar_resnet21", "did you mean")
+
+
+def test_unknown_prefix() -> None:
+    assert_one_line_error(run("inspect", "timm:resnet50"), "'timm'")
+
+
+@pytest.mark.parametrize("shape", ["1,3", "1,3,4,4,4"])
+def test_input_shape_that_does_not_fit(shape: str) -> None:
+    assert_one_line_error(run("inspect", MODEL, "--input-shape", shape), f"input shape {shape}")
+
+
+def test_malformed_input_shape(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    result = run("prune", MODEL, "--criterion", "l1", "--target-flops", "0.5", "--input-shape", "1,three",
+                 "--out", out)  # fmt: skip
+    assert_one_line_error(result, "'1,three'")
+    assert not out.exists()
+
+
+def test_corrupt_plan_file(tmp_path: Path) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_text('{"version": 1, "ops": [', encoding="utf-8")
+    assert_one_line_error(run("apply", MODEL, "--plan", plan, "--out", tmp_path / "o"), "error: ")
+
+
+def test_plan_that_is_not_a_plan(tmp_path: Path) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_text('["not", "a", "plan"]', encoding="utf-8")
+    assert_one_line_error(run("apply", MODEL, "--plan", plan, "--out", tmp_path / "o"))
+
+
+def test_plan_for_another_architecture(pruned_dir: tuple[Path, Result], tmp_path: Path) -> None:
+    out, _ = pruned_dir
+    result = run("apply", "graphprune:cifar_resnet32", "--plan", out / "plan.json", "--out", tmp_path / "o",
+                 "--no-export")  # fmt: skip
+    assert_one_line_error(result)
+
+
+def test_missing_plan_file(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.json"
+    assert_one_line_error(run("apply", MODEL, "--plan", missing, "--out", tmp_path / "o"), str(missing))
+
+
+def test_corrupt_weights_file(tmp_path: Path) -> None:
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"PK\x03\x04 definitely not a checkpoint" * 8)
+    assert_one_line_error(run("inspect", MODEL, "--weights", weights))
+
+
+def test_weights_for_another_architecture(tmp_path: Path) -> None:
+    from graphprune.modelspec import resolve_model
+
+    weights = tmp_path / "r56.pt"
+    torch.save(resolve_model("graphprune:cifar_resnet56").model.state_dict(), weights)
+    assert_one_line_error(run("inspect", MODEL, "--weights", weights))
+
+
+def test_unwritable_out_dir_fails_before_any_work(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory", encoding="utf-8")
+    out = blocker / "out"
+    result = run("prune", MODEL, "--criterion", "l1", "--target-flops", "0.5", "--out", out)
+    assert_one_line_error(result, str(out))
+    assert "Building" not in result.stderr
+
+
+def test_out_dir_that_is_a_file(tmp_path: Path) -> None:
+    out = tmp_path / "taken"
+    out.write_text("x", encoding="utf-8")
+    plan = tmp_path / "plan.json"
+    plan.write_text("{}", encoding="utf-8")
+    assert_one_line_error(run("apply", MODEL, "--plan", plan, "--out", out), str(out))
+
+
+def test_export_to_unwritable_path(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x", encoding="utf-8")
+    assert_one_line_error(run("export", MODEL, "--out", blocker / "m.onnx"), str(blocker))
+
+
+def test_multi_line_error_messages_are_joined(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*_: object) -> None:
+        raise PlanError("first line\n  second line")
+
+    monkeypatch.setattr(cli_module, "_resolve", fail)
+    line = assert_one_line_error(run("inspect", MODEL))
+    assert line == "error: first line second line"
+
+
+def test_keyboard_interrupt_exits_130_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, "_resolve", interrupt)
+    result = run("inspect", MODEL)
+    assert result.exit_code == 130
+    assert "Aborted" not in result.output and "Traceback" not in result.output
+
+
+def test_unexpected_exceptions_are_not_swallowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    def bug(*_: object) -> None:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(cli_module, "_resolve", bug)
+    result = run("inspect", MODEL)
+    assert result.exit_code == 1
+    assert isinstance(result.exception, ZeroDivisionError)

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+import graphprune as gp
+from graphprune.criteria import channel_scores, plan_by_criterion
+from graphprune.models import get_model
+
+X = torch.randn(1, 3, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def pg() -> gp.PrunableGraph:
+    torch.manual_seed(0)
+    return gp.trace(get_model("cifar_resnet56"), X)
+
+
+@pytest.mark.parametrize("criterion", ["l1", "bn"])
+@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.8])
+def test_target_flops_is_met_and_measured_after_apply(
+    pg: gp.PrunableGraph, criterion: str, scope: str, target: float
+) -> None:
+    plan = plan_by_criterion(pg, criterion, target, scope)
+    slim = gp.apply(pg, plan, verify=False)
+    flops = gp.count_flops(slim, X)
+    assert flops == plan.meta["predicted_flops"]
+    assert target - 0.05 <= flops / pg.flops <= target
+
+
+def test_l1_removes_the_smallest_filters_first(pg: gp.PrunableGraph) -> None:
+    scores = channel_scores(pg, "l1")
+    plan = plan_by_criterion(pg, "l1", 0.7, "layer")
+    gid = "layer3.4.conv1"
+    removed = set(plan.channels[gid])
+    kept = set(range(len(scores[gid]))) - removed
+    assert max(scores[gid][list(removed)]) <= min(scores[gid][list(kept)])
+
+
+def test_bn_criterion_ranks_by_batchnorm_scale(pg: gp.PrunableGraph) -> None:
+    gamma = pg.gm.get_submodule("layer2.0.bn1").weight.detach().abs().numpy()
+    assert list(channel_scores(pg, "bn")["layer2.0.conv1"]) == pytest.approx(list(gamma))
+
+
+def test_unreachable_target_and_bad_arguments(pg: gp.PrunableGraph) -> None:
+    with pytest.raises(gp.PlanError, match="out of reach"):
+        plan_by_criterion(pg, "l1", 0.001)
+    with pytest.raises(gp.PlanError, match="unknown criterion"):
+        plan_by_criterion(pg, "taylor")  # type: ignore[arg-type]
+    with pytest.raises(gp.PlanError, match=r"fraction in \(0, 1\]"):
+        plan_by_criterion(pg, "l1", 1.5)

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import graphprune as gp
+from graphprune.models import get_model
+
+
+class DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return self.conv(x)
+        return -self.conv(x)
+
+
+class Outer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 3, 1)
+        self.inner = DataDependent()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(self.stem(x))
+
+
+def test_untraceable_module_is_named_with_a_leaf_hint() -> None:
+    with pytest.raises(gp.TraceError, match=r"module 'inner' \(DataDependent\).*leaf_modules=\['inner'\]"):
+        gp.trace(Outer(), torch.randn(1, 3, 8, 8))
+
+
+def test_leaf_module_makes_it_traceable_but_unprunable_around_it() -> None:
+    pg = gp.trace(Outer(), torch.randn(1, 3, 8, 8), leaf_modules=["inner"])
+    g = pg.group_of("stem")
+    assert not g.prunable and "DataDependent 'inner'" in g.reason
+
+
+def test_wrong_input_shape_names_the_layer() -> None:
+    with pytest.raises(gp.TraceError, match="example input does not fit the model at module 'conv1'"):
+        gp.trace(get_model("cifar_resnet20"), torch.randn(1, 1, 32, 32))
+
+
+def test_wrong_number_of_inputs() -> None:
+    with pytest.raises(gp.TraceError, match="takes 1 input"):
+        gp.trace(get_model("cifar_resnet20"), (torch.randn(1, 3, 32, 32), torch.randn(1)))
+
+
+def test_users_model_is_never_mutated() -> None:
+    model = get_model("cifar_resnet20").train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    pg = gp.trace(model, torch.randn(2, 3, 32, 32))
+    slim = gp.apply(pg, gp.PruningPlan().remove_channels("layer1.0.conv1", [0, 1]).remove_block("layer3.1"))
+    assert model.training and slim.training
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert model.layer1[0].conv1.out_channels == 16
+    assert pg.gm.get_submodule("layer1.0.conv1").out_channels == 16
+
+
+def test_pruned_model_trains_scripts_and_retraces() -> None:
+    x = torch.randn(4, 3, 32, 32)
+    pg = gp.trace(get_model("cifar_resnet20"), x)
+    slim = gp.apply(pg, gp.PruningPlan().remove_channels("layer2.0.conv1", [3]))
+    slim.train()
+    loss = slim(x).logsumexp(1).mean()
+    loss.backward()
+    assert slim.get_submodule("layer2.0.conv1").weight.grad is not None
+    scripted = torch.jit.script(slim.eval())
+    torch.testing.assert_close(scripted(x), slim(x))
+    again = gp.trace(slim, x)  # a pruned model can be pruned again
+    assert again.group_of("layer2.0.conv1").size == 31
