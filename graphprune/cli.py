@@ -256,25 +256,15 @@ def _print_before_after(report: dict[str, Any], out_dir: Path) -> None:
     table.add_column("original", justify="right")
     table.add_column("pruned", justify="right")
     table.add_column("pruned / original", justify="right")
-    table.add_row(
-        "FLOPs (MMACs)",
-        _mmacs(before["flops"]),
-        _mmacs(after["flops"]),
-        _ratio(after["flops"], before["flops"]),
-    )
-    table.add_row(
-        "params",
-        f"{before['params']:,}",
-        f"{after['params']:,}",
-        _ratio(after["params"], before["params"]),
-    )
+    metrics: list[tuple[str, str, Callable[[Any], str]]] = [
+        ("FLOPs (MMACs)", "flops", _mmacs),
+        ("params", "params", lambda v: f"{v:,}"),
+    ]
     if report["export"] is not None:
-        table.add_row(
-            "ONNX nodes",
-            str(before["onnx_nodes"]),
-            str(after["onnx_nodes"]),
-            _ratio(after["onnx_nodes"], before["onnx_nodes"]),
-        )
+        metrics.append(("ONNX nodes", "onnx_nodes", str))
+    for label, key, fmt in metrics:
+        table.add_row(label, fmt(before[key]), fmt(after[key]), _ratio(after[key], before[key]))
+    if report["export"] is not None:
         table.add_row(
             "ONNX vs PyTorch max abs error",
             _error_text(exp_before.get("max_abs_error")),

@@ -27,6 +27,7 @@ def _l1(pg: PrunableGraph, g: ChannelGroup) -> np.ndarray | None:
         if m.kind not in (SiteKind.CONV_OUT, SiteKind.LINEAR_OUT):
             continue
         mod = pg.gm.get_submodule(m.site.target)
+        assert isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd))
         w = mod.weight.detach()
         if isinstance(mod, nn.modules.conv._ConvNd) and mod.transposed:
             w = w.transpose(0, 1)

@@ -127,10 +127,11 @@ def derive_groups(dg: DependencyGraph) -> list[ChannelGroup]:
         members = tuple(
             Member(dg.sites[si], tuple(tuple(sorted(touches[a][si])) for a in atoms)) for si in site_ids
         )
-        producer = next(
-            (dg.sites[si] for si in site_ids if dg.sites[si].kind in PRODUCER_KINDS), dg.sites[first]
-        )
-        name = producer.target or producer.node
+        producer = next((dg.sites[si] for si in site_ids if dg.sites[si].kind in PRODUCER_KINDS), None)
+        if producer is not None:
+            name = producer.target or producer.node
+        else:  # channels nobody in the graph produces (model input): named by their first reader
+            name = f"{dg.sites[first].target or dg.sites[first].node}:{dg.sites[first].kind.value}"
         k = used_ids[name]
         used_ids[name] += 1
         gid = name if k == 0 else f"{name}#{k}"

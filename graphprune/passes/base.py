@@ -18,6 +18,8 @@ class GraphPass(PassBase):
         gm = copy.deepcopy(graph_module)
         self.requires(gm)
         res = self.call(gm)
+        if res is None:
+            raise VerificationError(f"pass {type(self).__name__} returned no result")
         self.ensures(res.graph_module)
         return res
 

@@ -85,6 +85,7 @@ def _fold(gm: fx.GraphModule, m: nn.Module, prod: fx.Node, other: object) -> boo
         replace_tensor(m, "weight", m.weight.detach() * s)
     else:
         return False
-    if getattr(m, "bias", None) is not None:
-        replace_tensor(m, "bias", m.bias.detach() * s)
+    bias = getattr(m, "bias", None)
+    if isinstance(bias, torch.Tensor):
+        replace_tensor(m, "bias", bias.detach() * s)
     return True

@@ -30,11 +30,11 @@ class MaskChannels(GraphPass):
         with torch.no_grad():
             for r in self.removals:
                 m = gm.get_submodule(r.site.target)
-                w = m.weight
                 if isinstance(m, nn.Linear):
-                    w[:, list(r.removed)] = 0
+                    m.weight[:, list(r.removed)] = 0
                     continue
                 assert isinstance(m, nn.modules.conv._ConvNd)
+                w = m.weight
                 cin_g, cout_g = m.in_channels // m.groups, m.out_channels // m.groups
                 for p in r.removed:
                     if m.transposed:

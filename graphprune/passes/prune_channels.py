@@ -108,7 +108,7 @@ def _prune_norm(m: nn.Module, removed: Sequence[int]) -> None:
     elif isinstance(m, nn.PReLU):
         m.num_parameters = len(keep)
     elif hasattr(m, "num_features"):
-        m.num_features = len(keep)
+        setattr(m, "num_features", len(keep))  # noqa: B010 - BN / InstanceNorm, typed as Module here
 
 
 def _rewrite_pad(node: fx.Node, zeros: Sequence[int], info: tuple[int, ...], removed: Sequence[int]) -> None:
@@ -116,7 +116,9 @@ def _rewrite_pad(node: fx.Node, zeros: Sequence[int], info: tuple[int, ...], rem
     rm = set(removed)
     new_front = sum(1 for p in zeros[:front] if p not in rm)
     new_back = sum(1 for p in zeros[front:] if p not in rm)
-    pad = list(node.args[1] if len(node.args) > 1 else node.kwargs["pad"])
+    raw = node.args[1] if len(node.args) > 1 else node.kwargs["pad"]
+    assert isinstance(raw, (list, tuple))
+    pad = list(raw)
     pad[k], pad[k + 1] = new_front, new_back
     if len(node.args) > 1:
         node.args = (node.args[0], tuple(pad), *node.args[2:])
