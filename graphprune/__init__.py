@@ -13,6 +13,7 @@ from typing import Any
 
 from graphprune.analysis.blocks import Block
 from graphprune.analysis.groups import ChannelGroup, Member
+from graphprune.analysis.rules import register_channelwise_module
 from graphprune.costs import LayerCost, count_flops, count_params
 from graphprune.errors import (
     GraphpruneError,
@@ -47,6 +48,7 @@ __all__ = [
     "count_flops",
     "count_params",
     "export_onnx",
+    "register_channelwise_module",
     "trace",
 ]
 

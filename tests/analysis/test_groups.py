@@ -243,3 +243,15 @@ def test_view_with_a_constant_channel_count_pins() -> None:
 
     g = gp.trace(Net(), X).group_of("conv")
     assert not g.prunable and "constant" in g.reason
+
+
+class Swish(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(x)
+
+
+def test_registered_channelwise_leaf_module_keeps_channels_prunable() -> None:
+    model = ToyNet(8, [cbr(8, 8), Swish(), cbr(8, 8)], 8)
+    assert not gp.trace(model, X, leaf_modules=[Swish]).group_of("blocks.0.0").prunable
+    gp.register_channelwise_module(Swish)
+    assert gp.trace(model, X, leaf_modules=[Swish]).group_of("blocks.0.0").prunable

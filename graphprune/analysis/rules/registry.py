@@ -1,0 +1,314 @@
+"""Which rule handles which op: tables for modules, functions and methods, and the metadata-only ops."""
+
+from __future__ import annotations
+
+import builtins
+import operator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from graphprune.analysis.rules.base import (
+    ModuleRule,
+    Rule,
+)
+from graphprune.analysis.rules.elementwise import elementwise, identity
+from graphprune.analysis.rules.layout import getitem, layout
+from graphprune.analysis.rules.modules import (
+    conv,
+    layer_norm,
+    linear,
+    module_identity,
+    module_layout,
+    module_pad,
+    module_softmax,
+    norm,
+)
+from graphprune.analysis.rules.offsets import cat, pad, split
+from graphprune.analysis.rules.reductions import dim_sensitive, layer_norm_fn, reduction
+
+_ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
+    nn.Softsign,
+    nn.Tanhshrink,
+    nn.Threshold,
+    nn.LogSigmoid,
+    nn.Hardshrink,
+    nn.Softshrink,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.LPPool1d,
+    nn.LPPool2d,
+    nn.Upsample,
+    nn.UpsamplingNearest2d,
+    nn.UpsamplingBilinear2d,
+)
+
+MODULE_RULES: list[tuple[tuple[type, ...], ModuleRule]] = [
+    ((nn.modules.conv._ConvNd,), conv),
+    ((nn.Linear,), linear),
+    ((nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.PReLU), norm),
+    ((nn.LayerNorm,), layer_norm),
+    (_ACTIVATIONS, module_identity),
+    ((nn.Flatten, nn.Unflatten), module_layout),
+    ((nn.Softmax, nn.LogSoftmax, nn.Softmin), module_softmax),
+    (
+        (
+            nn.modules.padding._ConstantPadNd,
+            nn.modules.padding._ReflectionPadNd,
+            nn.modules.padding._ReplicationPadNd,
+        ),
+        module_pad,
+    ),
+]
+
+_UNARY_FUNCTIONS: tuple[Any, ...] = (
+    F.relu,
+    F.relu_,
+    F.relu6,
+    F.gelu,
+    F.silu,
+    F.mish,
+    F.hardswish,
+    F.hardsigmoid,
+    F.hardtanh,
+    F.leaky_relu,
+    F.elu,
+    F.selu,
+    F.celu,
+    F.softplus,
+    F.sigmoid,
+    F.tanh,
+    torch.sigmoid,
+    torch.tanh,
+    torch.relu,
+    torch.relu_,
+    torch.abs,
+    torch.exp,
+    torch.neg,
+    torch.sqrt,
+    torch.square,
+    torch.clamp,
+    torch.clip,
+    torch.clamp_min,
+    operator.neg,
+    operator.pos,
+    F.dropout,
+    F.dropout1d,
+    F.dropout2d,
+    F.dropout3d,
+    F.alpha_dropout,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d,
+    F.interpolate,
+    F.upsample,
+    torch.zeros_like,
+    torch.ones_like,
+    torch.empty_like,
+    torch.full_like,
+    torch.rand_like,
+    torch.randn_like,
+    torch.nn.functional.hardshrink,
+)
+_BINARY_FUNCTIONS: tuple[Any, ...] = (
+    operator.add,
+    operator.iadd,
+    operator.sub,
+    operator.isub,
+    operator.mul,
+    operator.imul,
+    operator.truediv,
+    operator.itruediv,
+    torch.add,
+    torch.sub,
+    torch.mul,
+    torch.div,
+    torch.maximum,
+    torch.minimum,
+    torch.where,
+    torch.true_divide,
+    torch.multiply,
+    torch.subtract,
+)
+_LAYOUT_FUNCTIONS: tuple[Any, ...] = (
+    torch.flatten,
+    torch.reshape,
+    torch.permute,
+    torch.transpose,
+    torch.squeeze,
+    torch.unsqueeze,
+    torch.movedim,
+    torch.swapaxes,
+    torch.unflatten,
+)
+_REDUCTIONS: tuple[Any, ...] = (torch.mean, torch.sum, torch.amax, torch.amin, torch.std, torch.var)
+
+FUNCTION_RULES: dict[Any, Rule] = {
+    **{f: identity for f in _UNARY_FUNCTIONS},
+    **{f: elementwise for f in _BINARY_FUNCTIONS},
+    **{f: layout for f in _LAYOUT_FUNCTIONS},
+    **{f: reduction for f in _REDUCTIONS},
+    operator.getitem: getitem,
+    torch.cat: cat,
+    torch.concat: cat,
+    torch.concatenate: cat,
+    torch.split: split,
+    torch.chunk: split,
+    F.pad: pad,
+    F.softmax: dim_sensitive(1, "softmax"),
+    F.log_softmax: dim_sensitive(1, "log_softmax"),
+    torch.softmax: dim_sensitive(1, "softmax"),
+    F.layer_norm: layer_norm_fn,
+}
+
+METHOD_RULES: dict[str, Rule] = {
+    **{
+        m: identity
+        for m in (
+            "relu",
+            "relu_",
+            "sigmoid",
+            "sigmoid_",
+            "tanh",
+            "tanh_",
+            "contiguous",
+            "clone",
+            "detach",
+            "float",
+            "half",
+            "double",
+            "to",
+            "type",
+            "type_as",
+            "cpu",
+            "clamp",
+            "clamp_",
+            "clamp_min",
+            "clamp_min_",
+            "abs",
+            "neg",
+            "exp",
+            "sqrt",
+            "square",
+            "pow",
+            "hardtanh",
+            "hardtanh_",
+            "zero_",
+        )
+    },
+    **{
+        m: elementwise
+        for m in (
+            "add",
+            "add_",
+            "sub",
+            "sub_",
+            "mul",
+            "mul_",
+            "div",
+            "div_",
+            "__add__",
+            "__mul__",
+            "__sub__",
+            "maximum",
+            "minimum",
+            "masked_fill",
+        )
+    },
+    **{
+        m: layout
+        for m in (
+            "view",
+            "reshape",
+            "flatten",
+            "permute",
+            "transpose",
+            "squeeze",
+            "unsqueeze",
+            "movedim",
+            "expand",
+            "expand_as",
+            "unflatten",
+            "swapaxes",
+            "t",
+        )
+    },
+    **{m: reduction for m in ("mean", "sum", "amax", "amin", "std", "var")},
+    "split": split,
+    "chunk": split,
+    "softmax": dim_sensitive(0, "softmax"),
+    "log_softmax": dim_sensitive(0, "log_softmax"),
+}
+
+# Ops that only read metadata (shape, dtype): they never constrain channels.
+META_FUNCTIONS: frozenset[Any] = frozenset({builtins.getattr, builtins.len, operator.getitem, torch._assert})
+META_METHODS: frozenset[str] = frozenset({"size", "dim", "numel", "ndimension", "nelement", "get_device"})
+
+_EXTRA_IDENTITY_MODULES: list[type] = []
+
+
+def register_channelwise_module(cls: type[nn.Module]) -> None:
+    """Declare that a (leaf) module type maps channel c to channel c and has no per-channel parameters."""
+    _EXTRA_IDENTITY_MODULES.append(cls)
+
+
+def _tv_modules() -> list[tuple[tuple[type, ...], ModuleRule]]:
+    try:
+        from graphprune.torchvision_compat import import_torchvision
+
+        ops = import_torchvision().ops
+    except Exception:  # noqa: BLE001 - torchvision is optional
+        return []
+    return [((ops.StochasticDepth,), module_identity), ((ops.FrozenBatchNorm2d,), norm)]
+
+
+def module_rule(m: nn.Module) -> ModuleRule | None:
+    if _EXTRA_IDENTITY_MODULES and isinstance(m, tuple(_EXTRA_IDENTITY_MODULES)):
+        return module_identity
+    for types, rule in MODULE_RULES + _tv_modules():
+        if isinstance(m, types):
+            return rule
+    return None
