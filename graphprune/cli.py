@@ -186,6 +186,7 @@ def _run_pipeline(
     *,
     export: bool,
     plan_source: dict[str, Any],
+    latency: bool = True,
 ) -> dict[str, Any]:
     """Apply `plan`, write model.pt, plan.json, model.onnx, report.json into `out_dir`; return the report."""
     import graphprune as gp
@@ -201,19 +202,24 @@ def _run_pipeline(
 
     original_export: dict[str, Any] | None = None
     pruned_export: dict[str, Any] | None = None
+    timing: dict[str, Any] | None = None
     if export:
         from graphprune.export import export_onnx
 
-        with (
-            _step("Exporting the original model to ONNX (for comparison)"),
-            tempfile.TemporaryDirectory(prefix="graphprune-") as tmp,
-        ):
-            original_export = _export_dict(
-                export_onnx(rm.model, rm.example_inputs, str(Path(tmp) / "original.onnx"))
-            )
-            original_export["path"] = None
-        with _step(f"Exporting the pruned model to {out_dir / 'model.onnx'}"):
-            pruned_export = _export_dict(export_onnx(slim, rm.example_inputs, str(out_dir / "model.onnx")))
+        with tempfile.TemporaryDirectory(prefix="graphprune-") as tmp:
+            original_onnx = Path(tmp) / "original.onnx"
+            with _step("Exporting the original model to ONNX (for comparison)"):
+                original_export = _export_dict(export_onnx(rm.model, rm.example_inputs, str(original_onnx)))
+                original_export["path"] = None
+            with _step(f"Exporting the pruned model to {out_dir / 'model.onnx'}"):
+                pruned_export = _export_dict(
+                    export_onnx(slim, rm.example_inputs, str(out_dir / "model.onnx"))
+                )
+            if latency:
+                from graphprune.latency import paired_latency
+
+                with _step("Timing both ONNX files with onnxruntime (1 thread, interleaved rounds)"):
+                    timing = paired_latency(original_onnx, out_dir / "model.onnx", rm.input_shape)
     elif (out_dir / "model.onnx").is_file():
         (out_dir / "model.onnx").unlink()
         _note(f"removed {out_dir / 'model.onnx'} from an earlier run: it would not match model.pt")
@@ -242,6 +248,7 @@ def _run_pipeline(
         },
         "export": pruned_export,
         "original_export": original_export,
+        "onnxruntime_latency": timing,
     }
     write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
     return report
@@ -270,6 +277,14 @@ def _print_before_after(report: dict[str, Any], out_dir: Path) -> None:
             _error_text(exp_before.get("max_abs_error")),
             _error_text(exp_after.get("max_abs_error")),
             "-",
+        )
+    timing = report.get("onnxruntime_latency")
+    if timing:
+        table.add_row(
+            "ONNX Runtime latency (ms, median, 1 thread)",
+            f"{timing['baseline_ms']:.3f}",
+            f"{timing['candidate_ms']:.3f}",
+            f"{timing['ratio']:.3f}",
         )
     out = _stdout()
     out.print(table)
@@ -438,6 +453,7 @@ def _prune(
     criterion: str,
     target_flops: float,
     scope: str,
+    round_to: int,
     out_dir: Path,
     export: bool,
 ) -> None:
@@ -451,11 +467,14 @@ def _prune(
     rm = _resolve(model, weights, input_shape)
     pg = _trace(rm)
     with _step(f"Planning: {criterion} criterion, {scope} scope, target {target_flops:g} of FLOPs"):
-        plan = gp.criteria.plan_by_criterion(pg, criterion=criterion, target_flops=target_flops, scope=scope)
+        plan = gp.criteria.plan_by_criterion(
+            pg, criterion=criterion, target_flops=target_flops, scope=scope, round_to=round_to
+        )
     source = {
         "criterion": criterion,
         "target_flops": target_flops,
         "scope": scope,
+        "round_to": round_to,
         "weights": _opt_str(weights),
     }
     report = _run_pipeline(rm, pg, plan, out_dir, export=export, plan_source=source)
@@ -499,6 +518,14 @@ Examples:
     show_default=True,
     help="Rank channels across the whole model or within each layer.",
 )
+@click.option(
+    "--round-to",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Keep a multiple of this many channels per group: odd channel counts defeat vectorised "
+    "kernels, so unrounded pruning can cut FLOPs without cutting latency. 1 = exact FLOPs target.",
+)
 @_out_dir_option(None)
 @click.option("--no-export", is_flag=True, help="Skip the ONNX export.")
 def prune(
@@ -508,6 +535,7 @@ def prune(
     criterion: str,
     target_flops: float,
     scope: str,
+    round_to: int,
     out_dir: Path,
     no_export: bool,
 ) -> None:
@@ -518,6 +546,7 @@ def prune(
         criterion=criterion,
         target_flops=target_flops,
         scope=scope,
+        round_to=round_to,
         out_dir=out_dir,
         export=not no_export,
     )
@@ -657,6 +686,7 @@ def demo(out_dir: Path, no_export: bool) -> None:
         criterion="l1",
         target_flops=0.5,
         scope="global",
+        round_to=8,
         out_dir=out_dir,
         export=not no_export,
     )

@@ -73,14 +73,19 @@ def plan_by_criterion(
     target_flops: float = 0.5,
     scope: Scope = "global",
     max_ratio: float = 0.9,
+    round_to: int = 1,
 ) -> PruningPlan:
     """Remove the least important channels until the model has at most `target_flops` of its MACs.
 
     `global` ranks all channels together (scores normalised by their group's mean); `layer` removes the
-    same fraction from every group. No group loses more than `max_ratio` of its channels.
+    same fraction from every group. No group loses more than `max_ratio` of its channels. With
+    `round_to` > 1, every group keeps a multiple of that many channels (where it has that many), which
+    suits vectorised kernels.
     """
     if not 0.0 < target_flops <= 1.0:
         raise PlanError(f"target FLOPs must be a fraction in (0, 1], got {target_flops}")
+    if round_to < 1:
+        raise PlanError(f"round_to must be a positive integer, got {round_to}")
     if scope not in ("global", "layer"):
         raise PlanError(f"unknown scope '{scope}' (choose global or layer)")
     scores = channel_scores(pg, criterion)
@@ -88,6 +93,14 @@ def plan_by_criterion(
     budget = target_flops * pg.flops
     caps = {gid: min(len(s) - 1, int(math.floor(len(s) * max_ratio))) for gid, s in scores.items()}
     order = {gid: list(np.argsort(s, kind="stable")) for gid, s in scores.items()}
+
+    def rounded(gid: str, k: int) -> int:
+        """How many to remove so that the kept count is a multiple of round_to."""
+        size = len(scores[gid])
+        if round_to == 1 or size <= round_to:
+            return k
+        kept = -(-(size - k) // round_to) * round_to
+        return size - min(size, kept)
 
     if scope == "global":
         ranked = sorted(
@@ -103,7 +116,7 @@ def plan_by_criterion(
             taken: dict[str, int] = {}
             for _, gid, _rank in ranked[:n]:
                 taken[gid] = taken.get(gid, 0) + 1
-            return {gid: [int(i) for i in order[gid][:k]] for gid, k in taken.items()}
+            return {gid: [int(i) for i in order[gid][: rounded(gid, k)]] for gid, k in taken.items()}
 
         lo, hi = 0, len(ranked)
     else:
@@ -111,11 +124,8 @@ def plan_by_criterion(
 
         def removal(n: int) -> dict[str, list[int]]:
             r = n / steps * max_ratio
-            return {
-                gid: [int(i) for i in order[gid][: min(caps[gid], int(r * len(s)))]]
-                for gid, s in scores.items()
-                if min(caps[gid], int(r * len(s)))
-            }
+            counts = {gid: rounded(gid, min(caps[gid], int(r * len(s)))) for gid, s in scores.items()}
+            return {gid: [int(i) for i in order[gid][:k]] for gid, k in counts.items() if k}
 
         lo, hi = 0, steps
     if model.flops(removal(hi)) > budget:
@@ -134,6 +144,7 @@ def plan_by_criterion(
     for gid, idx in removal(lo).items():
         plan.remove_channels(gid, idx)
     plan.meta.update(
+        round_to=round_to,
         criterion=criterion,
         scope=scope,
         target_flops=target_flops,

@@ -17,10 +17,9 @@ import logging
 import os
 import sys
 import tempfile
-import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,43 +158,7 @@ def onnx_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def run_onnx(path: str | os.PathLike[str], inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
     """Run an ONNX file once on CPU with onnxruntime; `inputs` in graph-input order."""
-    return _run_session(_session(path), inputs)
-
-
-def ort_latency(
-    path: str | os.PathLike[str],
-    input_shape: Sequence[int] | Sequence[Sequence[int]],
-    *,
-    warmup: int = 10,
-    runs: int = 50,
-    threads: int = 1,
-) -> dict[str, float | int]:
-    """Time onnxruntime CPU inference on random input of `input_shape` (one shape per input).
-
-    Returns median_ms, p10_ms, p90_ms over `runs` timed runs (after `warmup` untimed ones),
-    with `threads` intra-op threads.
-    """
-    if runs < 1 or warmup < 0 or threads < 1:
-        raise ValueError(f"need runs >= 1, warmup >= 0, threads >= 1 (got {runs}, {warmup}, {threads})")
-    session = _session(path, threads=threads)
-    shapes = _as_shapes(input_shape)
-    meta = session.get_inputs()
-    if len(shapes) != len(meta):
-        raise ValueError(f"{path} has {len(meta)} inputs, got {len(shapes)} shapes")
-    rng = np.random.default_rng(0)
-    arrays = tuple(
-        rng.standard_normal(shape).astype(_numpy_dtype(m.type)) for shape, m in zip(shapes, meta, strict=True)
-    )
-    feed = {m.name: a for m, a in zip(meta, arrays, strict=True)}
-    for _ in range(warmup):
-        session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - start) * 1000.0)
-    p10, median, p90 = np.percentile(np.asarray(times), [10, 50, 90])
-    return {"median_ms": float(median), "p10_ms": float(p10), "p90_ms": float(p90), "runs": runs}
+    return _run_session(ort_session(path), inputs)
 
 
 # --- export ------------------------------------------------------------------------------
@@ -411,7 +374,7 @@ def _verify(
 ) -> tuple[float, float]:
     """Compare onnxruntime with PyTorch at each batch size; return (max abs, max rel) error."""
     try:
-        session = _session(file)
+        session = ort_session(file)
     except Exception as exc:  # onnxruntime raises its own exception types
         raise VerificationError(f"{shown}: onnxruntime cannot load the file: {_first_line(exc)}") from exc
     gen = torch.Generator().manual_seed(seed)
@@ -475,7 +438,7 @@ def _abs_error(ref: np.ndarray, out: np.ndarray) -> tuple[float, float]:
 # --- onnxruntime --------------------------------------------------------------------------
 
 
-def _session(path: str | os.PathLike[str], *, threads: int | None = None) -> Any:
+def ort_session(path: str | os.PathLike[str], *, threads: int | None = None) -> Any:
     """CPU onnxruntime session with warnings off (and `threads` intra-op threads if given)."""
     import onnxruntime as ort  # type: ignore[import-untyped]
 
@@ -498,21 +461,6 @@ def _run_session(session: Any, inputs: tuple[np.ndarray, ...]) -> list[np.ndarra
     run_options = ort.RunOptions()
     run_options.log_severity_level = 4  # failures reach the caller as exceptions, not stderr
     return list(session.run(None, dict(zip(names, inputs, strict=True)), run_options))
-
-
-def _as_shapes(input_shape: Sequence[int] | Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
-    """One shape, or one shape per input, as a list of tuples."""
-    items: list[Any] = list(input_shape)
-    if items and all(isinstance(d, (int, np.integer)) for d in items):
-        return [tuple(int(d) for d in items)]
-    return [tuple(int(d) for d in shape) for shape in items]
-
-
-def _numpy_dtype(ort_type: str) -> np.dtype[Any]:
-    """numpy dtype for an onnxruntime type string such as 'tensor(float)'."""
-    names = {"float": "float32", "double": "float64", "float16": "float16"}
-    inner = ort_type.removeprefix("tensor(").removesuffix(")")
-    return np.dtype(names.get(inner, inner))
 
 
 def _value_info(value: onnx.ValueInfoProto) -> dict[str, Any]:

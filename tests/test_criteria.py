@@ -50,3 +50,12 @@ def test_unreachable_target_and_bad_arguments(pg: gp.PrunableGraph) -> None:
         plan_by_criterion(pg, "taylor")  # type: ignore[arg-type]
     with pytest.raises(gp.PlanError, match=r"fraction in \(0, 1\]"):
         plan_by_criterion(pg, "l1", 1.5)
+
+
+def test_round_to_keeps_multiples_and_still_meets_the_target(pg: gp.PrunableGraph) -> None:
+    plan = plan_by_criterion(pg, "l1", 0.5, "global", round_to=8)
+    for gid, idx in plan.channels.items():
+        size = pg.group(gid).size
+        assert size <= 8 or (size - len(idx)) % 8 == 0
+    flops = gp.count_flops(gp.apply(pg, plan, verify=False), X)
+    assert 0.4 <= flops / pg.flops <= 0.5

@@ -13,7 +13,8 @@ from torch import nn
 
 from graphprune import export as export_mod
 from graphprune.errors import OutputError, TraceError, VerificationError
-from graphprune.export import ExportReport, export_onnx, onnx_summary, ort_latency, run_onnx
+from graphprune.export import ExportReport, export_onnx, onnx_summary, run_onnx
+from graphprune.latency import ort_latency, paired_latency
 
 
 class SmallNet(nn.Module):
@@ -219,3 +220,12 @@ def test_ort_latency_reports_percentiles(tmp_path: Path) -> None:
     assert set(stats) == {"median_ms", "p10_ms", "p90_ms", "runs"}
     assert stats["runs"] == 5
     assert 0 < stats["p10_ms"] <= stats["median_ms"] <= stats["p90_ms"]
+
+
+def test_paired_latency_reports_both_medians_and_their_ratio(tmp_path: Path) -> None:
+    small, big = tmp_path / "small.onnx", tmp_path / "big.onnx"
+    export_onnx(nn.Conv2d(3, 4, 3), torch.randn(1, 3, 16, 16), small, simplify=False)
+    export_onnx(nn.Conv2d(3, 64, 3), torch.randn(1, 3, 16, 16), big, simplify=False)
+    stats = paired_latency(big, small, (1, 3, 16, 16), rounds=2, runs=3)
+    assert stats["baseline_ms"] > 0 and stats["candidate_ms"] > 0
+    assert stats["ratio"] == stats["candidate_ms"] / stats["baseline_ms"]

@@ -1,0 +1,97 @@
+"""Measured ONNX Runtime latency: medians, and interleaved pairs so that two models share the machine's noise.
+
+Nothing here is asserted anywhere: the numbers go into reports as measured, with their ratio.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from graphprune.export import ort_session
+
+
+def ort_latency(
+    path: str | os.PathLike[str],
+    input_shape: Sequence[int] | Sequence[Sequence[int]],
+    *,
+    warmup: int = 10,
+    runs: int = 50,
+    threads: int = 1,
+) -> dict[str, float | int]:
+    """Time onnxruntime CPU inference on random input of `input_shape` (one shape per input).
+
+    Returns median_ms, p10_ms, p90_ms over `runs` timed runs (after `warmup` untimed ones),
+    with `threads` intra-op threads.
+    """
+    if runs < 1 or warmup < 0 or threads < 1:
+        raise ValueError(f"need runs >= 1, warmup >= 0, threads >= 1 (got {runs}, {warmup}, {threads})")
+    session = ort_session(path, threads=threads)
+    shapes = _as_shapes(input_shape)
+    meta = session.get_inputs()
+    if len(shapes) != len(meta):
+        raise ValueError(f"{path} has {len(meta)} inputs, got {len(shapes)} shapes")
+    rng = np.random.default_rng(0)
+    arrays = tuple(
+        rng.standard_normal(shape).astype(_numpy_dtype(m.type)) for shape, m in zip(shapes, meta, strict=True)
+    )
+    feed = {m.name: a for m, a in zip(meta, arrays, strict=True)}
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - start) * 1000.0)
+    p10, median, p90 = np.percentile(np.asarray(times), [10, 50, 90])
+    return {"median_ms": float(median), "p10_ms": float(p10), "p90_ms": float(p90), "runs": runs}
+
+
+def _as_shapes(input_shape: Sequence[int] | Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
+    """One shape, or one shape per input, as a list of tuples."""
+    items: list[Any] = list(input_shape)
+    if items and all(isinstance(d, (int, np.integer)) for d in items):
+        return [tuple(int(d) for d in items)]
+    return [tuple(int(d) for d in shape) for shape in items]
+
+
+def _numpy_dtype(ort_type: str) -> np.dtype[Any]:
+    """numpy dtype for an onnxruntime type string such as 'tensor(float)'."""
+    names = {"float": "float32", "double": "float64", "float16": "float16"}
+    inner = ort_type.removeprefix("tensor(").removesuffix(")")
+    return np.dtype(names.get(inner, inner))
+
+
+def paired_latency(
+    baseline: str | os.PathLike[str],
+    candidate: str | os.PathLike[str],
+    input_shape: Sequence[int] | Sequence[Sequence[int]],
+    *,
+    rounds: int = 7,
+    runs: int = 10,
+    threads: int = 1,
+) -> dict[str, float | int]:
+    """Time two ONNX files in alternating rounds; medians of per-round medians and candidate / baseline."""
+    base_ms: list[float] = []
+    cand_ms: list[float] = []
+    for r in range(rounds):
+        warmup = 5 if r == 0 else 1
+        base_ms.append(
+            float(ort_latency(baseline, input_shape, warmup=warmup, runs=runs, threads=threads)["median_ms"])
+        )
+        cand_ms.append(
+            float(ort_latency(candidate, input_shape, warmup=warmup, runs=runs, threads=threads)["median_ms"])
+        )
+    base, cand = float(np.median(base_ms)), float(np.median(cand_ms))
+    return {
+        "baseline_ms": base,
+        "candidate_ms": cand,
+        "ratio": cand / base if base else float("nan"),
+        "rounds": rounds,
+        "runs": runs,
+        "threads": threads,
+    }
