@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from support.lossless import check_lossless
 
 from graphprune.coverage import check_model
 from graphprune.models import get_model, list_models
@@ -44,3 +45,19 @@ def test_torchvision_model(name: str) -> None:
 def test_builtin_model(name: str) -> None:
     torch.manual_seed(0)
     _assert_done(check_model(name, get_model(name).eval(), torch.randn(1, 3, 32, 32)))
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("name", CI_TORCHVISION)
+def test_torchvision_model_is_lossless_with_block_and_channel_removal(name: str) -> None:
+    tv = import_torchvision()
+    torch.manual_seed(0)
+    model = tv.models.get_model(name, weights=None).eval()
+    check_lossless(model, torch.randn(2, 3, 64, 64), seed=1, ratio=0.3, blocks=0.5)
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("name", list_models())
+def test_builtin_model_is_lossless_with_block_and_channel_removal(name: str) -> None:
+    torch.manual_seed(0)
+    check_lossless(get_model(name).eval(), torch.randn(2, 3, 32, 32), seed=2, ratio=0.3, blocks=0.5)
