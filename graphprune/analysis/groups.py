@@ -52,21 +52,26 @@ class ChannelGroup:
         return tuple(dict.fromkeys(m.target for m in self.members))
 
 
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
+def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Component label of each of `n` items joined by the pairs (a[i], b[i]): its smallest item.
 
-    def find(self, a: int) -> int:
-        p = self.parent
-        while p[a] != a:
-            p[a] = p[p[a]]
-            a = p[a]
-        return a
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
+    Min-label propagation along the pairs with pointer jumping, vectorised: a fixpoint has equal labels at
+    both ends of every pair, and labels only travel along pairs.
+    """
+    labels = np.arange(n)
+    while True:
+        low = np.minimum(labels[a], labels[b])
+        new = labels.copy()
+        np.minimum.at(new, a, low)
+        np.minimum.at(new, b, low)
+        while True:  # pointer jumping: follow labels to their own labels
+            jumped = new[new]
+            if np.array_equal(jumped, new):
+                break
+            new = jumped
+        if np.array_equal(new, labels):
+            return labels
+        labels = new
 
 
 def derive_groups(dg: DependencyGraph) -> list[ChannelGroup]:
@@ -78,28 +83,32 @@ def derive_groups(dg: DependencyGraph) -> list[ChannelGroup]:
         if data["kind"] == "tensor" and data["size"]:
             base[key] = n
             n += data["size"]
-    uf = _UnionFind(n)
+    pairs_a: list[np.ndarray] = []
+    pairs_b: list[np.ndarray] = []
     for src, dst, data in g.edges(data=True):
         if data.get("role") != "channels":
             continue
         imap = data["index_map"]
-        bs, bd = base[src], base[dst]
-        for j in np.nonzero(imap >= 0)[0].tolist():
-            uf.union(bd + j, bs + int(imap[j]))
-    pinned: dict[int, str] = {}
+        j = np.nonzero(imap >= 0)[0]
+        pairs_a.append(base[dst] + j)
+        pairs_b.append(base[src] + imap[j])
     for key, data in g.nodes(data=True):
-        if key not in base:
-            continue
-        for rows in data["ties"]:
-            for row in rows.tolist():
-                for p in row[1:]:
-                    uf.union(base[key] + row[0], base[key] + p)
+        for rows in data.get("ties", []) if key in base else []:
+            pairs_a.append(base[key] + np.repeat(rows[:, 0], rows.shape[1] - 1))
+            pairs_b.append(base[key] + rows[:, 1:].reshape(-1))
+    empty = np.zeros(0, dtype=np.int64)
+    root = connected_components(
+        n,
+        np.concatenate(pairs_a or [empty]).astype(np.int64),
+        np.concatenate(pairs_b or [empty]).astype(np.int64),
+    ).tolist()
+    pinned: dict[int, str] = {}
     for key, data in g.nodes(data=True):
         if key not in base:
             continue
         for pos, reason in data["pins"]:
             for p in pos.tolist():
-                pinned.setdefault(uf.find(base[key] + p), f"{reason} (at {key})")
+                pinned.setdefault(root[base[key] + p], f"{reason} (at {key})")
 
     # atom -> site index -> positions
     touches: dict[int, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
@@ -109,7 +118,7 @@ def derive_groups(dg: DependencyGraph) -> list[ChannelGroup]:
             continue
         size = g.nodes[site.tensor]["size"]
         for p in site.positions if site.positions is not None else range(size):
-            touches[uf.find(b + p)][si].append(p)
+            touches[root[b + p]][si].append(p)
 
     buckets: dict[tuple[tuple[int, ...], str | None], list[int]] = defaultdict(list)
     for atom, by_site in touches.items():
