@@ -19,11 +19,11 @@ class RemoveBlocks(GraphPass):
     def call(self, gm: fx.GraphModule) -> PassResult:
         nodes = {n.name: n for n in gm.graph.nodes}
         for b in self.blocks:
-            add, shortcut = nodes.get(b.add), nodes.get(b.shortcut)
-            if add is None or shortcut is None:
-                continue  # already gone with an enclosing block
+            add, branch = nodes[b.add], nodes[b.branch]
+            # the shortcut is whatever the add reads besides the branch *now*: when blocks are chained
+            # (y3 = y2 + f3, y4 = y3 + f4), removing block 3 has already rewired y3 to y2
+            shortcut = next(a for a in add.args if a is not branch)
             add.replace_all_uses_with(shortcut)
             gm.graph.erase_node(add)
-            nodes.pop(b.add)
         gm.recompile()
         return PassResult(gm, bool(self.blocks))

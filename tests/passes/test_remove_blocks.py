@@ -36,3 +36,16 @@ def test_blocks_of_resnet56_are_named_by_module_path() -> None:
     pg = gp.trace(get_model("cifar_resnet56"), torch.randn(1, 3, 32, 32))
     assert [b.name for b in pg.blocks] == [f"layer{s}.{i}" for s in (1, 2, 3) for i in range(9)]
     assert all(b.flops > 0 and b.params > 0 for b in pg.blocks)
+
+
+def test_chained_blocks_are_all_removed() -> None:
+    """ConvNeXt-style blocks without an op after the add: block k's shortcut is block k-1's add."""
+    from support.archs import LayerScale, ToyNet
+
+    x = torch.randn(2, 3, 16, 16)
+    pg = gp.trace(ToyNet(8, [LayerScale(8), LayerScale(8), LayerScale(8)], 8).eval(), x)
+    slim = gp.apply(
+        pg, gp.PruningPlan().remove_block("blocks.0").remove_block("blocks.1").remove_block("blocks.2")
+    )
+    assert not any(n.op == "call_module" and str(n.target).startswith("blocks") for n in slim.graph.nodes)
+    assert gp.count_flops(slim, x) == pg.flops - sum(b.flops for b in pg.blocks)

@@ -103,6 +103,10 @@ def check_lossless(
     pg_zero = gp.trace(zeroed, example)
     plan_zero = gp.PruningPlan.from_dict({**plan.to_dict(), "arch_hash": None})
     slim = gp.apply(pg_zero, plan_zero, verify=False)
+    called = {str(n.target) for n in slim.graph.nodes if n.op == "call_module"}
+    for name in plan.blocks:  # a block left in place would compute the same zeros: check it is gone
+        branch_modules = {str(n.target) for n in pg.gm.graph.nodes if n.name in pg.block(name).nodes}
+        assert not branch_modules & called, f"block {name} was not removed"
     with torch.no_grad():
         ref = zeroed.eval()(example)
         out = slim.eval()(example)
