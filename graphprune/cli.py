@@ -35,6 +35,7 @@ DEMO_WEIGHTS = "cifar10_resnet56-4bfd9763.th"
 DEFAULT_GROUP_ROWS = 25
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+LEAF_MODULES_KEY = "graphprune.leaf_modules"
 
 
 def _version() -> str:
@@ -154,7 +155,8 @@ def _trace(rm: ResolvedModel) -> Any:
     import graphprune as gp
 
     with _step(f"Tracing {rm.name} on input {_shape_text(rm.input_shape)}"):
-        return gp.trace(rm.model, rm.example_inputs)
+        leaf = click.get_current_context().meta.get(LEAF_MODULES_KEY, ())
+        return gp.trace(rm.model, rm.example_inputs, leaf_modules=leaf)
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
@@ -305,7 +307,17 @@ def _error_text(value: float | None) -> str:
 
 
 def _model_options(fn: F) -> F:
-    """MODEL argument plus --weights and --input-shape, shared by every model command."""
+    """MODEL argument plus --weights, --input-shape and --leaf-module, shared by every model command."""
+    fn = click.option(
+        "--leaf-module",
+        "leaf_modules",
+        multiple=True,
+        metavar="PATH",
+        expose_value=False,
+        callback=lambda ctx, _param, value: ctx.meta.__setitem__(LEAF_MODULES_KEY, tuple(value)),
+        help="Keep this submodule (e.g. layer2.1) as one opaque op, for code torch.fx cannot trace; its "
+        "channels become unprunable. Repeatable.",
+    )(fn)
     fn = click.option(
         "--input-shape",
         metavar="N,C,H,W",

@@ -95,7 +95,11 @@ def symbolic_trace(model: nn.Module, leaf_modules: Iterable[str | type] = ()) ->
     except Exception as exc:  # noqa: BLE001 - any tracing failure becomes a TraceError naming the module
         where = tracer.failed_at or ("", type(model).__name__)
         mod = f"module '{where[0]}' ({where[1]})" if where[0] else f"model {where[1]}"
-        hint = f"; mark it as a leaf module (leaf_modules=['{where[0]}'])" if where[0] else ""
+        hint = (
+            f"; keep it as a leaf module (leaf_modules=['{where[0]}'], or --leaf-module {where[0]})"
+            if where[0]
+            else ""
+        )
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TraceError(f"torch.fx cannot trace {mod}: {first}{hint}") from None
     for node in graph.nodes:  # `x: torch.Tensor` annotations print as `_Tensor_`, which TorchScript rejects

@@ -377,3 +377,36 @@ def test_unexpected_exceptions_are_not_swallowed(monkeypatch: pytest.MonkeyPatch
     result = run("inspect", MODEL)
     assert result.exit_code == 1
     assert isinstance(result.exception, ZeroDivisionError)
+
+
+UNTRACEABLE = '''
+import torch
+from torch import nn
+
+
+class Gate(nn.Module):
+    def forward(self, x):
+        return x if x.mean() > 0 else -x
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.gate, self.head = nn.Conv2d(3, 8, 3), Gate(), nn.Conv2d(8, 8, 3)
+
+    def forward(self, x):
+        return self.head(self.gate(self.conv(x))).mean((2, 3))
+
+
+def build():
+    return Net()
+'''
+
+
+def test_untraceable_module_is_named_and_leaf_module_option_fixes_it(tmp_path: Path) -> None:
+    (tmp_path / "net.py").write_text(UNTRACEABLE)
+    spec = f"{tmp_path / 'net.py'}:build"
+    assert_one_line_error(run("inspect", spec, "--input-shape", "1,3,16,16"), "'gate'", "--leaf-module gate")
+    ok = run("inspect", spec, "--input-shape", "1,3,16,16", "--leaf-module", "gate", "--all-groups")
+    assert ok.exit_code == 0, ok.output
+    assert "no channel rule for Gate 'gate'" in ok.output
