@@ -54,10 +54,6 @@ class PruningPlan:
             self.blocks.append(name)
         return self
 
-    @property
-    def is_empty(self) -> bool:
-        return not self.channels and not self.blocks
-
     # ----- serialisation
     def to_dict(self) -> dict[str, Any]:
         return {
