@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,13 +68,18 @@ class PruningPlan:
         }
 
     def to_json(self) -> str:
-        """Indented JSON with each index list on one line."""
+        """JSON with one line per field and per channel group (groups in natural module order)."""
         d = self.to_dict()
         channels = d.pop("channels")
-        text = json.dumps(d, indent=2)
-        rows = ",\n".join(f"    {json.dumps(k)}: {json.dumps(v)}" for k, v in channels.items())
-        body = "{\n" + rows + "\n  }" if rows else "{}"
-        return text[:-2] + f',\n  "channels": {body}\n}}\n'
+        meta = d.pop("meta")
+        rows = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in d.items()]
+        meta_rows = ",\n".join(f"    {json.dumps(k)}: {json.dumps(v)}" for k, v in meta.items())
+        rows.append('  "meta": ' + ("{\n" + meta_rows + "\n  }" if meta_rows else "{}"))
+        groups = ",\n".join(
+            f"    {json.dumps(k)}: {json.dumps(channels[k])}" for k in sorted(channels, key=_natural_key)
+        )
+        rows.append('  "channels": ' + ("{\n" + groups + "\n  }" if groups else "{}"))
+        return "{\n" + ",\n".join(rows) + "\n}\n"
 
     @classmethod
     def from_dict(cls, d: Any, *, source: str = "plan") -> PruningPlan:
@@ -162,3 +168,8 @@ class PruningPlan:
         if problems:
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             raise PlanError("; ".join(problems[:3]) + more)
+
+
+def _natural_key(name: str) -> list[object]:
+    """'layer2.10.conv1' after 'layer2.9.conv1'."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
