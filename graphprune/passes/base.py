@@ -12,10 +12,13 @@ from graphprune.errors import VerificationError
 
 
 class GraphPass(PassBase):
-    """A PassBase that never mutates its input: `call` receives a private deep copy."""
+    """A PassBase that never mutates its input: called directly, `call` receives a private deep copy."""
 
     def __call__(self, graph_module: fx.GraphModule) -> PassResult:
-        gm = copy.deepcopy(graph_module)
+        return self.run_owned(copy.deepcopy(graph_module))
+
+    def run_owned(self, gm: fx.GraphModule) -> PassResult:
+        """Run on a graph module the caller hands over (no copy): requires, call, ensures."""
         self.requires(gm)
         res = self.call(gm)
         if res is None:
@@ -38,8 +41,10 @@ class PassManager:
         self.checks = list(checks)
 
     def __call__(self, gm: fx.GraphModule) -> fx.GraphModule:
+        """A new graph module; `gm` is copied once, then each pass owns the current one."""
+        gm = copy.deepcopy(gm)
         for p in self.passes:
-            res = p(gm)
+            res = p.run_owned(gm) if isinstance(p, GraphPass) else p(gm)
             if res is None:
                 raise VerificationError(f"pass {type(p).__name__} returned nothing")
             gm = res.graph_module
