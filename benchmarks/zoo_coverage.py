@@ -1,7 +1,8 @@
 """Run the whole pipeline on every torchvision classifier and every built-in; write docs/coverage.md.
 
     python benchmarks/zoo_coverage.py                 # all models, ~1 h on 2 cores
-    python benchmarks/zoo_coverage.py resnet18 cifar_resnet56   # a subset
+    python benchmarks/zoo_coverage.py resnet18 cifar_resnet56   # a subset, printed only
+    python benchmarks/zoo_coverage.py --update vit_h_14          # re-run some, rewrite the docs
 
 Each model runs in its own subprocess (memory and a time limit are per model); nothing is hard-coded:
 every number in the table comes from this run.
@@ -55,8 +56,9 @@ def _fmt_reasons(reasons: list[str]) -> str:
     return "; ".join(kinds[:3]) + (" …" if len(kinds) > 3 else "")
 
 
-def write_markdown(results: list[dict[str, object]], seconds: float) -> str:
+def write_markdown(results: list[dict[str, object]]) -> str:
     ok = [r for r in results if r["stage"] == "done"]
+    seconds = sum(float(r["seconds"]) for r in results)  # type: ignore[arg-type]
     lines = [
         "# Zoo coverage",
         "",
@@ -66,7 +68,8 @@ def write_markdown(results: list[dict[str, object]], seconds: float) -> str:
         "onnxruntime. Random weights; input 1x3x224x224 (299 for inception_v3, 32 for the built-ins).",
         "FLOPs are MACs per sample.",
         "",
-        f"**{len(ok)} of {len(results)} models pass every stage.** Total time {seconds / 60:.0f} min.",
+        f"**{len(ok)} of {len(results)} models pass every stage.** "
+        f"Summed time per model: {seconds / 60:.0f} min.",
         "",
         "| model | result | groups (prunable) | blocks | GMACs | GMACs after | params (M) | after (M) |"
         " ONNX nodes | ONNX rel. error | why some groups are not prunable |",
@@ -95,7 +98,8 @@ def write_markdown(results: list[dict[str, object]], seconds: float) -> str:
 @click.argument("names", nargs=-1)
 @click.option("--one", "one", default=None, help="Internal: run a single model and print its JSON result.")
 @click.option("--timeout", default=1200, show_default=True, help="Seconds allowed per model.")
-def main(names: tuple[str, ...], one: str | None, timeout: int) -> None:
+@click.option("--update", is_flag=True, help="Re-run NAMES and merge them into docs/coverage.{json,md}.")
+def main(names: tuple[str, ...], one: str | None, timeout: int, update: bool) -> None:
     """Write docs/coverage.md and docs/coverage.json."""
     if one:
         print(json.dumps(run_one(one)))
@@ -105,7 +109,6 @@ def main(names: tuple[str, ...], one: str | None, timeout: int) -> None:
 
     todo = list(names) or all_models()
     results: list[dict[str, object]] = []
-    start = time.perf_counter()
     for name in tqdm(todo, desc="zoo", unit="model"):
         t0 = time.perf_counter()
         try:
@@ -120,16 +123,25 @@ def main(names: tuple[str, ...], one: str | None, timeout: int) -> None:
             if proc.returncode == 0 and line.startswith("{"):
                 results.append(json.loads(line))
                 continue
-            err = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+            if proc.returncode < 0:
+                sig = -proc.returncode
+                err = f"killed by signal {sig}" + (
+                    " (out of memory on this 24 GiB machine)" if sig == 9 else ""
+                )
+            else:
+                err = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
         except subprocess.TimeoutExpired:
             err = f"timed out after {timeout} s"
         results.append(CoverageResult(name, "crashed", err, seconds=time.perf_counter() - t0).to_dict())
-    seconds = time.perf_counter() - start
-    if not names:
+    if update:
+        by_name = {r["model"]: r for r in json.loads((DOCS / "coverage.json").read_text())}
+        by_name.update({r["model"]: r for r in results})
+        results = [by_name[n] for n in all_models() if n in by_name]
+    if update or not names:
         write_text(DOCS / "coverage.json", json.dumps(results, indent=1) + "\n")
-        write_text(DOCS / "coverage.md", write_markdown(results, seconds))
+        write_text(DOCS / "coverage.md", write_markdown(results))
     else:
-        print(write_markdown(results, seconds))
+        print(write_markdown(results))
 
 
 if __name__ == "__main__":
