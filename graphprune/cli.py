@@ -188,7 +188,6 @@ def _run_pipeline(
     *,
     export: bool,
     plan_source: dict[str, Any],
-    latency: bool = True,
 ) -> dict[str, Any]:
     """Apply `plan`, write model.pt, plan.json, model.onnx, report.json into `out_dir`; return the report."""
     import graphprune as gp
@@ -217,11 +216,10 @@ def _run_pipeline(
                 pruned_export = _export_dict(
                     export_onnx(slim, rm.example_inputs, str(out_dir / "model.onnx"))
                 )
-            if latency:
-                from graphprune.latency import paired_latency
+            from graphprune.latency import paired_latency
 
-                with _step("Timing both ONNX files with onnxruntime (1 thread, interleaved rounds)"):
-                    timing = paired_latency(original_onnx, out_dir / "model.onnx", rm.input_shape)
+            with _step("Timing both ONNX files with onnxruntime (1 thread, interleaved rounds)"):
+                timing = paired_latency(original_onnx, out_dir / "model.onnx", rm.input_shape)
     elif (out_dir / "model.onnx").is_file():
         (out_dir / "model.onnx").unlink()
         _note(f"removed {out_dir / 'model.onnx'} from an earlier run: it would not match model.pt")

@@ -30,16 +30,31 @@ def ort_latency(
     """
     if runs < 1 or warmup < 0 or threads < 1:
         raise ValueError(f"need runs >= 1, warmup >= 0, threads >= 1 (got {runs}, {warmup}, {threads})")
+    session, feed = _prepared(path, input_shape, threads)
+    times = _time_runs(session, feed, warmup, runs)
+    p10, median, p90 = np.percentile(np.asarray(times), [10, 50, 90])
+    return {"median_ms": float(median), "p10_ms": float(p10), "p90_ms": float(p90), "runs": runs}
+
+
+def _prepared(
+    path: str | os.PathLike[str], input_shape: Sequence[int] | Sequence[Sequence[int]], threads: int
+) -> tuple[Any, dict[str, np.ndarray]]:
+    """An onnxruntime session for `path` and a seeded random feed of `input_shape`."""
     session = ort_session(path, threads=threads)
     shapes = _as_shapes(input_shape)
     meta = session.get_inputs()
     if len(shapes) != len(meta):
         raise ValueError(f"{path} has {len(meta)} inputs, got {len(shapes)} shapes")
     rng = np.random.default_rng(0)
-    arrays = tuple(
-        rng.standard_normal(shape).astype(_numpy_dtype(m.type)) for shape, m in zip(shapes, meta, strict=True)
-    )
-    feed = {m.name: a for m, a in zip(meta, arrays, strict=True)}
+    feed = {
+        m.name: rng.standard_normal(shape).astype(_numpy_dtype(m.type))
+        for shape, m in zip(shapes, meta, strict=True)
+    }
+    return session, feed
+
+
+def _time_runs(session: Any, feed: dict[str, np.ndarray], warmup: int, runs: int) -> list[float]:
+    """Milliseconds of each of `runs` timed runs, after `warmup` untimed ones."""
     for _ in range(warmup):
         session.run(None, feed)
     times = []
@@ -47,8 +62,7 @@ def ort_latency(
         start = time.perf_counter()
         session.run(None, feed)
         times.append((time.perf_counter() - start) * 1000.0)
-    p10, median, p90 = np.percentile(np.asarray(times), [10, 50, 90])
-    return {"median_ms": float(median), "p10_ms": float(p10), "p90_ms": float(p90), "runs": runs}
+    return times
 
 
 def _as_shapes(input_shape: Sequence[int] | Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
@@ -76,17 +90,12 @@ def paired_latency(
     threads: int = 1,
 ) -> dict[str, float | int]:
     """Time two ONNX files in alternating rounds; medians of per-round medians and candidate / baseline."""
-    base_ms: list[float] = []
-    cand_ms: list[float] = []
+    prepared = [_prepared(path, input_shape, threads) for path in (baseline, candidate)]
+    per_round: list[list[float]] = [[], []]
     for r in range(rounds):
-        warmup = 5 if r == 0 else 1
-        base_ms.append(
-            float(ort_latency(baseline, input_shape, warmup=warmup, runs=runs, threads=threads)["median_ms"])
-        )
-        cand_ms.append(
-            float(ort_latency(candidate, input_shape, warmup=warmup, runs=runs, threads=threads)["median_ms"])
-        )
-    base, cand = float(np.median(base_ms)), float(np.median(cand_ms))
+        for k, (session, feed) in enumerate(prepared):
+            per_round[k].append(float(np.median(_time_runs(session, feed, 5 if r == 0 else 1, runs))))
+    base, cand = (float(np.median(ms)) for ms in per_round)
     return {
         "baseline_ms": base,
         "candidate_ms": cand,

@@ -73,12 +73,8 @@ class PruningPlan:
         channels = d.pop("channels")
         meta = d.pop("meta")
         rows = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in d.items()]
-        meta_rows = ",\n".join(f"    {json.dumps(k)}: {json.dumps(v)}" for k, v in meta.items())
-        rows.append('  "meta": ' + ("{\n" + meta_rows + "\n  }" if meta_rows else "{}"))
-        groups = ",\n".join(
-            f"    {json.dumps(k)}: {json.dumps(channels[k])}" for k in sorted(channels, key=_natural_key)
-        )
-        rows.append('  "channels": ' + ("{\n" + groups + "\n  }" if groups else "{}"))
+        rows.append(f'  "meta": {_object_lines(meta, list(meta))}')
+        rows.append(f'  "channels": {_object_lines(channels, sorted(channels, key=_natural_key))}')
         return "{\n" + ",\n".join(rows) + "\n}\n"
 
     @classmethod
@@ -168,6 +164,12 @@ class PruningPlan:
         if problems:
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             raise PlanError("; ".join(problems[:3]) + more)
+
+
+def _object_lines(d: dict[str, Any], keys: list[str]) -> str:
+    """A JSON object nested one level deep, one line per key."""
+    body = ",\n".join(f"    {json.dumps(k)}: {json.dumps(d[k])}" for k in keys)
+    return "{\n" + body + "\n  }" if body else "{}"
 
 
 def _natural_key(name: str) -> list[object]:

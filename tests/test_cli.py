@@ -379,7 +379,7 @@ def test_unexpected_exceptions_are_not_swallowed(monkeypatch: pytest.MonkeyPatch
     assert isinstance(result.exception, ZeroDivisionError)
 
 
-UNTRACEABLE = '''
+UNTRACEABLE = """
 import torch
 from torch import nn
 
@@ -400,7 +400,7 @@ class Net(nn.Module):
 
 def build():
     return Net()
-'''
+"""
 
 
 def test_untraceable_module_is_named_and_leaf_module_option_fixes_it(tmp_path: Path) -> None:

@@ -25,6 +25,11 @@ CI_TORCHVISION = [
 ]
 
 
+def _torchvision(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return import_torchvision().models.get_model(name, weights=None).eval()
+
+
 def _assert_done(result) -> None:  # type: ignore[no-untyped-def]
     assert result.stage == "done", f"{result.model} failed at {result.stage}: {result.error}"
     assert result.pruned_flops < result.flops and result.pruned_params < result.params
@@ -34,10 +39,7 @@ def _assert_done(result) -> None:  # type: ignore[no-untyped-def]
 @pytest.mark.zoo
 @pytest.mark.parametrize("name", CI_TORCHVISION)
 def test_torchvision_model(name: str) -> None:
-    tv = import_torchvision()
-    torch.manual_seed(0)
-    model = tv.models.get_model(name, weights=None).eval()
-    _assert_done(check_model(name, model, torch.randn(1, 3, 128, 128)))
+    _assert_done(check_model(name, _torchvision(name), torch.randn(1, 3, 128, 128)))
 
 
 @pytest.mark.zoo
@@ -50,10 +52,7 @@ def test_builtin_model(name: str) -> None:
 @pytest.mark.zoo
 @pytest.mark.parametrize("name", CI_TORCHVISION)
 def test_torchvision_model_is_lossless_with_block_and_channel_removal(name: str) -> None:
-    tv = import_torchvision()
-    torch.manual_seed(0)
-    model = tv.models.get_model(name, weights=None).eval()
-    check_lossless(model, torch.randn(2, 3, 64, 64), seed=1, ratio=0.3, blocks=0.5)
+    check_lossless(_torchvision(name), torch.randn(2, 3, 64, 64), seed=1, ratio=0.3, blocks=0.5)
 
 
 @pytest.mark.zoo
