@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 
 from graphprune.cli.console import step
-from graphprune.cli.options import MODEL_HELP, model_options, out_dir_option
-from graphprune.cli.pipeline import opt_str, print_before_after, resolve, run_pipeline, trace, writable_dir
+from graphprune.cli.options import MODEL_HELP, model_options, out_dir_option, static_batch_option
+from graphprune.cli.pipeline import opt_str, print_before_after, resolve, run_pipeline, trace
+from graphprune.fileio import check_writable_dir
 
 
 def prune_by_criterion(
@@ -22,6 +23,7 @@ def prune_by_criterion(
     round_to: int,
     out_dir: Path,
     export: bool,
+    static_batch: bool = False,
 ) -> None:
     """Plan by criterion, then apply, save, export and report (shared by `prune` and `demo`)."""
     import graphprune as gp
@@ -29,7 +31,7 @@ def prune_by_criterion(
 
     if input_shape is not None:
         parse_input_shape(input_shape)
-    writable_dir(out_dir)
+    check_writable_dir(out_dir)
     rm = resolve(model, weights, input_shape)
     pg = trace(rm)
     with step(f"Planning: {criterion} criterion, {scope} scope, target {target_flops:g} of FLOPs"):
@@ -43,7 +45,7 @@ def prune_by_criterion(
         "round_to": round_to,
         "weights": opt_str(weights),
     }
-    report = run_pipeline(rm, pg, plan, out_dir, export=export, plan_source=source)
+    report = run_pipeline(rm, pg, plan, out_dir, export=export, plan_source=source, static_batch=static_batch)
     print_before_after(report, out_dir)
 
 
@@ -90,6 +92,7 @@ Examples:
 )
 @out_dir_option(None)
 @click.option("--no-export", is_flag=True, help="Skip the ONNX export.")
+@static_batch_option
 def prune(
     model: str,
     weights: Path | None,
@@ -100,6 +103,7 @@ def prune(
     round_to: int,
     out_dir: Path,
     no_export: bool,
+    static_batch: bool,
 ) -> None:
     prune_by_criterion(
         model,
@@ -111,4 +115,5 @@ def prune(
         round_to=round_to,
         out_dir=out_dir,
         export=not no_export,
+        static_batch=static_batch,
     )
