@@ -539,7 +539,8 @@ def test_weights_that_fit_neither_model_are_named(pruned_dir: tuple[Path, Result
     weights = tmp_path / "r32.pt"
     torch.save(resolve_model("graphprune:cifar_resnet32").model.state_dict(), weights)
     result = run("apply", MODEL, "--weights", weights, "--plan", out / "plan.json", "--out", tmp_path / "o")
-    assert_one_line_error(result, f"weights file {weights} fits neither {MODEL}")
+    line = assert_one_line_error(result, f"weights file {weights} fits neither {MODEL} (unexpected layer")
+    assert "pruned by the plan (" in line
     assert not (tmp_path / "o").exists()
 
 

@@ -57,7 +57,7 @@ def apply(
         parse_input_shape(input_shape)
     check_writable_dir(out_dir)
     plan = load_plan(plan_path)
-    rm, pruned_state = resolve_for_plan(model, weights, input_shape, plan)
+    rm, pruned_weights = resolve_for_plan(model, weights, input_shape, plan)
     pg = trace(rm)
     source = {"plan_file": str(plan_path), "weights": opt_str(weights)}
     report = run_pipeline(
@@ -68,7 +68,6 @@ def apply(
         export=not no_export,
         plan_source=source,
         static_batch=static_batch,
-        pruned_state=pruned_state,
-        weights=weights,
+        pruned_weights=pruned_weights,
     )
     print_before_after(report, out_dir)

@@ -75,12 +75,12 @@ def export(
         module: nn.Module = rm.model
     else:
         plan = load_plan(plan_path)
-        rm, pruned_state = resolve_for_plan(model, weights, input_shape, plan)
+        rm, pruned_weights = resolve_for_plan(model, weights, input_shape, plan)
         pg = trace(rm)
         with step("Applying the plan"):
             module = gp.apply(pg, plan)
-        if pruned_state is not None and weights is not None:
-            load_pruned_weights(module, pruned_state, weights, rm)
+        if pruned_weights is not None:
+            load_pruned_weights(module, pruned_weights, rm)
     with step(f"Exporting to {out_path}"):
         report = export_onnx_file(module, rm, out_path, label=str(out_path), static_batch=static_batch)
     summary = table(f"ONNX export of {escape(rm.name)}", show_header=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,11 +58,21 @@ def resolve(model: str, weights: Path | None, input_shape: str | None, plan: Any
         return resolve_model(model, weights=str(weights) if weights is not None else None, input_shape=shape)
 
 
+@dataclass(frozen=True)
+class PrunedWeights:
+    """A --weights file that does not fit MODEL: to be loaded into MODEL pruned by the plan."""
+
+    path: Path
+    state: dict[str, Tensor]
+    unfit_original: str
+    """Why it does not fit MODEL itself (shown if it does not fit the pruned model either)."""
+
+
 def resolve_for_plan(
     model: str, weights: Path | None, input_shape: str | None, plan: Any
-) -> tuple[ResolvedModel, dict[str, Tensor] | None]:
+) -> tuple[ResolvedModel, PrunedWeights | None]:
     """Build MODEL for `plan`. --weights may hold MODEL's weights (loaded now) or the pruned model's, as
-    `prune` writes them; those are returned, to be loaded with `load_pruned_weights` after the plan."""
+    `prune` writes them: those are returned, for `load_pruned_weights` once the plan is applied."""
     from graphprune.weights import load_state_dict_file, load_weights
 
     if weights is None:
@@ -70,21 +81,27 @@ def resolve_for_plan(
     rm = resolve(model, None, input_shape, plan)
     try:
         load_weights(rm.model, state)
-    except WeightsError:
-        return rm, state
+    except WeightsError as exc:
+        return rm, PrunedWeights(weights, state, _detail(exc))
     return rm, None
 
 
-def load_pruned_weights(slim: nn.Module, state: dict[str, Tensor], weights: Path, rm: ResolvedModel) -> None:
-    """Load pruned weights from `resolve_for_plan` into `slim`; a one-line error if they fit neither model."""
+def load_pruned_weights(slim: nn.Module, pruned: PrunedWeights, rm: ResolvedModel) -> None:
+    """Load `pruned` into `slim` (MODEL after the plan); a one-line error if it fits neither model."""
     from graphprune.weights import load_weights
 
     try:
-        load_weights(slim, state)
+        load_weights(slim, pruned.state)
     except WeightsError as exc:
         raise WeightsError(
-            f"weights file {weights} fits neither {rm.name} nor {rm.name} pruned by the plan: {exc}"
+            f"weights file {pruned.path} fits neither {rm.name} ({pruned.unfit_original}) nor {rm.name} "
+            f"pruned by the plan ({_detail(exc)})"
         ) from None
+
+
+def _detail(exc: WeightsError) -> str:
+    """What does not fit, without the "weights file X does not fit Net: " lead."""
+    return str(exc).split(": ", 1)[-1]
 
 
 def trace(rm: ResolvedModel) -> Any:
@@ -133,22 +150,21 @@ def run_pipeline(
     export: bool,
     plan_source: dict[str, Any],
     static_batch: bool = False,
-    pruned_state: dict[str, Tensor] | None = None,
-    weights: Path | None = None,
+    pruned_weights: PrunedWeights | None = None,
 ) -> dict[str, Any]:
     """Apply `plan`, write model.pt, plan.json, model.onnx, report.json into `out_dir`; return the report.
 
     The files are written into a staging directory and moved into `out_dir` together at the end: a
-    failure leaves an earlier output set there as it was. `pruned_state` (with the `weights` file it
-    came from) holds weights for the pruned model, loaded after the plan is applied.
+    failure leaves an earlier output set there as it was. `pruned_weights` are loaded into the pruned
+    model once the plan is applied.
     """
     import graphprune as gp
     from graphprune.fileio import staged_output, write_text
 
     with step("Applying the plan"):
         slim = gp.apply(pg, plan)
-    if pruned_state is not None and weights is not None:
-        load_pruned_weights(slim, pruned_state, weights, rm)
+    if pruned_weights is not None:
+        load_pruned_weights(slim, pruned_weights, rm)
     with step("Counting pruned FLOPs and parameters"):
         pruned_flops = int(gp.count_flops(slim, rm.example_inputs, leaf_modules=leaf_modules()))
         pruned_params = int(gp.count_params(slim))
