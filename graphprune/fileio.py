@@ -91,12 +91,12 @@ def save_tensors(obj: object, path: str | os.PathLike[str]) -> None:
 def staged_output(directory: str | os.PathLike[str], names: Sequence[str]) -> Iterator[Path]:
     """Yield an empty staging directory; publish what the block wrote there into `directory` on success.
 
-    `names` is the whole output set, in publishing order (put the file that marks a finished set last).
+    `names` is the output set, in publishing order (put the file that marks a finished set last).
     On success each staged entry replaces its namesake in `directory` (a missing `directory` is created
     by renaming the staging directory onto it, all at once), and a name of the set that this run did not
     write is removed from `directory`, so no stale file from an earlier run is left beside the new ones.
-    Other files in `directory` are never touched. On failure the staging directory is deleted and
-    `directory` is left exactly as it was (not even created).
+    Staged entries outside `names` are published first; other files in `directory` are never touched.
+    On failure the staging directory is deleted and `directory` is left exactly as it was (not even created).
     """
     target = Path(directory)
     check_writable_dir(target)
@@ -117,15 +117,12 @@ def staged_output(directory: str | os.PathLike[str], names: Sequence[str]) -> It
 def _publish(staging: Path, target: Path, names: Sequence[str]) -> None:
     """Move the staged entries into `target` (see `staged_output`)."""
     written = {p.name for p in staging.iterdir()}
-    unknown = sorted(written - set(names))
-    if unknown:
-        raise ValueError(f"staged {unknown[0]!r} is not one of the output names {list(names)}")
     try:
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             os.rename(staging, target)
             return
-        for name in names:
+        for name in [*sorted(written - set(names)), *names]:
             new, old = staging / name, target / name
             if name in written:
                 _replace(new, old)

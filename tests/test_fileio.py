@@ -64,10 +64,13 @@ def test_failure_leaves_the_previous_set_and_no_staging(tmp_path: Path, existing
     assert sorted(p.name for p in tmp_path.iterdir()) == (["out"] if existing else [])
 
 
-def test_unknown_staged_name_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="stray"), staged_output(tmp_path / "out", NAMES) as stage:
-        (stage / "stray").write_text("x", encoding="utf-8")
-    assert not (tmp_path / "out").exists()
+def test_entries_outside_the_set_are_published_too(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    with staged_output(out, NAMES) as stage:
+        (stage / "extra.png").write_text("new", encoding="utf-8")
+        (stage / "done.json").write_text("new", encoding="utf-8")
+    assert _listing(out) == {"extra.png": "new", "done.json": "new"}
 
 
 def test_writability_checks_name_the_blocker_and_create_nothing(tmp_path: Path) -> None:

@@ -33,8 +33,16 @@ if TYPE_CHECKING:
 
 ONNX_FILE = "model.onnx"
 REPORT_FILE = "report.json"
-OUTPUT_FILES = ("model.pt", "plan.json", ONNX_FILE, ONNX_FILE + ".data", REPORT_FILE)
-"""The output set of `prune`/`apply`/`demo`, in publishing order (the report, written last, marks it done)."""
+
+
+def output_files() -> tuple[str, ...]:
+    """The output set of `prune`/`apply`/`demo` in publishing order (the report, written last, marks it done).
+
+    A name of the set that a run does not write (model.onnx with --no-export) is removed from DIR.
+    """
+    from graphprune.checkpoint import MODEL_FILE, PLAN_FILE
+
+    return (MODEL_FILE, PLAN_FILE, ONNX_FILE, ONNX_FILE + ".data", REPORT_FILE)
 
 
 def load_plan(path: Path) -> Any:
@@ -159,6 +167,7 @@ def run_pipeline(
     model once the plan is applied.
     """
     import graphprune as gp
+    from graphprune.checkpoint import MODEL_FILE
     from graphprune.fileio import staged_output, write_text
 
     with step("Applying the plan"):
@@ -169,8 +178,8 @@ def run_pipeline(
         pruned_flops = int(gp.count_flops(slim, rm.example_inputs, leaf_modules=leaf_modules()))
         pruned_params = int(gp.count_params(slim))
 
-    with staged_output(out_dir, OUTPUT_FILES) as stage:
-        with step(f"Saving {out_dir / 'model.pt'} and plan.json"):
+    with staged_output(out_dir, output_files()) as stage:
+        with step(f"Saving {out_dir / MODEL_FILE} and plan.json"):
             gp.checkpoint.save_pruned(stage, slim, plan, pg)
         original_export: dict[str, Any] | None = None
         pruned_export: dict[str, Any] | None = None
@@ -197,7 +206,7 @@ def run_pipeline(
                 with step("Timing both ONNX files with onnxruntime (1 thread, interleaved rounds)"):
                     timing = paired_latency(original_onnx, stage / ONNX_FILE, rm.input_shape)
         elif (out_dir / ONNX_FILE).is_file():
-            note(f"removing {out_dir / ONNX_FILE} from an earlier run: it would not match model.pt")
+            note(f"removing {out_dir / ONNX_FILE} from an earlier run: it would not match {MODEL_FILE}")
         report = _report(
             rm, pg, plan_source, pruned_flops, pruned_params, original_export, pruned_export, timing
         )
