@@ -160,7 +160,7 @@ def run_pipeline(
     static_batch: bool = False,
     pruned_weights: PrunedWeights | None = None,
 ) -> dict[str, Any]:
-    """Apply `plan`, write model.pt, plan.json, model.onnx, report.json into `out_dir`; return the report.
+    """Apply `plan`; write the output set (`output_files`) into `out_dir`; return the report.
 
     The files are written into a staging directory and moved into `out_dir` together at the end: a
     failure leaves an earlier output set there as it was. `pruned_weights` are loaded into the pruned
