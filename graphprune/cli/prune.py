@@ -55,7 +55,7 @@ Examples:
   graphprune prune torchvision:resnet50 --criterion bn --target-flops 0.7 --scope layer --out out/r50
   graphprune prune my_net.py:build --weights net.pt --input-shape 1,3,64,64 --out out/net
 """,
-    help="Prune MODEL to a FLOPs target with a ranking criterion; write model.pt, plan.json, "
+    help="Prune MODEL to a FLOPs target with a ranking criterion; write model.safetensors, plan.json, "
     "model.onnx and report.json into DIR.\n\n"
     "--target-flops is the fraction of the original FLOPs to keep (0.5 halves them).\n" + MODEL_HELP,
 )
