@@ -69,6 +69,10 @@ def test_prune_finetune_then_eval_from_the_run_directory(tiny: dict[str, str], t
     assert shown.exit_code == 0, shown.output
     assert f"{report['pruned']['top1']:.2f}" in shown.stdout and "onnxruntime top-1" in shown.stdout
 
+    exported = run("export", out, "--out", tmp_path / "again.onnx")  # from the run directory alone
+    assert exported.exit_code == 0, exported.output
+    assert abs(evaluate_onnx(tmp_path / "again.onnx", data).top1 - report["pruned"]["top1"]) <= 0.1
+
     again = run("finetune", tiny["model"], "--input-shape", "1,3,8,8", "--plan", out / "plan.json",
                 "--data", tiny["data"], "--epochs", "1", "--max-steps", "2", "--batch-size", "8",
                 "--no-export", "--out", tmp_path / "ft")  # fmt: skip
