@@ -6,7 +6,8 @@
 Arms (each fine-tuned with the same budget, from the shared `cifar10jpeg_resnet20.th`, 88.53% on the JPEG
 test split): `pruned_kd` (KD from the unpruned baseline), `pruned_ce` (plain cross-entropy) and
 `unpruned_ce` (the baseline itself, as the control). Each arm's result is stored under
-`<out>/finetune_l1/arms/<arm>.json` when it finishes and skipped on a re-run; a killed arm resumes from its
+`<out>/finetune_l1/arms/<arm>.json` when it finishes and skipped on a re-run (as are the
+untrained baselines, `base.json`); a killed arm resumes from its
 checkpoint.
 """
 
@@ -58,12 +59,17 @@ def main(
     pruned = gp.apply(pg, plan)
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_steps=max_steps, log_every=50)
     work = out / "finetune_l1"
-    base = {
-        "baseline_top1": evaluate(baseline, data).top1,
-        "pruned_no_finetune_top1": evaluate(pruned, data).top1,
-        "flops_ratio": gp.count_flops(pruned, x) / pg.flops,
-        "params_ratio": gp.count_params(pruned) / pg.params,
-    }
+    base_file = work / "base.json"
+    if base_file.is_file():
+        base = json.loads(base_file.read_text())
+    else:
+        base = {
+            "baseline_top1": evaluate(baseline, data).top1,
+            "pruned_no_finetune_top1": evaluate(pruned, data).top1,
+            "flops_ratio": gp.count_flops(pruned, x) / pg.flops,
+            "params_ratio": gp.count_params(pruned) / pg.params,
+        }
+        write_text(base_file, json.dumps(base, indent=2) + "\n")
     arms: dict[str, dict[str, Any]] = {}
     for arm in ARMS:
         done_file = work / "arms" / f"{arm}.json"
