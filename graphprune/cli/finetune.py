@@ -9,8 +9,9 @@ import click
 
 from graphprune.cli.console import step
 from graphprune.cli.options import MODEL_HELP, leaf_modules, model_options, out_dir_option
-from graphprune.cli.pipeline import load_plan, opt_str, writable_dir
+from graphprune.cli.pipeline import load_plan, opt_str
 from graphprune.cli.training import data_options, print_run_summary, train_config, train_options
+from graphprune.fileio import check_writable_dir
 
 
 @click.command(
@@ -63,7 +64,7 @@ def finetune(
     if data_spec is None:
         raise DataError("finetune needs --data SPEC")
     cfg = train_config(epochs, train_kw)
-    writable_dir(out_dir)
+    check_writable_dir(out_dir)
     plan = load_plan(plan_path) if plan_path is not None else None
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     if shape is None and plan is not None and plan.input_shapes and len(plan.input_shapes) == 1:

@@ -57,6 +57,15 @@ def out_dir_option(default: str | None) -> Callable[[F], F]:
     )
 
 
+def static_batch_option(fn: F) -> F:
+    """--static-batch: export the ONNX file with the example's fixed batch size."""
+    return click.option(
+        "--static-batch",
+        is_flag=True,
+        help="Export ONNX with the example's fixed batch size (for models that specialise on it).",
+    )(fn)
+
+
 def leaf_modules() -> tuple[str, ...]:
     """The --leaf-module paths of the running command."""
     found: tuple[str, ...] = click.get_current_context().meta.get(LEAF_MODULES_KEY, ())

@@ -8,9 +8,16 @@ from typing import Any
 import click
 
 from graphprune.cli.console import step
-from graphprune.cli.options import MODEL_HELP, leaf_modules, model_options, out_dir_option
-from graphprune.cli.pipeline import opt_str, print_before_after, resolve, run_pipeline, trace, writable_dir
+from graphprune.cli.options import (
+    MODEL_HELP,
+    leaf_modules,
+    model_options,
+    out_dir_option,
+    static_batch_option,
+)
+from graphprune.cli.pipeline import opt_str, print_before_after, resolve, run_pipeline, trace
 from graphprune.cli.training import data_options, print_run_summary, train_config, train_options
+from graphprune.fileio import check_writable_dir
 
 
 def prune_by_criterion(
@@ -24,6 +31,7 @@ def prune_by_criterion(
     round_to: int,
     out_dir: Path,
     export: bool,
+    static_batch: bool = False,
 ) -> None:
     """Plan by criterion, then apply, save, export and report (shared by `prune` and `demo`)."""
     import graphprune as gp
@@ -31,7 +39,7 @@ def prune_by_criterion(
 
     if input_shape is not None:
         parse_input_shape(input_shape)
-    writable_dir(out_dir)
+    check_writable_dir(out_dir)
     rm = resolve(model, weights, input_shape)
     pg = trace(rm)
     with step(f"Planning: {criterion} criterion, {scope} scope, target {target_flops:g} of FLOPs"):
@@ -49,7 +57,7 @@ def prune_by_criterion(
         "round_to": round_to,
         "weights": opt_str(weights),
     }
-    report = run_pipeline(rm, pg, plan, out_dir, export=export, plan_source=source)
+    report = run_pipeline(rm, pg, plan, out_dir, export=export, plan_source=source, static_batch=static_batch)
     print_before_after(report, out_dir)
 
 
@@ -93,7 +101,7 @@ def prune_and_train(
 
     epochs = _epochs_list(method_epochs)
     shape = parse_input_shape(input_shape) if input_shape is not None else None
-    writable_dir(out_dir)
+    check_writable_dir(out_dir)
     finetune = train_config(finetune_epochs, dict(train_kw)) if finetune_epochs > 0 else None
     method_train = train_config(max(1, sum(epochs or [1])), dict(train_kw)) if data_spec is not None else None
     request = PipelineRequest(
@@ -167,6 +175,7 @@ Examples:
 @train_options
 @out_dir_option(None)
 @click.option("--no-export", is_flag=True, help="Skip the ONNX export.")
+@static_batch_option
 def prune(
     model: str,
     weights: Path | None,
@@ -184,6 +193,7 @@ def prune(
     resume: bool,
     out_dir: Path,
     no_export: bool,
+    static_batch: bool,
     **train_kw: Any,
 ) -> None:
     if method is not None and criterion is not None and method != criterion:
@@ -211,4 +221,5 @@ def prune(
         round_to=round_to,
         out_dir=out_dir,
         export=not no_export,
+        static_batch=static_batch,
     )
