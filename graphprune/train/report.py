@@ -37,16 +37,31 @@ def _ratio(after: Any, before: Any) -> str:
     return "-"
 
 
-def plot_training_curves(history: list[dict[str, Any]], path: Path) -> Path | None:
-    """Train loss and train/test accuracy per epoch; None if there is no epoch to plot."""
-    epochs = [r for r in history if r.get("kind") == "epoch"]
-    if not epochs:
-        return None
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Write `fig` as a PNG at `path` atomically and free it."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_training_curves(history: list[dict[str, Any]], path: Path) -> Path | None:
+    """Train loss and train/test accuracy per epoch; None if there is no epoch to plot."""
+    epochs = [r for r in history if r.get("kind") == "epoch"]
+    if not epochs:
+        return None
+    plt = _pyplot()
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
     stages = sorted({r["stage"] for r in epochs}, key=[r["stage"] for r in epochs].index)
     x0 = 0
@@ -63,22 +78,14 @@ def plot_training_curves(history: list[dict[str, Any]], path: Path) -> Path | No
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_kept_channels(channels: list[tuple[str, int, int]], path: Path) -> Path | None:
     """Bars of kept vs original channels per prunable group (`(group id, size, kept)`)."""
     if not channels:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(channels)), 3.8))
     xs = range(len(channels))
     ax.bar(xs, [c[1] for c in channels], color="#ddd", label="original")
@@ -86,11 +93,7 @@ def plot_kept_channels(channels: list[tuple[str, int, int]], path: Path) -> Path
     ax.set_xticks(list(xs), [c[0] for c in channels], rotation=90, fontsize=7)
     ax.set(ylabel="channels", title="kept channels per group")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_report_md(run_dir: Path, report: dict[str, Any], plots: list[Path]) -> Path:
