@@ -343,6 +343,11 @@ def load_fashion_mnist(
     path: str, *, image_size: int | None = None, cache_dir: str | Path | None = None, limit: int | None = None
 ) -> DataBundle:
     """Fashion-MNIST from `{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]` (default: Debian's path)."""
+    if not path and not FASHION_MNIST_DIR.is_dir():
+        raise DataError(
+            f"Fashion-MNIST directory not found: {FASHION_MNIST_DIR} "
+            "(apt-get install dataset-fashion-mnist, or give fashion-mnist:PATH)"
+        )
     root = _existing(path, FASHION_MNIST_DIR, "Fashion-MNIST directory")
 
     def decode() -> tuple[Splits, tuple[str, ...]]:
