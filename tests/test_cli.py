@@ -18,8 +18,8 @@ from graphprune.cli import inspect as inspect_module
 from graphprune.errors import PlanError
 
 MODEL = "graphprune:cifar_resnet20"
-OUTPUT_FILES = ("model.pt", "plan.json", "model.onnx", "report.json")
-COMMANDS = ("inspect", "prune", "apply", "export", "demo")
+OUTPUT_FILES = ("model.safetensors", "plan.json", "model.onnx", "report.json")
+COMMANDS = ("inspect", "prune", "finetune", "eval", "apply", "export", "demo")
 
 
 def run(*args: str) -> Result:
@@ -41,7 +41,9 @@ def assert_one_line_error(result: Result, *culprits: str) -> str:
 
 
 def load_state(path: Path) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    from graphprune.weights import load_state_dict_file
+
+    return load_state_dict_file(path)
 
 
 def assert_same_tensors(a: Any, b: Any) -> None:
@@ -206,7 +208,7 @@ def test_prune_outputs_reload_to_the_reported_model(pruned_dir: tuple[Path, Resu
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     rm = resolve_model(MODEL)
     slim = gp.checkpoint.load_pruned(
-        rm.model, str(out / "plan.json"), str(out / "model.pt"), rm.example_inputs
+        rm.model, str(out / "plan.json"), str(out / "model.safetensors"), rm.example_inputs
     )
     assert gp.count_flops(slim, rm.example_inputs) == report["pruned"]["flops"]
     assert gp.count_params(slim) == report["pruned"]["params"]
@@ -221,9 +223,9 @@ def test_apply_with_the_saved_plan_reproduces_the_state_dict(
     (again / "model.onnx").write_text("stale export from an earlier run", encoding="utf-8")
     result = run("apply", MODEL, "--plan", out / "plan.json", "--out", again, "--no-export")
     assert result.exit_code == 0, result.output
-    assert (again / "model.pt").is_file() and (again / "plan.json").is_file()
+    assert (again / "model.safetensors").is_file() and (again / "plan.json").is_file()
     assert (again / "report.json").is_file() and not (again / "model.onnx").exists()
-    assert_same_tensors(load_state(out / "model.pt"), load_state(again / "model.pt"))
+    assert_same_tensors(load_state(out / "model.safetensors"), load_state(again / "model.safetensors"))
     first = json.loads((out / "report.json").read_text(encoding="utf-8"))
     second = json.loads((again / "report.json").read_text(encoding="utf-8"))
     assert second["pruned"]["flops"] == first["pruned"]["flops"]
@@ -255,7 +257,7 @@ def test_demo_runs_without_model_arguments(tmp_path: Path) -> None:
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["model"] == demo_module.DEMO_MODEL
     assert report["pruned"]["flops"] <= 0.55 * report["original"]["flops"]
-    assert (out / "model.pt").is_file() and (out / "plan.json").is_file()
+    assert (out / "model.safetensors").is_file() and (out / "plan.json").is_file()
     assert "FLOPs (MMACs)" in result.stdout
     weights = demo_module._demo_weights()
     if weights is None:
@@ -496,7 +498,7 @@ def test_leaf_module_survives_flops_counting_and_export(tmp_path: Path) -> None:
     assert report["pruned"]["flops"] < report["original"]["flops"]
 
     exported = tmp_path / "onnx"
-    result = run("export", spec, *leaf, "--plan", out / "plan.json", "--weights", out / "model.pt",
+    result = run("export", spec, *leaf, "--plan", out / "plan.json", "--weights", out / "model.safetensors",
                  "--out", f"{exported}/")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert (exported / "model.onnx").is_file()
@@ -506,10 +508,10 @@ def test_leaf_module_survives_flops_counting_and_export(tmp_path: Path) -> None:
 def test_apply_takes_the_pruned_weights_prune_wrote(pruned_dir: tuple[Path, Result], tmp_path: Path) -> None:
     out, _ = pruned_dir
     again = tmp_path / "again"
-    result = run("apply", MODEL, "--weights", out / "model.pt", "--plan", out / "plan.json", "--out", again,
-                 "--no-export")  # fmt: skip
+    result = run("apply", MODEL, "--weights", out / "model.safetensors", "--plan", out / "plan.json",
+                 "--out", again, "--no-export")  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert_same_tensors(load_state(out / "model.pt"), load_state(again / "model.pt"))
+    assert_same_tensors(load_state(out / "model.safetensors"), load_state(again / "model.safetensors"))
 
 
 def test_export_takes_prunes_output_into_an_existing_directory(
@@ -521,11 +523,13 @@ def test_export_takes_prunes_output_into_an_existing_directory(
 
     out, _ = pruned_dir
     result = run(
-        "export", MODEL, "--weights", out / "model.pt", "--plan", out / "plan.json", "--out", tmp_path
-    )
+        "export", MODEL, "--weights", out / "model.safetensors", "--plan", out / "plan.json",
+        "--out", tmp_path,
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     rm = resolve_model(MODEL)
-    slim = gp.checkpoint.load_pruned(rm.model, out / "plan.json", out / "model.pt", rm.example_inputs)
+    weights = out / "model.safetensors"
+    slim = gp.checkpoint.load_pruned(rm.model, out / "plan.json", weights, rm.example_inputs)
     x = torch.randn(2, 3, 32, 32)
     (got,) = run_onnx(tmp_path / "model.onnx", (x.numpy(),))
     with torch.no_grad():
@@ -558,7 +562,7 @@ def test_a_failed_run_leaves_the_previous_output_set(
             (target / name).write_bytes((out / name).read_bytes())
     before = {p.name: p.read_bytes() for p in target.iterdir()} if existing else {}
 
-    def late_failure(*_: object) -> None:  # after model.pt and plan.json are written
+    def late_failure(*_: object) -> None:  # after model.safetensors and plan.json are written
         raise PlanError("late failure")
 
     monkeypatch.setattr(pipeline, "_report", late_failure)

@@ -32,11 +32,15 @@ if TYPE_CHECKING:
 Examples:
   graphprune export torchvision:resnet18 --out resnet18.onnx
   graphprune export graphprune:cifar_resnet56 --plan out/r56/plan.json --out r56-pruned.onnx
-  graphprune export graphprune:cifar_resnet56 --plan out/r56/plan.json --weights out/r56/model.pt --out out/
+  graphprune export graphprune:cifar_resnet56 --plan out/r56/plan.json --weights out/r56/model.safetensors \\
+      --out out/
+  graphprune export runs/r20 --out r20.onnx    (a run directory of prune --data / finetune)
 """,
-    help="Export MODEL (pruned first if --plan is given) to ONNX and check it against PyTorch.\n\n"
-    "With --plan, --weights may hold MODEL's weights or the pruned model's (the model.pt that `prune` "
-    f"writes). An --out that is a directory (or ends with /) gets {ONNX_FILE} in it.\n" + MODEL_HELP,
+    help="Export MODEL (pruned first if --plan is given), or the model of a run directory, to ONNX and "
+    "check it against PyTorch.\n\n"
+    "With --plan, --weights may hold MODEL's weights or the pruned model's (the model.safetensors "
+    f"that `prune` writes). An --out that is a directory (or ends with /) gets {ONNX_FILE} in it.\n"
+    + MODEL_HELP,
 )
 @model_options
 @click.option(
@@ -64,15 +68,21 @@ def export(
     static_batch: bool,
 ) -> None:
     import graphprune as gp
-    from graphprune.modelspec import parse_input_shape
+    from graphprune.checkpoint import is_run_dir, load_run
+    from graphprune.modelspec import ResolvedModel, parse_input_shape
 
     if input_shape is not None:
         parse_input_shape(input_shape)
     out_path = onnx_path(out_text)
     check_writable_file(out_path)
-    if plan_path is None:
+    if is_run_dir(model):  # a run directory: its model.json, plan.json and weights say everything
+        with step(f"Loading the run {model}"):
+            loaded = load_run(model)
+        rm = ResolvedModel(loaded.info.model, loaded.model, loaded.info.input_shape, loaded.example_inputs)
+        module: nn.Module = loaded.model
+    elif plan_path is None:
         rm = resolve(model, weights, input_shape)
-        module: nn.Module = rm.model
+        module = rm.model
     else:
         plan = load_plan(plan_path)
         rm, pruned_weights = resolve_for_plan(model, weights, input_shape, plan)

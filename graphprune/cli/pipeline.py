@@ -225,6 +225,8 @@ def _report(
     timing: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The report.json of one run."""
+    from graphprune.checkpoint import MODEL_FILE
+
     original_nodes = original_export.get("nodes") if original_export else None
     pruned_nodes = pruned_export.get("nodes") if pruned_export else None
     report: dict[str, Any] = {
@@ -242,7 +244,7 @@ def _report(
             else None,
         },
         "files": {
-            "state_dict": "model.pt",
+            "state_dict": MODEL_FILE,
             "plan": "plan.json",
             "onnx": ONNX_FILE if pruned_export else None,
             "onnx_data": pruned_export.get("external_data") if pruned_export else None,
