@@ -54,6 +54,7 @@ class DependencyGraph:
         self.sites: list[Site] = []
         self.site_by_key: dict[str, Site] = {}
         self.module_calls: dict[str, fx.Node] = {}  # first call of each parametric module
+        self.param_readers: dict[str, set[str]] = {}  # PARAM site target -> fx nodes that slice-read it
 
     # ----- building
     def add_tensor(

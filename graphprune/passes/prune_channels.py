@@ -94,11 +94,10 @@ def _prune_linear(m: nn.Linear, out_rm: Sequence[int], in_rm: Sequence[int]) -> 
 
 
 def _prune_norm(m: nn.Module, removed: Sequence[int]) -> None:
-    sized = [
-        t for t in (getattr(m, k, None) for k in ("weight", "running_mean")) if isinstance(t, torch.Tensor)
-    ]
-    n = m.num_channels if isinstance(m, nn.GroupNorm) else sized[0].shape[0]
-    keep = _keep(n, removed)
+    # a norm without affine or running stats has no tensor to read the channel count from: use its own
+    counts = [getattr(m, k, None) for k in ("num_channels", "num_features", "num_parameters")]
+    counts += [t.shape[0] for t in (getattr(m, k, None) for k in ("weight", "running_mean")) if t is not None]
+    keep = _keep(int(next(c for c in counts if c is not None)), removed)
     for name in ("weight", "bias", "running_mean", "running_var"):
         slice_tensor(m, name, 0, keep)
     if isinstance(m, nn.GroupNorm):

@@ -20,7 +20,11 @@ from graphprune.analysis.rules.registry import (
     METHOD_RULES,
     module_rule,
 )
+from graphprune.analysis.sites import Site, SiteKind
 from graphprune.trace import META_KEY, TensorSpec
+
+# sites that slice the parameters of a called module
+_OWNED_KINDS = (SiteKind.CONV_OUT, SiteKind.CONV_IN, SiteKind.LINEAR_OUT, SiteKind.LINEAR_IN, SiteKind.NORM)
 
 
 def _placeholder(dg: DependencyGraph, node: fx.Node) -> None:
@@ -97,4 +101,28 @@ def build_dependency_graph(gm: fx.GraphModule) -> DependencyGraph:
         out_keys = [o.key for o in (outs if isinstance(outs, tuple) else [outs]) if o is not None]
         in_keys = [i.key for i in (dg.info(a) for a in tensor_inputs(node)) if i is not None]
         dg.link(node, in_keys, out_keys)
+    _pin_side_reads(dg, gm)
     return dg
+
+
+def _pin_side_reads(dg: DependencyGraph, gm: fx.GraphModule) -> None:
+    """A parameter the rewrite slices must have no other reader: `gamma.sum()` beside `h * gamma`, or
+    `conv.weight.norm()` beside `conv(h)`, would see the sliced tensor. Such sites are pinned."""
+    by_target: dict[str, list[Site]] = {}
+    for site in dg.sites:
+        if site.kind in _OWNED_KINDS or site.kind == SiteKind.PARAM:
+            by_target.setdefault(site.target, []).append(site)
+    for node in gm.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        target = str(node.target)
+        readers = dg.param_readers.get(target)
+        if readers is not None:
+            others = [u.name for u in node.users if u.name not in readers]
+            sites = by_target.get(target, [])
+        else:
+            owner = target.rpartition(".")[0]
+            others = [u.name for u in node.users]
+            sites = [s for s in by_target.get(owner, []) if s.kind in _OWNED_KINDS]
+        for site in sites if others else []:
+            dg.pin(site.tensor, f"{target} is also read by {', '.join(others)}, which would see it sliced")

@@ -1,0 +1,153 @@
+"""Adversarial models, one per class of analysis defect: every group the analysis calls prunable must prune
+losslessly (checked with an independent oracle), or the group must be pinned."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from support.lossless import check_lossless
+from torch import nn
+
+import graphprune as gp
+from graphprune.rewrite import masked_reference
+
+X = torch.randn(2, 3, 8, 8)
+
+
+class Net(nn.Module):
+    """conv -> body(h) -> conv: `body` is the op under test, on the 8 channels of conv a."""
+
+    def __init__(self, body: object, c: int = 8, **extra: nn.Module | nn.Parameter | torch.Tensor) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, c, 3, padding=1)
+        self.b = nn.Conv2d(c, 4, 3, padding=1)
+        self.body = body
+        for k, v in extra.items():
+            if isinstance(v, nn.Parameter):
+                self.register_parameter(k, v)
+            elif isinstance(v, torch.Tensor):
+                self.register_buffer(k, v)
+            else:
+                self.add_module(k, v)
+
+    def forward(self, x: torch.Tensor) -> object:
+        return self.body(self, self.a(x))
+
+
+def a_group(pg: gp.PrunableGraph) -> gp.ChannelGroup:
+    return pg.group_of("a")
+
+
+def prunable_and_lossless(model: nn.Module, x: torch.Tensor = X, zero_preserving: bool = True) -> None:
+    """Group `a` is prunable; pruned models equal the masked reference on new inputs (and, when the body
+    maps zero channels to zero channels, the producer-zeroing oracle agrees)."""
+    pg = gp.trace(model.eval(), x)
+    assert a_group(pg).prunable, a_group(pg).reason
+    for seed in range(3):
+        if zero_preserving:
+            check_lossless(model, x, seed, ratio=0.4)
+        plan = _plan(pg, seed)
+        slim = gp.apply(pg, plan, verify=False)
+        ref = masked_reference(pg, plan)
+        x2 = torch.randn(3, *x.shape[1:], dtype=torch.float64)
+        with torch.no_grad():
+            torch.testing.assert_close(slim.double()(x2), ref.double()(x2))
+
+
+def _plan(pg: gp.PrunableGraph, seed: int) -> gp.PruningPlan:
+    g = torch.Generator().manual_seed(seed)
+    k = a_group(pg).size
+    drop = torch.randperm(k, generator=g)[: k // 2].tolist()
+    return gp.PruningPlan.for_graph(pg).remove_channels(a_group(pg).id, drop)
+
+
+def pinned(model: nn.Module, match: str, x: torch.Tensor = X) -> None:
+    pg = gp.trace(model.eval(), x)
+    g = a_group(pg)
+    assert not g.prunable and g.reason is not None and match in g.reason, g.reason
+
+
+@pytest.mark.parametrize("method", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("dim", [1, 2, -1])
+def test_softmax_as_a_method_traces_and_pins_only_over_channels(method: str, dim: int) -> None:
+    model = Net(lambda s, h: s.b(getattr(h, method)(dim)))
+    if dim == 1:
+        pinned(model, "normalises over the channel dim")
+    else:
+        prunable_and_lossless(model, zero_preserving=False)
+
+
+@pytest.mark.parametrize(
+    "norm",
+    [
+        nn.InstanceNorm2d(8),
+        nn.BatchNorm2d(8, affine=False, track_running_stats=False),
+        nn.GroupNorm(4, 8, affine=False),
+        nn.BatchNorm2d(8, affine=False),
+    ],
+    ids=["instance", "batch-no-state", "group-no-affine", "batch-stats-only"],
+)
+def test_norms_without_per_channel_tensors_prune(norm: nn.Module) -> None:
+    prunable_and_lossless(Net(lambda s, h: s.b(s.n(h) + 0.5), n=norm), zero_preserving=False)
+
+
+def test_clamp_with_a_tensor_bound_slices_the_bound() -> None:
+    prunable_and_lossless(
+        Net(lambda s, h: s.b(torch.clamp(h, min=s.lo)), lo=nn.Parameter(torch.randn(8, 1, 1))),
+        zero_preserving=False,
+    )
+
+
+def test_pow_and_clamp_methods_with_tensor_operands_slice_them() -> None:
+    prunable_and_lossless(
+        Net(
+            lambda s, h: s.b(h.abs().pow(s.p).clamp(s.lo, s.hi)),
+            p=torch.rand(1, 8, 1, 1) + 1,
+            lo=torch.full((8, 1, 1), -0.1),
+            hi=torch.rand(8, 1, 1),
+        ),
+        zero_preserving=False,
+    )
+
+
+def test_a_channel_operand_without_layout_pins() -> None:
+    model = Net(lambda s, h: s.b(torch.clamp(h, max=s.hi.view(1, 8, 1, 1))), hi=nn.Parameter(torch.rand(8)))
+    pinned(model, "no channel")
+
+
+def test_a_parameter_read_elsewhere_pins() -> None:
+    model = Net(lambda s, h: (s.b(h * s.gamma), s.gamma.sum()), gamma=nn.Parameter(torch.rand(8, 1, 1)))
+    pinned(model, "gamma")
+
+
+def test_a_module_parameter_read_directly_pins() -> None:
+    pinned(Net(lambda s, h: s.b(h) * s.a.weight.norm()), "a.weight")
+
+
+def test_max_pool_on_channels_last_pins() -> None:
+    body = Net(lambda s, h: s.b(F.max_pool2d(h.permute(0, 2, 3, 1), 3, 1, 1).permute(0, 3, 1, 2)))
+    pinned(body, "pool")
+
+
+def test_max_pool_module_on_channels_last_pins() -> None:
+    body = Net(lambda s, h: s.b(s.p(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)), p=nn.MaxPool2d(3, 1, 1))
+    pinned(body, "pool")
+
+
+def test_avg_pool1d_over_features_pins() -> None:
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f = self.a(x).mean((2, 3))
+            return self.fc(F.avg_pool1d(f, 3, 1, 1))
+
+    pinned(Head(), "pool")
+
+
+def test_pooling_over_space_stays_prunable() -> None:
+    prunable_and_lossless(Net(lambda s, h: s.b(F.max_pool2d(h, 3, 1, 1) + F.avg_pool2d(h, 3, 1, 1))))
