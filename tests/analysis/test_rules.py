@@ -3,6 +3,8 @@ losslessly (checked with an independent oracle), or the group must be pinned."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +15,7 @@ import graphprune as gp
 from graphprune.rewrite import masked_reference
 
 X = torch.randn(2, 3, 8, 8)
+torch.fx.wrap("len")  # record len(h) calls made in this module
 
 
 class Net(nn.Module):
@@ -151,3 +154,44 @@ def test_avg_pool1d_over_features_pins() -> None:
 
 def test_pooling_over_space_stays_prunable() -> None:
     prunable_and_lossless(Net(lambda s, h: s.b(F.max_pool2d(h, 3, 1, 1) + F.avg_pool2d(h, 3, 1, 1))))
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda h: h.shape[1],
+        lambda h: h.size(1),
+        lambda h: h.size()[-3],
+        lambda h: h.numel(),
+        lambda h: len(h.permute(1, 0, 2, 3)),
+    ],
+    ids=["shape", "size", "size-tuple", "numel", "len"],
+)
+def test_a_channel_count_read_as_a_value_pins(read: object) -> None:
+    pinned(Net(lambda s, h: (s.b(h), read(h))), "channel count")  # type: ignore[operator]
+    pinned(Net(lambda s, h: s.b(h) / math.sqrt(read(h))), "channel count")  # type: ignore[operator]
+
+
+def test_a_channel_count_compared_with_a_constant_pins() -> None:
+    def body(s: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        torch._assert(h.shape[1] == 8, "eight channels")
+        return s.b(h)
+
+    pinned(Net(body), "channel count")
+
+
+def test_a_channel_count_shaping_its_own_tensor_stays_prunable() -> None:
+    def body(s: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        b, c, hh, w = h.shape
+        g = h.view(b, 2, c // 2, hh * w).transpose(1, 2).reshape(b, c, hh, w)  # channel shuffle
+        return s.b(g) * h.size(0)
+
+    prunable_and_lossless(Net(body))
+
+
+def test_a_channel_count_shaping_another_tensor_pins_both() -> None:
+    def body(s: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        y = s.e(h)  # 16 channels
+        return s.b(h + y.reshape(y.shape[0], 2, h.size(1), 8, 8).sum(1))
+
+    pinned(Net(body, e=nn.Conv2d(8, 16, 1)), "channel count")

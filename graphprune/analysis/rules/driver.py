@@ -12,7 +12,8 @@ from graphprune.analysis.rules.base import (
     tensor_inputs,
     unknown,
 )
-from graphprune.analysis.rules.layout import getitem
+from graphprune.analysis.rules.counts import Taint, track_counts
+from graphprune.analysis.rules.layout import getitem, layout
 from graphprune.analysis.rules.registry import (
     FUNCTION_RULES,
     META_FUNCTIONS,
@@ -64,9 +65,16 @@ def _node_rule(dg: DependencyGraph, node: fx.Node) -> Rule | None:
     return None
 
 
+def _node_rule_is(node: fx.Node, rule: Rule) -> bool:
+    if node.op == "call_function":
+        return FUNCTION_RULES.get(node.target) is rule
+    return node.op == "call_method" and METHOD_RULES.get(str(node.target)) is rule
+
+
 def build_dependency_graph(gm: fx.GraphModule) -> DependencyGraph:
     """Apply the channel rules to every node of a graph whose values were recorded on example inputs."""
     dg = DependencyGraph(gm)
+    taints: dict[str, Taint] = {}
     for node in gm.graph.nodes:
         dg.add_op(node)
         if node.op == "placeholder":
@@ -101,6 +109,7 @@ def build_dependency_graph(gm: fx.GraphModule) -> DependencyGraph:
         out_keys = [o.key for o in (outs if isinstance(outs, tuple) else [outs]) if o is not None]
         in_keys = [i.key for i in (dg.info(a) for a in tensor_inputs(node)) if i is not None]
         dg.link(node, in_keys, out_keys)
+        track_counts(dg, node, taints, _node_rule_is(node, layout))
     _pin_side_reads(dg, gm)
     return dg
 
