@@ -14,7 +14,6 @@ from __future__ import annotations
 import builtins
 import math
 import operator
-from typing import Any
 
 import torch
 import torch.fx as fx
@@ -81,8 +80,14 @@ def track_counts(dg: DependencyGraph, node: fx.Node, taints: dict[str, Taint], i
     used = [a for a in flat((node.args, node.kwargs)) if isinstance(a, fx.Node) and a.name in taints]
     if not used:
         return
-    if node.op == "call_function" and node.target is operator.getitem and node.args[0] in used:
-        t, idx = taints[node.args[0].name], dg.value(node.args[1])
+    src = node.args[0] if node.args else None
+    if (
+        node.op == "call_function"
+        and node.target is operator.getitem
+        and isinstance(src, fx.Node)
+        and src in used
+    ):
+        t, idx = taints[src.name], dg.value(node.args[1])
         if isinstance(t, tuple) and isinstance(idx, int):
             taints[node.name] = t[idx]
         elif isinstance(t, tuple) and isinstance(idx, slice):
