@@ -82,3 +82,11 @@ def test_an_in_place_op_on_a_dead_tensor_goes_with_it() -> None:
 
     gm = EliminateDeadCode()(gp.trace(DeadInPlace(), torch.randn(1, 3, 4, 4)).gm).graph_module
     assert not hasattr(gm, "dead")
+
+
+def test_plans_apply_to_a_model_with_an_unused_in_place_result() -> None:
+    x = torch.randn(2, 3, 8, 8)
+    pg = gp.trace(InPlace(), x)
+    for g in pg.prunable_groups:
+        slim = gp.apply(pg, gp.PruningPlan().remove_channels(g.id, [1]))
+        assert hasattr(slim, "skip")
