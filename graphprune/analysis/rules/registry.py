@@ -60,6 +60,23 @@ _ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.Dropout3d,
     nn.AlphaDropout,
     nn.FeatureAlphaDropout,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.LPPool1d,
+    nn.LPPool2d,
+    nn.Upsample,
+    nn.UpsamplingNearest2d,
+    nn.UpsamplingBilinear2d,
 )
 
 
@@ -68,13 +85,9 @@ def _spatial_dims(name: str) -> int | None:
     return int(name[-2]) if name[-1] == "d" and name[-2].isdigit() else None
 
 
-_WINDOWED_MODULES: tuple[type[nn.Module], ...] = (
-    nn.modules.pooling._MaxPoolNd,
-    nn.modules.pooling._AvgPoolNd,
-    nn.modules.pooling._AdaptiveAvgPoolNd,
-    nn.modules.pooling._AdaptiveMaxPoolNd,
-    nn.modules.pooling._LPPoolNd,
-    nn.Upsample,
+# pooling and resampling (listed with the unary ops above): channelwise only if the layout says so
+_WINDOWED_MODULES: tuple[type[nn.Module], ...] = tuple(
+    m for m in _ACTIVATIONS if m.__module__ in ("torch.nn.modules.pooling", "torch.nn.modules.upsampling")
 )
 _WINDOWED_FUNCTIONS: tuple[Any, ...] = (
     F.max_pool1d,
@@ -89,8 +102,6 @@ _WINDOWED_FUNCTIONS: tuple[Any, ...] = (
     F.adaptive_max_pool1d,
     F.adaptive_max_pool2d,
     F.adaptive_max_pool3d,
-    F.lp_pool1d,
-    F.lp_pool2d,
     F.interpolate,
     F.upsample,
 )
@@ -105,8 +116,8 @@ MODULE_RULES: list[tuple[tuple[type, ...], ModuleRule]] = [
     ((nn.Linear,), linear),
     ((nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.PReLU), norm),
     ((nn.LayerNorm,), layer_norm),
+    (_WINDOWED_MODULES, module_windowed),  # before _ACTIVATIONS: the first match wins
     (_ACTIVATIONS, module_identity),
-    (_WINDOWED_MODULES, module_windowed),
     ((nn.Flatten, nn.Unflatten), module_layout),
     ((nn.Softmax, nn.LogSoftmax, nn.Softmin), module_softmax),
     (
@@ -155,6 +166,20 @@ _UNARY_FUNCTIONS: tuple[Any, ...] = (
     F.dropout2d,
     F.dropout3d,
     F.alpha_dropout,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d,
+    F.interpolate,
+    F.upsample,
     torch.zeros_like,
     torch.ones_like,
     torch.empty_like,
@@ -201,7 +226,7 @@ FUNCTION_RULES: dict[Any, Rule] = {
     **{f: elementwise for f in _BINARY_FUNCTIONS},
     **{f: layout for f in _LAYOUT_FUNCTIONS},
     **{f: reduction for f in _REDUCTIONS},
-    **{f: windowed(_spatial_dims(getattr(f, "__name__", ""))) for f in _WINDOWED_FUNCTIONS},
+    **{f: windowed(_spatial_dims(getattr(f, "__name__", ""))) for f in _WINDOWED_FUNCTIONS},  # over unary
     operator.getitem: getitem,
     torch.cat: cat,
     torch.concat: cat,
