@@ -48,6 +48,8 @@ class PruneChannels(GraphPass):
                 _rewrite_split(nodes[s.node], s.info, r.removed)
             elif s.kind == SiteKind.SLICE:
                 _rewrite_slice(nodes[s.node], s.info, r.removed)
+            elif s.kind == SiteKind.VIEW:
+                _rewrite_view(nodes[s.node], s.info[0], len(r.removed))
         for target, kinds in by_module.items():
             m = gm.get_submodule(target)
             if isinstance(m, nn.Linear):
@@ -152,3 +154,19 @@ def _rewrite_slice(node: fx.Node, info: tuple[int, ...], removed: Sequence[int])
     items[k] = slice(new_start, new_stop, None)
     node.args = (node.args[0], tuple(items) if isinstance(idx, tuple) else items[0])
     assert node.target is operator.getitem
+
+
+def _rewrite_view(node: fx.Node, k: int, n_removed: int) -> None:
+    """Lower the literal size at shape position `k` of a view / reshape by the channels removed there."""
+    if "shape" in node.kwargs:
+        shape = list(node.kwargs["shape"])  # type: ignore[arg-type]
+        shape[k] -= n_removed
+        node.kwargs = {**node.kwargs, "shape": tuple(shape)}
+    elif len(node.args) == 2 and isinstance(node.args[1], (list, tuple)):
+        shape = list(node.args[1])
+        shape[k] -= n_removed
+        node.args = (node.args[0], tuple(shape))
+    else:
+        args = list(node.args)
+        args[1 + k] -= n_removed  # type: ignore[operator]
+        node.args = tuple(args)

@@ -195,3 +195,13 @@ def test_a_channel_count_shaping_another_tensor_pins_both() -> None:
         return s.b(h + y.reshape(y.shape[0], 2, h.size(1), 8, 8).sum(1))
 
     pinned(Net(body, e=nn.Conv2d(8, 16, 1)), "channel count")
+
+
+def test_a_literal_channel_count_in_a_view_is_rewritten_to_the_new_count() -> None:
+    def body(s: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        n = h.shape[0]
+        g = torch.reshape(h.view(n, 8, -1).relu(), (n, 8, 8, 8))
+        return s.b(g) + s.fc(h.reshape(shape=(-1, 8 * 8 * 8))).view(n, 4, 1, 1)
+
+    prunable_and_lossless(Net(body, fc=nn.Linear(512, 4)))
+    pinned(Net(lambda s, h: s.b(h.view(2, 4, 2, 8, 8).flatten(1, 2))), "constant")  # 4, 2: not the count
