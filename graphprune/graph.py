@@ -85,8 +85,13 @@ def trace(
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
     *,
     leaf_modules: Iterable[str | type] = (),
+    prune_layernorm: bool = False,
 ) -> PrunableGraph:
-    """Trace `model` with torch.fx and analyse it. The model itself is never modified."""
+    """Trace `model` with torch.fx and analyse it. The model itself is never modified.
+
+    `prune_layernorm` opts in to pruning through LayerNorms over the channels (pinned otherwise): the
+    pruned model normalises over the kept channels, so those groups are not lossless (`group.lossless`).
+    """
     inputs = as_input_tuple(example_inputs)
     gm = symbolic_trace(model, leaf_modules)
     eval_only = eval_only_parts(model, gm) if not isinstance(model, fx.GraphModule) else ()
@@ -97,7 +102,7 @@ def trace(
             stacklevel=2,
         )
     record_values(gm, inputs)
-    dg = build_dependency_graph(gm)
+    dg = build_dependency_graph(gm, prune_layernorm=prune_layernorm)
     groups = derive_groups(dg)
     costs = layer_costs(gm)
     blocks = find_blocks(gm, costs)

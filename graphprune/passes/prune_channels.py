@@ -36,6 +36,8 @@ class PruneChannels(GraphPass):
             s = r.site
             if s.kind in (SiteKind.CONV_OUT, SiteKind.CONV_IN, SiteKind.LINEAR_OUT, SiteKind.LINEAR_IN):
                 by_module[s.target][s.kind] = r.removed
+            elif s.kind == SiteKind.LAYER_NORM:
+                _prune_layer_norm(gm.get_submodule(s.target), r.removed)
             elif s.kind == SiteKind.NORM:
                 _prune_norm(gm.get_submodule(s.target), r.removed)
             elif s.kind == SiteKind.PARAM:
@@ -110,6 +112,14 @@ def _prune_norm(m: nn.Module, removed: Sequence[int]) -> None:
         m.num_parameters = len(keep)
     elif hasattr(m, "num_features"):
         setattr(m, "num_features", len(keep))  # noqa: B010 - BN / InstanceNorm, typed as Module here
+
+
+def _prune_layer_norm(m: nn.Module, removed: Sequence[int]) -> None:
+    assert isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1
+    keep = _keep(m.normalized_shape[0], removed)
+    slice_tensor(m, "weight", 0, keep)
+    slice_tensor(m, "bias", 0, keep)
+    m.normalized_shape = (len(keep),)
 
 
 def _rewrite_pad(node: fx.Node, zeros: Sequence[int], info: tuple[int, ...], removed: Sequence[int]) -> None:

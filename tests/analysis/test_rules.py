@@ -205,3 +205,47 @@ def test_a_literal_channel_count_in_a_view_is_rewritten_to_the_new_count() -> No
 
     prunable_and_lossless(Net(body, fc=nn.Linear(512, 4)))
     pinned(Net(lambda s, h: s.b(h.view(2, 4, 2, 8, 8).flatten(1, 2))), "constant")  # 4, 2: not the count
+
+
+class Stream(nn.Module):
+    """A ViT-style residual stream (tokens, channels last) with LayerNorms over the channels."""
+
+    def __init__(self, affine: bool = True) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 8)
+        self.ln1 = nn.LayerNorm(8, elementwise_affine=affine)
+        self.mlp = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+        self.ln2 = nn.LayerNorm(8, elementwise_affine=affine)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        h = h + self.mlp(self.ln1(h))
+        return self.head(self.ln2(h))
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm_over_channels_prunes_only_on_opt_in(affine: bool) -> None:
+    x = torch.randn(2, 5, 6)
+    model = Stream(affine).eval()
+    assert not gp.trace(model, x).group_of("a").prunable
+    pg = gp.trace(model, x, prune_layernorm=True)
+    g = pg.group_of("a")
+    assert g.prunable and not g.lossless and all(h.lossless for h in pg.groups if h is not g)
+    keep = [0, 2, 3, 5, 7]
+    slim = gp.apply(pg, gp.PruningPlan().remove_channels("a", [1, 4, 6]))  # verified against KeptLayerNorm
+    # independent reference: the same stream computed by hand on the kept channels
+    w = {k: v.detach() for k, v in model.state_dict().items()}
+
+    def ln(t: torch.Tensor, name: str) -> torch.Tensor:
+        wt, bs = (w[f"{name}.weight"][keep], w[f"{name}.bias"][keep]) if affine else (None, None)
+        return F.layer_norm(t, (len(keep),), wt, bs)
+
+    h = F.linear(x, w["a.weight"][keep], w["a.bias"][keep])
+    m = F.gelu(F.linear(ln(h, "ln1"), w["mlp.0.weight"][:, keep], w["mlp.0.bias"]))
+    h = h + F.linear(m, w["mlp.2.weight"][keep], w["mlp.2.bias"][keep])
+    expected = F.linear(ln(h, "ln2"), w["head.weight"][:, keep], w["head.bias"])
+    with torch.no_grad():
+        torch.testing.assert_close(slim(x), expected)
+    with torch.no_grad():  # and it is not lossless: the unpruned model differs
+        assert not torch.allclose(slim(x), model(x), atol=1e-3)

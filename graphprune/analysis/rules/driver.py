@@ -71,9 +71,12 @@ def _node_rule_is(node: fx.Node, rule: Rule) -> bool:
     return node.op == "call_method" and METHOD_RULES.get(str(node.target)) is rule
 
 
-def build_dependency_graph(gm: fx.GraphModule) -> DependencyGraph:
-    """Apply the channel rules to every node of a graph whose values were recorded on example inputs."""
-    dg = DependencyGraph(gm)
+def build_dependency_graph(gm: fx.GraphModule, *, prune_layernorm: bool = False) -> DependencyGraph:
+    """Apply the channel rules to every node of a graph whose values were recorded on example inputs.
+
+    With `prune_layernorm`, a LayerNorm module normalising over the channels is a LAYER_NORM site instead of
+    a pin: pruning through it renormalises over the kept channels, which is not lossless."""
+    dg = DependencyGraph(gm, prune_layernorm=prune_layernorm)
     taints: dict[str, Taint] = {}
     for node in gm.graph.nodes:
         dg.add_op(node)
