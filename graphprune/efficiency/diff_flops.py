@@ -26,6 +26,17 @@ class DifferentiableFlops(nn.Module):
     `flops * kept_out/out * kept_in/in * prod(keep of the blocks holding it)`.
     """
 
+    gate_idx: torch.Tensor
+    site_idx: torch.Tensor
+    counts: torch.Tensor
+    layer_flops: torch.Tensor
+    out_site: torch.Tensor
+    in_site: torch.Tensor
+    out_channels: torch.Tensor
+    in_channels: torch.Tensor
+    in_scales: torch.Tensor
+    block_member: torch.Tensor
+
     def __init__(self, pg: PrunableGraph, groups: Sequence[str] | None = None) -> None:
         super().__init__()
         fm = FlopsModel(pg)
