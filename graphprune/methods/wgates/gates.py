@@ -96,6 +96,7 @@ class WeightGate(nn.Module):
         self.ste_window = ste_window
         self.detach_weights = detach_weights
         self.size = group.size
+        self.weight_modules = [m.site.target for m in members]
         self.last_score: torch.Tensor | None = None
         self.last_gate: torch.Tensor | None = None
 
