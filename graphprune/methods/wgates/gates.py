@@ -53,18 +53,22 @@ class _Rows(nn.Module):
         self.register_buffer("index", torch.tensor(rows, dtype=torch.long))
         self.transposed = transposed
 
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+    def forward(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows (size, C_in*k*k) scaled by the weight's RMS, and each row's norm relative to the mean norm."""
         w = weight.transpose(0, 1) if self.transposed else weight
         w = w.reshape(w.shape[0], -1)
         w = w / w.detach().pow(2).mean().sqrt().clamp_min(1e-12)
-        return w[self.index].mean(dim=1)
+        rows = w[self.index].mean(dim=1)
+        norms = rows.norm(dim=1)
+        return rows, norms / norms.mean().clamp_min(1e-12)
 
 
 class WeightGate(nn.Module):
     """The gate of one channel group: producer weights -> (group.size,) binary gates.
 
-    `hidden`: width of the per-filter encoding; `init_score`: initial score of every filter (> 0: all
-    gates open, so training starts from the unpruned model); `detach_weights`: the gate reads the weights
+    `hidden`: width of the per-filter encoding; `init_score`: initial score of a filter of average norm (> 0:
+    all gates open, so training starts from the unpruned model); `prior_weight`: initial weight of the
+    relative filter norm in the score; `detach_weights`: the gate reads the weights
     without sending gradients into them (the weights learn from the task loss only).
     """
 
@@ -77,6 +81,7 @@ class WeightGate(nn.Module):
         init_score: float = 0.5,
         ste_window: float = 1.0,
         detach_weights: bool = True,
+        prior_weight: float = 1.0,
         transposed: Sequence[bool] | None = None,
     ) -> None:
         super().__init__()
@@ -93,6 +98,9 @@ class WeightGate(nn.Module):
             assert isinstance(last, nn.Linear)
             last.weight.mul_(0.1)
             last.bias.fill_(init_score)
+        # the score starts from the filter's norm relative to the group's mean (gates start ordered like
+        # the magnitude criterion); the FC layers learn the correction
+        self.prior_weight = nn.Parameter(torch.tensor(float(prior_weight)))
         self.ste_window = ste_window
         self.detach_weights = detach_weights
         self.size = group.size
@@ -101,12 +109,16 @@ class WeightGate(nn.Module):
         self.last_gate: torch.Tensor | None = None
 
     def scores(self, *weights: torch.Tensor) -> torch.Tensor:
-        feats = None
+        feats: torch.Tensor | None = None
+        prior: torch.Tensor | None = None
         for rows, enc, w in zip(self.rows, self.encoders, weights, strict=True):
-            f = enc(rows(w.detach() if self.detach_weights else w))
+            r, rel = rows(w.detach() if self.detach_weights else w)
+            f = enc(r)
             feats = f if feats is None else feats + f
-        assert feats is not None
-        return self.head(feats / len(weights)).squeeze(-1)
+            prior = rel if prior is None else prior + rel
+        assert feats is not None and prior is not None
+        n = len(weights)
+        return self.head(feats / n).squeeze(-1) + self.prior_weight * (prior / n - 1.0)
 
     def forward(self, *weights: torch.Tensor) -> torch.Tensor:
         score = self.scores(*weights)

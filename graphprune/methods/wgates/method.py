@@ -91,7 +91,13 @@ def gate_channels(
     removed from `pg`'s model (abp+wgates) and are only recorded in the plan."""
     opts = ctx.options
     groups = [g for g in pg.prunable_groups]
-    gates = build_gates(pg.gm, groups, hidden=int(opts.get("gate_hidden", 16)))
+    gates = build_gates(
+        pg.gm,
+        groups,
+        hidden=int(opts.get("gate_hidden", 16)),
+        init_score=float(opts.get("gate_init", 0.5)),
+        prior_weight=float(opts.get("gate_prior", 1.0)),
+    )
     if not gates:
         raise MethodError("wgates: the model has no prunable channel group with a conv / linear producer")
     gm = InsertChannelGates(groups, gates)(pg.gm).graph_module
@@ -105,7 +111,7 @@ def gate_channels(
         predicted = cost.predict(keep)
         total = sum(v.numel() for v in keep.values())
         opened = sum(float(v.detach().sum()) for v in keep.values()) / max(1, total)
-        history.append({"step": len(history), "open_ratio": opened, "predicted": float(predicted)})
+        history.append({"step": len(history), "open_ratio": opened, "predicted": float(predicted.detach())})
         return budget_loss(predicted, cost.target, weight, form).to(logits.device, logits.dtype)
 
     gate_params = [p for s in slots.values() for p in s.gate.parameters()]
