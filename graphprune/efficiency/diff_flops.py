@@ -95,6 +95,7 @@ class DifferentiableFlops(nn.Module):
             for j, b in enumerate(self.block_names):
                 member[i, j] = float(lay.node in fm.block_nodes[b])
         self.register_buffer("block_member", member, persistent=False)
+        self.layer_nodes = [lay.node for lay in layers]
 
     def gate_vector(self, keep: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
         """All keep values concatenated in group order (ones for groups not given)."""
@@ -118,17 +119,19 @@ class DifferentiableFlops(nn.Module):
             parts.append(v)
         return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64, device=self.counts.device)
 
-    def forward(
+    def layer_terms(
         self,
         keep: Mapping[str, torch.Tensor] | None = None,
         blocks: Mapping[str, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per conv / linear layer (FlopsModel order): kept MACs, kept share of its output channels, and
+        whether it is alive (the product of the keep values of the blocks holding it)."""
         g = self.gate_vector(keep)
         removed = torch.zeros(self.n_sites, dtype=torch.float64, device=g.device)
         removed = removed.index_add(0, self.site_idx, self.counts * (1.0 - g[self.gate_idx]))
         keep_out = 1.0 - removed[self.out_site] / self.out_channels
         keep_in = torch.where(self.in_scales, 1.0 - removed[self.in_site] / self.in_channels, 1.0)
-        per_layer = self.layer_flops * keep_out * keep_in
+        alive = torch.ones_like(keep_out)
         if blocks:
             unknown = [b for b in blocks if b not in self.block_names]
             if unknown:
@@ -136,7 +139,14 @@ class DifferentiableFlops(nn.Module):
             bk = torch.stack(
                 [blocks[b].to(torch.float64) if b in blocks else g.new_ones(()) for b in self.block_names]
             )
-            # product over the blocks holding each layer: exp(sum member * log keep) without log(0)
-            factors = 1.0 - self.block_member * (1.0 - bk)[None, :]
-            per_layer = per_layer * factors.prod(dim=1)
-        return self.fixed + per_layer.sum()
+            # product over the blocks holding each layer (factor 1 for the blocks not holding it)
+            alive = (1.0 - self.block_member * (1.0 - bk)[None, :]).prod(dim=1)
+        return self.layer_flops * keep_out * keep_in * alive, keep_out * alive, alive
+
+    def forward(
+        self,
+        keep: Mapping[str, torch.Tensor] | None = None,
+        blocks: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        macs, _, _ = self.layer_terms(keep, blocks)
+        return self.fixed + macs.sum()
