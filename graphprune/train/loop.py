@@ -26,6 +26,7 @@ from graphprune.train.config import TrainConfig
 from graphprune.train.data import DataBundle
 from graphprune.train.distill import distill_loss
 from graphprune.train.evaluate import EvalResult, evaluate
+from graphprune.train.interrupt import DeferredInterrupt
 from graphprune.train.progress import Progress
 
 ExtraLoss = Callable[[nn.Module, Tensor, Tensor], Tensor]
@@ -127,6 +128,16 @@ def _restore(
             torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
 
 
+def _rates(sums: list[float], seconds: float) -> dict[str, float]:
+    """Mean loss, accuracy (%) and images/s from summed [loss, correct, count]."""
+    n = max(sums[2], 1.0)
+    return {
+        "train_loss": sums[0] / n,
+        "train_acc": 100.0 * sums[1] / n,
+        "images_per_s": sums[2] / max(seconds, 1e-9),
+    }
+
+
 def _setup_threads(cfg: TrainConfig, info: distributed.DistInfo) -> None:
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // info.local_world_size)
     torch.set_num_threads(threads)
@@ -213,86 +224,90 @@ def fit(
     epoch_time = time.perf_counter()
     test: EvalResult | None = None
 
+    def forward(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits and loss of one batch: CE (or distillation from the teacher) plus the extra loss."""
+        logits = net(x)
+        if teacher is None:
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        else:
+            with torch.no_grad():
+                teacher_logits = teacher(x)
+            loss = distill_loss(
+                logits, teacher_logits, y, cfg.kd_temperature, cfg.kd_alpha, cfg.label_smoothing
+            )
+        if extra_loss is not None:
+            loss = loss + extra_loss(model, x, logits)
+        return logits, loss
+
     def save() -> None:
         if run_dir is not None and info.is_main:
             state.save_checkpoint(
                 run_dir, stage, _train_state(model, optimizer, step, sums, history, cfg, extra)
             )
 
-    try:
-        while step < end:
-            epoch, start = divmod(step, steps_per_epoch)
-            loader.set_epoch(epoch)
-            model.train()
-            for x, y in loader.iter_from(start):
-                if cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                factor = lr_factor(step, total, warmup, cfg.schedule)
-                for g, base in zip(optimizer.param_groups, base_lrs, strict=True):
-                    g["lr"] = base * factor
-                with autocast:
-                    logits = net(x)
-                    if teacher is not None:
-                        with torch.no_grad():
-                            teacher_logits = teacher(x)
-                        loss = distill_loss(
-                            logits, teacher_logits, y, cfg.kd_temperature, cfg.kd_alpha, cfg.label_smoothing
-                        )
-                    else:
-                        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                    if extra_loss is not None:
-                        loss = loss + extra_loss(model, x, logits)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                with torch.no_grad():
-                    sums += torch.stack(
-                        [loss.detach().float() * len(y), (logits.argmax(1) == y).sum(), y.new_tensor(len(y))]
-                    )
-                step += 1
-                if step % cfg.log_every == 0 or step == end:
-                    now = time.perf_counter()
-                    window = distributed.all_reduce_sum((sums - log_sums).clone()).tolist()
+    with DeferredInterrupt() as interrupt:
+        try:
+            while step < end:
+                epoch, start = divmod(step, steps_per_epoch)
+                loader.set_epoch(epoch)
+                model.train()
+                for x, y in loader.iter_from(start):
+                    if cfg.channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    factor = lr_factor(step, total, warmup, cfg.schedule)
+                    for g, base in zip(optimizer.param_groups, base_lrs, strict=True):
+                        g["lr"] = base * factor
+                    with autocast:
+                        logits, loss = forward(x, y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    with torch.no_grad():  # running sums stay on the device: no sync per step
+                        sums[0] += loss.detach().float() * len(y)
+                        sums[1] += (logits.argmax(1) == y).sum()
+                        sums[2] += len(y)
+                    step += 1
+                    if step % cfg.log_every == 0 or step == end:
+                        now = time.perf_counter()
+                        window = distributed.all_reduce_sum((sums - log_sums).clone()).tolist()
+                        record = {
+                            "stage": stage, "kind": "step", "step": step, "epoch": step / steps_per_epoch,
+                            "lr": optimizer.param_groups[0]["lr"], **_rates(window, now - log_time),
+                        }  # fmt: skip
+                        log_sums, log_time = sums.clone(), now
+                        progress.update(step, record)
+                        if run_dir is not None and info.is_main:
+                            state.append_metrics(run_dir, record)
+                    if interrupt.requested and step % steps_per_epoch:
+                        save()
+                        raise KeyboardInterrupt
+                    if step >= end:
+                        break
+                if step % steps_per_epoch == 0 or step >= end:
+                    epoch_sums = distributed.all_reduce_sum(sums.clone()).tolist()
+                    seconds = time.perf_counter() - epoch_time
                     record = {
-                        "stage": stage, "kind": "step", "step": step, "epoch": step / steps_per_epoch,
-                        "lr": optimizer.param_groups[0]["lr"], "train_loss": window[0] / max(window[2], 1),
-                        "train_acc": 100.0 * window[1] / max(window[2], 1),
-                        "images_per_s": window[2] / max(now - log_time, 1e-9),
+                        "stage": stage, "kind": "epoch", "epoch": math.ceil(step / steps_per_epoch),
+                        "step": step, "seconds": seconds, **_rates(epoch_sums, seconds),
                     }  # fmt: skip
-                    log_sums, log_time = sums.clone(), now
-                    progress.update(step, record)
+                    if cfg.eval_every_epoch or step >= end:
+                        test = evaluate(model, data, "test", batch_size=cfg.eval_batch_size, device=device,
+                                        channels_last=cfg.channels_last)  # fmt: skip
+                        record.update(test_top1=test.top1, test_top5=test.top5, test_loss=test.loss)
+                    history.append(record)
+                    sums.zero_()
+                    log_sums = sums.clone()
+                    progress.epoch_end(record)
                     if run_dir is not None and info.is_main:
                         state.append_metrics(run_dir, record)
-                if step >= end:
-                    break
-            if step % steps_per_epoch == 0 or step >= end:
-                epoch_sums = distributed.all_reduce_sum(sums.clone()).tolist()
-                seconds = time.perf_counter() - epoch_time
-                record = {
-                    "stage": stage, "kind": "epoch", "epoch": math.ceil(step / steps_per_epoch), "step": step,
-                    "train_loss": epoch_sums[0] / max(epoch_sums[2], 1),
-                    "train_acc": 100.0 * epoch_sums[1] / max(epoch_sums[2], 1),
-                    "seconds": seconds, "images_per_s": epoch_sums[2] / max(seconds, 1e-9),
-                }  # fmt: skip
-                if cfg.eval_every_epoch or step >= end:
-                    test = evaluate(model, data, "test", batch_size=cfg.eval_batch_size, device=device,
-                                    channels_last=cfg.channels_last)  # fmt: skip
-                    record.update(test_top1=test.top1, test_top5=test.top5, test_loss=test.loss)
-                history.append(record)
-                sums.zero_()
-                log_sums = sums.clone()
-                progress.epoch_end(record)
-                if run_dir is not None and info.is_main:
-                    state.append_metrics(run_dir, record)
-                if on_epoch_end is not None:
-                    on_epoch_end(model, len(history), record)
-                save()
-                epoch_time = time.perf_counter()
-    except KeyboardInterrupt:
-        save()
-        progress.close()
-        raise
-    progress.close()
+                    if on_epoch_end is not None:
+                        on_epoch_end(model, len(history), record)
+                    save()
+                    epoch_time = time.perf_counter()
+                    if interrupt.requested:  # saved just above
+                        raise KeyboardInterrupt
+        finally:
+            progress.close()
     model.eval()
     if run_dir is not None and info.is_main:
         save()
