@@ -32,6 +32,8 @@ class BlockGate(nn.Module):
     A pruned gate (`pruned` buffer set) outputs 0: the block is off but its shape is kept.
     """
 
+    pruned: torch.Tensor
+
     def __init__(self, channels: int, hidden: int = 16, init_mark: float = 0.95) -> None:
         super().__init__()
         self.fc1 = nn.Linear(channels, hidden)
