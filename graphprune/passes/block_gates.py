@@ -34,8 +34,9 @@ class BlockGate(nn.Module):
 
     pruned: torch.Tensor
 
-    def __init__(self, channels: int, hidden: int = 16, init_mark: float = 0.95) -> None:
+    def __init__(self, channels: int, hidden: int = 16, init_mark: float = 0.95, block: str = "") -> None:
         super().__init__()
+        self.block = block  # the name of the gated block
         self.fc1 = nn.Linear(channels, hidden)
         self.fc2 = nn.Linear(hidden, 1)
         # start near "on" so a trained network is barely changed by inserting the gates
@@ -58,11 +59,11 @@ def gate_name(block: str) -> str:
 
 
 def gates_of(model: nn.Module) -> dict[str, BlockGate]:
-    """Gate attribute name -> gate, in graph order, for a model made by InsertBlockGates."""
+    """Block name -> its gate, in graph order, for a model made by InsertBlockGates."""
     holder = getattr(model, GATES, None)
     if holder is None:
         return {}
-    return {name: m for name, m in holder.named_children() if isinstance(m, BlockGate)}
+    return {m.block or name: m for name, m in holder.named_children() if isinstance(m, BlockGate)}
 
 
 def _channels(node: fx.Node) -> int:
@@ -94,7 +95,7 @@ class InsertBlockGates(GraphPass):
             shortcut = next(a for a in add.args if a is not branch)
             assert isinstance(shortcut, fx.Node)
             name = gate_name(b.name)
-            gate = BlockGate(_channels(shortcut), self.hidden, self.init_mark)
+            gate = BlockGate(_channels(shortcut), self.hidden, self.init_mark, b.name)
             ref = next(iter(gm.parameters()), None)
             if ref is not None:
                 gate.to(ref.device)
