@@ -1,4 +1,4 @@
-"""The ABP gate regulariser: pushes every mark toward 0 or 1, and the gated network toward the block budget."""
+"""ABP gate regulariser: pushes every mark toward 0 or 1, and the gated network toward the budget."""
 
 from __future__ import annotations
 
