@@ -35,6 +35,12 @@ class BlockBudget:
         if self.num_blocks is not None and self.num_blocks < 0:
             raise PlanError(f"number of blocks to remove must be >= 0, got {self.num_blocks}")
 
+    def block_count(self, n_blocks: int) -> int:
+        """Blocks to remove out of `n_blocks` for a count or fraction budget."""
+        if self.num_blocks is not None:
+            return self.num_blocks
+        return round((self.block_fraction or 0.0) * n_blocks)
+
 
 @dataclass(frozen=True)
 class BlockRemoval:
@@ -54,7 +60,7 @@ def removal_for_budget(pg: PrunableGraph, ranking: Sequence[str], budget: BlockB
     fm = FlopsModel(pg)
     n = len(pg.blocks)
     if budget.target_flops is None:
-        k = budget.num_blocks if budget.num_blocks is not None else round((budget.block_fraction or 0.0) * n)
+        k = budget.block_count(n)
         if k > len(ranking):
             raise PlanError(f"budget removes {k} blocks but only {len(ranking)} can be removed")
         chosen = tuple(ranking[:k])
@@ -69,6 +75,13 @@ def removal_for_budget(pg: PrunableGraph, ranking: Sequence[str], budget: BlockB
         f"target FLOPs {budget.target_flops:g} is out of reach by removing blocks: removing all "
         f"{len(ranking)} candidates keeps {floor / fm.total:.3f} of the FLOPs"
     )
+
+
+def meets_budget(pg: PrunableGraph, removed: Sequence[str], budget: BlockBudget) -> bool:
+    """Whether removing `removed` is enough for `budget`."""
+    if budget.target_flops is not None:
+        return FlopsModel(pg).flops({}, removed) <= budget.target_flops * pg.flops + 1e-9
+    return len(removed) >= budget.block_count(len(pg.blocks))
 
 
 def block_shares(pg: PrunableGraph) -> dict[str, float]:
@@ -86,7 +99,7 @@ def keep_target(pg: PrunableGraph, budget: BlockBudget) -> float:
         other = pg.flops - block_total
         return min(1.0, max(0.0, (budget.target_flops * pg.flops - other) / block_total))
     n = len(pg.blocks)
-    k = budget.num_blocks if budget.num_blocks is not None else round((budget.block_fraction or 0.0) * n)
+    k = budget.block_count(n)
     return 1.0 - min(k, n) / n if n else 1.0
 
 
