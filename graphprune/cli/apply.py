@@ -25,7 +25,7 @@ Examples:
   graphprune apply graphprune:cifar_resnet56 --plan out/r56/plan.json --out out/r56-again
   graphprune apply torchvision:resnet50 --weights r50.pt --plan plan.json --out out/r50 --no-export
 """,
-    help="Apply a saved pruning plan to MODEL; write model.pt, plan.json, model.onnx and "
+    help="Apply a saved pruning plan to MODEL; write model.safetensors, plan.json, model.onnx and "
     "report.json into DIR.\n" + MODEL_HELP,
 )
 @model_options

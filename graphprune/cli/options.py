@@ -52,7 +52,7 @@ def out_dir_option(default: str | None) -> Callable[[F], F]:
         required=default is None,
         default=default,
         metavar="DIR",
-        help="Output directory for model.pt, plan.json, model.onnx, report.json"
+        help="Output directory for model.safetensors, plan.json, model.onnx, report.json"
         + (f" (default: {default})." if default else "."),
     )
 

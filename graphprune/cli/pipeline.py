@@ -98,13 +98,13 @@ def run_pipeline(
     export: bool,
     plan_source: dict[str, Any],
 ) -> dict[str, Any]:
-    """Apply `plan`, write model.pt, plan.json, model.onnx, report.json into `out_dir`; return the report."""
+    """Apply `plan`; write model.safetensors, plan.json, model.onnx, report.json into `out_dir`."""
     import graphprune as gp
     from graphprune.fileio import write_text
 
     with step("Applying the plan"):
         slim = gp.apply(pg, plan)
-    with step(f"Saving {out_dir / 'model.pt'} and plan.json"):
+    with step(f"Saving {out_dir / 'model.safetensors'} and plan.json"):
         gp.checkpoint.save_pruned(out_dir, slim, plan, pg)
     with step("Counting pruned FLOPs and parameters"):
         pruned_flops = int(gp.count_flops(slim, rm.example_inputs))
@@ -129,7 +129,7 @@ def run_pipeline(
                 timing = paired_latency(original_onnx, out_dir / "model.onnx", rm.input_shape)
     elif (out_dir / "model.onnx").is_file():
         (out_dir / "model.onnx").unlink()
-        note(f"removed {out_dir / 'model.onnx'} from an earlier run: it would not match model.pt")
+        note(f"removed {out_dir / 'model.onnx'} from an earlier run: it would not match model.safetensors")
 
     original_nodes = original_export.get("nodes") if original_export else None
     pruned_nodes = pruned_export.get("nodes") if pruned_export else None
@@ -148,7 +148,7 @@ def run_pipeline(
             else None,
         },
         "files": {
-            "state_dict": "model.pt",
+            "state_dict": "model.safetensors",
             "plan": "plan.json",
             "onnx": "model.onnx" if export else None,
             "report": "report.json",
