@@ -8,9 +8,11 @@ fine-tune (CE + KD from the original) is stage 3.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import fields
 from typing import Any
 
+from graphprune.fileio import write_text
 from graphprune.methods.abp.budget import BlockBudget
 from graphprune.methods.abp.report import plot_marks
 from graphprune.methods.abp.schedule import AbpConfig, AbpOutcome, run_abp
@@ -69,15 +71,27 @@ def abp(ctx: MethodContext) -> MethodResult:
         if b.name in removed:
             plan.remove_block(b.name)
     plan.meta.update({"method": "abp", "epochs": list(cfg.epochs)})
+    ranked = ", ".join(
+        f"{b} {vote.votes[vote.blocks.index(b)]} ({mean[b]:.2f} ± {vote.std_mark[vote.blocks.index(b)]:.2f})"
+        for b in vote.ranking
+    )
+    steps = "; ".join(f"epoch {s['epoch']}: {', '.join(s['pruned_now']) or '-'}" for s in out.votes)
     report: dict[str, Any] = {
-        "method": "abp",
         "removed_blocks": plan.blocks,
         "predicted_flops": out.predicted_flops,
-        "predicted_flops_ratio": out.predicted_flops / ctx.pg.flops,
-        "final_vote": vote.to_dict(),
-        "pruning_steps": out.votes,
-        "config": {f.name: getattr(cfg, f.name) for f in fields(cfg)},
+        "predicted_flops_ratio": round(out.predicted_flops / ctx.pg.flops, 4),
+        "pruning_steps": steps,
+        f"votes over {vote.samples} calibration samples (votes, mean mark ± std)": ranked,
+        "settings": ", ".join(f"{f.name}={getattr(cfg, f.name)}" for f in fields(cfg)),
     }
+    if ctx.run_dir is not None:
+        detail = {
+            "removed": plan.blocks,
+            "predicted_flops": out.predicted_flops,
+            "final_vote": vote.to_dict(),
+            "pruning_steps": out.votes,
+        }
+        write_text(ctx.run_dir / "abp.json", json.dumps(detail, indent=1) + "\n")
     plots = []
     if ctx.run_dir is not None:
         plots.append(plot_marks(vote, removed, ctx.run_dir / "abp_marks.png"))

@@ -49,8 +49,6 @@ class AbpConfig:
     gate_lr_scale: float = 10.0  # gate learning rate = backbone learning rate x this
     reg_weight: float = 2.0
     polar: float = 0.5
-    kd_temperature: float = 4.0
-    kd_alpha: float = 0.9
     calib_batches: int = 8
     calib_batch_size: int = 128
     calib_seed: int = 1
@@ -168,7 +166,7 @@ def run_abp(
             _save_votes(run_dir, votes)
 
     if e2 > 0:
-        stage2 = replace(train_cfg, epochs=e2, kd_temperature=cfg.kd_temperature, kd_alpha=cfg.kd_alpha)
+        stage2 = replace(train_cfg, epochs=e2)  # KD temperature and weight: the training config's
         fit(
             gated, data, stage2, teacher=teacher, extra_loss=reg, extra_params=gate_group(gated),
             run_dir=run_dir, stage=STAGE_PRUNE, resume=resume, on_epoch_end=revote,
