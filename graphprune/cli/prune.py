@@ -85,6 +85,7 @@ def prune_and_train(
     out_dir: Path,
     export: bool,
     train_kw: dict[str, Any],
+    method_kw: dict[str, Any] | None = None,
 ) -> None:
     """The full pipeline: method -> apply -> fine-tune with KD -> export -> evaluate -> report.md."""
     from graphprune.methods import Budget
@@ -92,6 +93,8 @@ def prune_and_train(
     from graphprune.modelspec import parse_input_shape
 
     epochs = _epochs_list(method_epochs)
+    if method == "abp" and epochs and len(epochs) == 3 and finetune_epochs == 0:
+        finetune_epochs = epochs[2]  # ABP's stage 3 is the pipeline's fine-tune
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     writable_dir(out_dir)
     finetune = train_config(finetune_epochs, dict(train_kw)) if finetune_epochs > 0 else None
@@ -100,7 +103,7 @@ def prune_and_train(
         model=model, out_dir=out_dir, weights=opt_str(weights), input_shape=shape, method=method,
         budget=Budget(target_flops=target_flops), data=data_spec, image_size=image_size, finetune=finetune,
         method_train=method_train, kd=kd, resume=resume, export=export, leaf_modules=leaf_modules(),
-        options={"scope": scope, "round_to": round_to, "epochs": epochs},
+        options={"scope": scope, "round_to": round_to, "epochs": epochs, **(method_kw or {})},
     )  # fmt: skip
     print_run_summary(run(request, step), out_dir)
 
@@ -164,6 +167,10 @@ Examples:
 )
 @click.option("--epochs", "method_epochs", metavar="N[,N...]", help="Epochs per stage of a learned method.")
 @click.option("--no-kd", is_flag=True, help="Fine-tune without distilling from the original.")
+@click.option("--calib-batches", type=click.IntRange(min=1), default=8, show_default=True,
+              help="abp: training batches of the calibration pass that votes blocks out.")  # fmt: skip
+@click.option("--reg-weight", type=click.FloatRange(min=0.0), default=2.0, show_default=True,
+              help="abp: weight of the gate regulariser (marks to 0/1 and to the budget).")  # fmt: skip
 @train_options
 @out_dir_option(None)
 @click.option("--no-export", is_flag=True, help="Skip the ONNX export.")
@@ -181,6 +188,8 @@ def prune(
     finetune_epochs: int,
     method_epochs: str | None,
     no_kd: bool,
+    calib_batches: int,
+    reg_weight: float,
     resume: bool,
     out_dir: Path,
     no_export: bool,
@@ -197,7 +206,7 @@ def prune(
             round_to=round_to,
             data_spec=data_spec, image_size=image_size, finetune_epochs=finetune_epochs,
             method_epochs=method_epochs, kd=not no_kd, resume=resume, out_dir=out_dir, export=not no_export,
-            train_kw=train_kw,
+            train_kw=train_kw, method_kw={"calib_batches": calib_batches, "reg_weight": reg_weight},
         )  # fmt: skip
         return
     criterion = method
