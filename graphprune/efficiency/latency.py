@@ -86,8 +86,8 @@ def random_sample_plan(
 
 
 def measure_plan(pg: PrunableGraph, plan: PruningPlan, *, threads: int = 1, runs: int = 30) -> float:
-    """onnxruntime latency (ms, 10th percentile of `runs`) of the model `plan` leaves, exported with the fast TorchScript
-    exporter where it can (no verification: the rewrite itself is verified by `gp.apply`'s tests)."""
+    """onnxruntime latency (ms, 10th percentile of `runs`) of the model `plan` leaves, exported with the
+    fast TorchScript exporter where it can (no verification: `gp.apply` itself is tested lossless)."""
     from graphprune.latency import ort_latency
     from graphprune.rewrite import apply
 
