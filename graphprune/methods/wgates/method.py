@@ -7,7 +7,8 @@ off into a plan, and the repair step moves the cheapest channels until the *meas
 the target. The pipeline then applies the plan and fine-tunes.
 
 Options (`ctx.options`): gate_hidden (16), gate_lr (0.01), budget_weight (lambda, 2.0),
-budget_form ("hinge"), max_ratio (0.9), stage_epochs (list; the first entry is the gate stage's epochs).
+budget_form ("hinge"), max_ratio (0.9), epochs (the --epochs list; wgates' gate stage is its first
+entry, abp+wgates' its third; 0 reads the gates off untrained).
 """
 
 from __future__ import annotations
@@ -60,12 +61,15 @@ def flops_cost(pg: PrunableGraph, ratio: float, groups: list[str]) -> CostModel:
     )
 
 
-def stage_config(ctx: MethodContext, index: int = 0) -> TrainConfig:
-    """The training config of the method's `index`-th stage (`stage_epochs` overrides its epochs)."""
+def stage_config(ctx: MethodContext, index: int = 0) -> TrainConfig | None:
+    """The training config of the method's `index`-th stage: `options["epochs"][index]` (the --epochs
+    list) overrides its epochs; None when that is 0 (the gates are read off untrained)."""
     cfg = ctx.train_cfg or TrainConfig()
-    epochs = ctx.options.get("stage_epochs")
-    if epochs:
-        cfg = dataclasses.replace(cfg, epochs=int(epochs[min(index, len(epochs) - 1)]))
+    epochs = ctx.options.get("epochs")
+    if epochs and index < len(epochs):
+        if int(epochs[index]) == 0:
+            return None
+        cfg = dataclasses.replace(cfg, epochs=int(epochs[index]))
     return cfg
 
 
@@ -118,17 +122,20 @@ def gate_channels(
     cfg = stage_config(ctx, stage_index)
     if ctx.data is None:
         raise MethodError("wgates trains its gates: it needs --data")
-    fit(
-        gm,
-        ctx.data,
-        cfg,
-        teacher=ctx.teacher,
-        extra_loss=extra_loss,
-        extra_params=[{"params": gate_params, "lr": float(opts.get("gate_lr", 0.01)), "weight_decay": 0.0}],
-        run_dir=ctx.run_dir,
-        stage=stage,
-        resume=ctx.resume,
-    )
+    if cfg is not None:
+        fit(
+            gm,
+            ctx.data,
+            cfg,
+            teacher=ctx.teacher,
+            extra_loss=extra_loss,
+            extra_params=[
+                {"params": gate_params, "lr": float(opts.get("gate_lr", 0.01)), "weight_decay": 0.0}
+            ],
+            run_dir=ctx.run_dir,
+            stage=stage,
+            resume=ctx.resume,
+        )
     gm.cpu().eval()
     scores = gate_scores(gm)
     keep = {gid: torch.from_numpy((s > 0).astype(np.float64)) for gid, s in scores.items()}
