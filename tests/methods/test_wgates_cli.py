@@ -33,7 +33,10 @@ def test_prune_with_a_learned_method_meets_the_budget_and_reports_the_gates(
     assert report["pruned"]["flops"] <= 0.5 * report["original"]["flops"]
     mr = report["method_report"]
     assert mr["measured_cost"] == report["pruned"]["flops"]
-    assert mr["kept_channels"] and mr["open_ratio_history"]
+    assert mr["kept_channels"] and "over 2 steps" in mr["gate_open_ratio"]
+    details = json.loads((out / "wgates.json").read_text())
+    assert len(details["open_ratio_history"]) == 2 and details["measured_cost"] == mr["measured_cost"]
+    assert "kept_channels" in (out / "report.md").read_text()
     plan = json.loads((out / "plan.json").read_text())
     assert plan["meta"]["method"] == method
     if method == "abp+wgates":

@@ -82,7 +82,7 @@ def test_wgates_method_trains_gates_and_meets_the_flops_budget(
     slim = gp.apply(gp.trace(result.model.eval(), pg.example_inputs), result.plan)
     assert gp.count_flops(slim, pg.example_inputs) <= 0.5 * pg.flops
     assert result.report["measured_cost"] <= 0.5 * pg.flops
-    assert len(result.report["open_ratio_history"]) == 3
+    assert "over 3 steps" in result.report["gate_open_ratio"]
     assert all(p.exists() for p in result.plots)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the user's model
     assert any(not torch.equal(before[k], v) for k, v in result.model.state_dict().items())  # trained

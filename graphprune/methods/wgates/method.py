@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from torch import nn
 
 from graphprune.efficiency import DifferentiableFlops, FlopsModel
 from graphprune.efficiency.loss import budget_loss
+from graphprune.fileio import write_text
 from graphprune.graph import PrunableGraph
 from graphprune.methods.base import MethodContext, MethodError, MethodResult
 from graphprune.methods.wgates.gates import WeightGate, build_gates
@@ -146,21 +148,32 @@ def gate_channels(
         plan.remove_block(b)
     plan, done = repair(pg, plan, scores, cost.measure, cost.target, max_ratio=max_ratio)
     trained = RemoveChannelGates()(gm).graph_module
-    kept = {gid: [pg.group(gid).size - len(plan.channels.get(gid, ())), pg.group(gid).size] for gid in scores}
-    report = {
-        "budget_unit": cost.unit,
-        "budget_target": cost.target,
-        "original_cost": cost.original,
+    kept = {gid: (pg.group(gid).size - len(plan.channels.get(gid, ())), pg.group(gid).size) for gid in scores}
+    opened = [h["open_ratio"] for h in history]
+    report: dict[str, Any] = {
+        "budget": f"{cost.target:.6g} {cost.unit} ({cost.target / cost.original:.3f} of {cost.original:.6g})",
         "predicted_cost_at_readoff": predicted,
         "measured_cost_before_repair": done["cost_before_repair"],
         "measured_cost": done["cost_after_repair"],
         "repair_moves": done["repair_moves"],
-        "kept_channels": kept,
-        "open_ratio_history": _thin(history, 200),
+        "kept_channels": ", ".join(f"{gid} {k}/{n}" for gid, (k, n) in kept.items()),
+        "gate_open_ratio": (
+            f"{opened[0]:.3f} -> {opened[-1]:.3f} over {len(opened)} steps" if opened else "untrained"
+        ),
     }
     plots = []
-    if ctx.run_dir is not None and history:
-        plots.append(_plot_open_ratio(history, Path(ctx.run_dir) / f"{stage}_open_ratio.png"))
+    if ctx.run_dir is not None:
+        details = {
+            "unit": cost.unit,
+            "target": cost.target,
+            "original": cost.original,
+            "kept_channels": {gid: list(v) for gid, v in kept.items()},
+            "open_ratio_history": _thin(history, 500),
+            **{k: v for k, v in report.items() if isinstance(v, (int, float))},
+        }
+        write_text(Path(ctx.run_dir) / f"{stage}.json", json.dumps(details, indent=1) + "\n")
+        if history:
+            plots.append(_plot_open_ratio(history, Path(ctx.run_dir) / f"{stage}_open_ratio.png"))
     return plan, trained, report, plots
 
 
