@@ -67,13 +67,32 @@ def _epochs_list(text: str | None) -> list[int] | None:
     return epochs
 
 
+def _budget(target_flops: float | None, target_latency: str | None) -> Any:
+    """A Budget from --target-flops or --target-latency ("2.5ms" = milliseconds, "0.6" = a ratio)."""
+    from graphprune.methods import Budget
+
+    if target_latency is None:
+        return Budget(target_flops=target_flops)
+    text = target_latency.strip().lower()
+    try:
+        value = float(text.removesuffix("ms"))
+    except ValueError:
+        raise click.BadParameter(
+            f"expected milliseconds like 2.5ms or a ratio like 0.6, got {target_latency!r}",
+            param_hint="--target-latency",
+        ) from None
+    if text.endswith("ms"):
+        return Budget(target_latency_ms=value)
+    return Budget(target_latency_ratio=value)
+
+
 def prune_and_train(
     model: str,
     weights: Path | None,
     input_shape: str | None,
     *,
     method: str,
-    target_flops: float,
+    target_flops: Any,
     scope: str,
     round_to: int,
     data_spec: str | None,
@@ -97,11 +116,12 @@ def prune_and_train(
         finetune_epochs = epochs[2]  # ABP's stage 3 is the pipeline's fine-tune
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     writable_dir(out_dir)
+    budget = target_flops if isinstance(target_flops, Budget) else Budget(target_flops=target_flops)
     finetune = train_config(finetune_epochs, dict(train_kw)) if finetune_epochs > 0 else None
     method_train = train_config(max(1, sum(epochs or [1])), dict(train_kw)) if data_spec is not None else None
     request = PipelineRequest(
         model=model, out_dir=out_dir, weights=opt_str(weights), input_shape=shape, method=method,
-        budget=Budget(target_flops=target_flops), data=data_spec, image_size=image_size, finetune=finetune,
+        budget=budget, data=data_spec, image_size=image_size, finetune=finetune,
         method_train=method_train, kd=kd, resume=resume, export=export, leaf_modules=leaf_modules(),
         options={"scope": scope, "round_to": round_to, "epochs": epochs, **(method_kw or {})},
     )  # fmt: skip
@@ -138,9 +158,20 @@ Examples:
 @click.option(
     "--target-flops",
     type=click.FloatRange(0.0, 1.0, min_open=True),
-    required=True,
     metavar="FRACTION",
     help="Fraction of the original FLOPs to keep, e.g. 0.5.",
+)
+@click.option(
+    "--target-latency",
+    metavar="MS|RATIO",
+    help="wgates, abp+wgates: latency budget on onnxruntime (this machine), e.g. 2.5ms or 0.6 (of the "
+    "original's measured latency), instead of --target-flops.",
+)
+@click.option(
+    "--latency-model",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="FILE",
+    help="A predictor from `graphprune latency-model` (default: fitted now, reusing measured samples).",
 )
 @click.option(
     "--scope",
@@ -180,7 +211,9 @@ def prune(
     input_shape: str | None,
     method: str | None,
     criterion: str | None,
-    target_flops: float,
+    target_flops: float | None,
+    target_latency: str | None,
+    latency_model: Path | None,
     scope: str,
     round_to: int,
     data_spec: str | None,
@@ -200,16 +233,23 @@ def prune(
     method = method or criterion
     if method is None:
         raise click.UsageError("give --method (or --criterion)")
+    if (target_flops is None) == (target_latency is None):
+        raise click.UsageError("give one budget: --target-flops or --target-latency")
+    budget = _budget(target_flops, target_latency)
+    if target_flops is None and method in ("l1", "bn"):
+        raise click.UsageError(f"--method {method} takes --target-flops only")
     if data_spec is not None or method not in ("l1", "bn"):
         prune_and_train(
-            model, weights, input_shape, method=method, target_flops=target_flops, scope=scope,
+            model, weights, input_shape, method=method, target_flops=budget, scope=scope,
             round_to=round_to,
             data_spec=data_spec, image_size=image_size, finetune_epochs=finetune_epochs,
             method_epochs=method_epochs, kd=not no_kd, resume=resume, out_dir=out_dir, export=not no_export,
-            train_kw=train_kw, method_kw={"calib_batches": calib_batches, "reg_weight": reg_weight},
+            train_kw=train_kw, method_kw={"calib_batches": calib_batches, "reg_weight": reg_weight,
+                                           "latency_model": opt_str(latency_model)},
         )  # fmt: skip
         return
     criterion = method
+    assert target_flops is not None
     prune_by_criterion(
         model,
         weights,

@@ -30,3 +30,13 @@ def test_latency_model_names_a_bad_out_path(tmp_path: Path) -> None:
         cli, ["latency-model", "graphprune:cifar_resnet20", "--out", str(tmp_path / "file" / "lat.json")]
     )
     assert result.exit_code == 2 and "error:" in result.output
+
+
+def test_prune_takes_one_budget_and_parses_the_latency_target(tmp_path: Path) -> None:
+    base = ["prune", "graphprune:cifar_resnet20", "--method", "wgates", "--out", str(tmp_path / "r")]
+    both = CliRunner().invoke(cli, [*base, "--target-flops", "0.5", "--target-latency", "0.5"])
+    assert both.exit_code == 2 and "one budget" in both.output
+    bad = CliRunner().invoke(cli, [*base, "--target-latency", "fast"])
+    assert bad.exit_code == 2 and "--target-latency" in bad.output and "fast" in bad.output
+    l1 = CliRunner().invoke(cli, [*base[:3], "l1", *base[4:], "--target-latency", "2ms"])
+    assert l1.exit_code == 2 and "--target-flops only" in l1.output
