@@ -171,7 +171,7 @@ class LatencyPredictor(nn.Module):
     stage_of: torch.Tensor
     acts: torch.Tensor
 
-    def __init__(self, pg: PrunableGraph, stages: int = 6) -> None:
+    def __init__(self, pg: PrunableGraph, stages: int = 3) -> None:
         super().__init__()
         self.flops = DifferentiableFlops(pg)
         nodes = {n.name: n for n in pg.gm.graph.nodes}
@@ -288,7 +288,7 @@ def build_latency_model(
     samples: int = 60,
     threads: int = 1,
     cache_dir: str | os.PathLike[str] | None = None,
-    stages: int = 6,
+    stages: int = 3,
     runs: int = 30,
     on_sample: Callable[[int, int], None] | None = None,
 ) -> LatencyPredictor:
