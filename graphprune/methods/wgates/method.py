@@ -152,6 +152,7 @@ def gate_channels(
     opened = [h["open_ratio"] for h in history]
     report: dict[str, Any] = {
         "budget": f"{cost.target:.6g} {cost.unit} ({cost.target / cost.original:.3f} of {cost.original:.6g})",
+        "budget_target": cost.target,
         "predicted_cost_at_readoff": predicted,
         "measured_cost_before_repair": done["cost_before_repair"],
         "measured_cost": done["cost_after_repair"],
