@@ -11,7 +11,9 @@ onnxruntime version; collecting again only measures what the cache lacks.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import math
 import os
@@ -95,7 +97,8 @@ def measure_plan(pg: PrunableGraph, plan: PruningPlan, *, threads: int = 1, runs
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sub.onnx"
         try:
-            with warnings.catch_warnings(), torch.no_grad():
+            quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
+            with warnings.catch_warnings(), torch.no_grad(), quiet[0], quiet[1]:
                 warnings.simplefilter("ignore")
                 torch.onnx.export(slim, pg.example_inputs, str(path), dynamo=False, opset_version=17)
         except Exception:  # an op the TorchScript exporter lacks: the (slower) dynamo exporter

@@ -86,3 +86,30 @@ def test_wgates_method_trains_gates_and_meets_the_flops_budget(
     assert all(p.exists() for p in result.plots)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the user's model
     assert any(not torch.equal(before[k], v) for k, v in result.model.state_dict().items())  # trained
+
+
+@pytest.mark.slow  # fits a latency model and measures every repair step (minutes on a loaded machine)
+def test_wgates_meets_a_latency_budget_by_measurement(tmp_path: Path) -> None:
+    from support.archs import random_toynet
+
+    x = torch.randn(1, 3, 32, 32)
+    model = random_toynet(1, 3).eval()
+    pg = gp.trace(model, x)
+    ctx = MethodContext(
+        model=model,
+        example_inputs=(x,),
+        pg=pg,
+        budget=Budget(target_latency_ratio=0.7),
+        data=tiny_data(classes=5),
+        train_cfg=TrainConfig(
+            epochs=1, max_steps=2, batch_size=16, verbose=False, eval_every_epoch=False, device="cpu"
+        ),
+        run_dir=tmp_path,
+        options={"latency_samples": 8, "latency_cache": str(tmp_path / "cache")},
+    )
+    result = get_method("wgates")(ctx)
+    report = result.report
+    assert "ms" in report["budget"]
+    assert report["measured_cost"] <= report["budget_target"]
+    assert list((tmp_path / "cache").glob("latency-*.jsonl"))
+    result.plan.validate(pg)

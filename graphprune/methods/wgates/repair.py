@@ -48,6 +48,13 @@ def repair(
     removed = {gid: set(plan.channels.get(gid, ())) for gid in scores}
     blocks = list(plan.blocks)
     before = cost(_plan(pg, removed, blocks))
+    seen: dict[tuple[str, int], float] = {}  # each candidate measured once (latency is noisy)
+
+    def measured(direction: str, n: int, make: Callable[[int], PruningPlan]) -> float:
+        if (direction, n) not in seen:
+            seen[(direction, n)] = before if n == 0 else cost(make(n))
+        return seen[(direction, n)]
+
     if before > target:
         caps = {gid: min(len(s) - 1, int(math.floor(len(s) * max_ratio))) for gid, s in scores.items()}
         ranked = sorted(
@@ -69,19 +76,19 @@ def repair(
                 extra[gid].add(i)
             return _plan(pg, extra, blocks)
 
-        if cost(with_removed(len(moves))) > target:
+        if measured("remove", len(moves), with_removed) > target:
             raise BudgetError(
                 f"cost target {target:.6g} is out of reach: removing {max_ratio:.0%} of every group leaves "
-                f"{cost(with_removed(len(moves))):.6g}"
+                f"{measured('remove', len(moves), with_removed):.6g}"
             )
         lo, hi = 0, len(moves)
         while lo < hi:  # fewest removals meeting the target
             mid = (lo + hi) // 2
-            if cost(with_removed(mid)) <= target:
+            if measured("remove", mid, with_removed) <= target:
                 hi = mid
             else:
                 lo = mid + 1
-        result, n_moved = with_removed(lo), lo
+        result, n_moved, after = with_removed(lo), lo, measured("remove", lo, with_removed)
     else:
         back = sorted(
             ((float(scores[gid][i]), gid, i) for gid, idx in removed.items() for i in idx), reverse=True
@@ -96,10 +103,10 @@ def repair(
         lo, hi = 0, len(back)
         while lo < hi:  # most restorations staying within the target
             mid = (lo + hi + 1) // 2
-            if cost(with_restored(mid)) <= target:
+            if measured("restore", mid, with_restored) <= target:
                 lo = mid
             else:
                 hi = mid - 1
-        result, n_moved = with_restored(lo), -lo
+        result, n_moved, after = with_restored(lo), -lo, measured("restore", lo, with_restored)
     result.meta.update(plan.meta)
-    return result, {"cost_before_repair": before, "cost_after_repair": cost(result), "repair_moves": n_moved}
+    return result, {"cost_before_repair": before, "cost_after_repair": after, "repair_moves": n_moved}
