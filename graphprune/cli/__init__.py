@@ -7,13 +7,14 @@ is a module with a click command, added to `cli` below.
 
 from __future__ import annotations
 
-from graphprune.cli import apply, demo, eval, export, finetune, inspect, prune
+from graphprune.cli import apply, demo, eval, export, finetune, inspect, latency_model, prune
 from graphprune.cli.group import cli
 
 for _command in (
     inspect.inspect, prune.prune, finetune.finetune, eval.eval_command, apply.apply, export.export, demo.demo,
 ):  # fmt: skip
     cli.add_command(_command)
+cli.add_command(latency_model.latency_model)
 
 
 def main() -> None:

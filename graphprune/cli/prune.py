@@ -75,13 +75,32 @@ def _epochs_list(text: str | None) -> list[int] | None:
     return epochs
 
 
+def _budget(target_flops: float | None, target_latency: str | None) -> Any:
+    """A Budget from --target-flops or --target-latency ("2.5ms" = milliseconds, "0.6" = a ratio)."""
+    from graphprune.methods import Budget
+
+    if target_latency is None:
+        return Budget(target_flops=target_flops)
+    text = target_latency.strip().lower()
+    try:
+        value = float(text.removesuffix("ms"))
+    except ValueError:
+        raise click.BadParameter(
+            f"expected milliseconds like 2.5ms or a ratio like 0.6, got {target_latency!r}",
+            param_hint="--target-latency",
+        ) from None
+    if text.endswith("ms"):
+        return Budget(target_latency_ms=value)
+    return Budget(target_latency_ratio=value)
+
+
 def prune_and_train(
     model: str,
     weights: Path | None,
     input_shape: str | None,
     *,
     method: str,
-    target_flops: float,
+    target_flops: Any,
     scope: str,
     round_to: int,
     data_spec: str | None,
@@ -93,6 +112,7 @@ def prune_and_train(
     out_dir: Path,
     export: bool,
     train_kw: dict[str, Any],
+    method_kw: dict[str, Any] | None = None,
 ) -> None:
     """The full pipeline: method -> apply -> fine-tune with KD -> export -> evaluate -> report.md."""
     from graphprune.methods import Budget
@@ -100,15 +120,18 @@ def prune_and_train(
     from graphprune.modelspec import parse_input_shape
 
     epochs = _epochs_list(method_epochs)
+    if method == "abp" and epochs and len(epochs) == 3 and finetune_epochs == 0:
+        finetune_epochs = epochs[2]  # ABP's stage 3 is the pipeline's fine-tune
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     check_writable_dir(out_dir)
+    budget = target_flops if isinstance(target_flops, Budget) else Budget(target_flops=target_flops)
     finetune = train_config(finetune_epochs, dict(train_kw)) if finetune_epochs > 0 else None
     method_train = train_config(max(1, sum(epochs or [1])), dict(train_kw)) if data_spec is not None else None
     request = PipelineRequest(
         model=model, out_dir=out_dir, weights=opt_str(weights), input_shape=shape, method=method,
-        budget=Budget(target_flops=target_flops), data=data_spec, image_size=image_size, finetune=finetune,
+        budget=budget, data=data_spec, image_size=image_size, finetune=finetune,
         method_train=method_train, kd=kd, resume=resume, export=export, leaf_modules=leaf_modules(),
-        options={"scope": scope, "round_to": round_to, "epochs": epochs},
+        options={"scope": scope, "round_to": round_to, "epochs": epochs, **(method_kw or {})},
     )  # fmt: skip
     print_run_summary(run(request, step), out_dir)
 
@@ -143,9 +166,20 @@ Examples:
 @click.option(
     "--target-flops",
     type=click.FloatRange(0.0, 1.0, min_open=True),
-    required=True,
     metavar="FRACTION",
     help="Fraction of the original FLOPs to keep, e.g. 0.5.",
+)
+@click.option(
+    "--target-latency",
+    metavar="MS|RATIO",
+    help="wgates, abp+wgates: latency budget on onnxruntime (this machine), e.g. 2.5ms or 0.6 (of the "
+    "original's measured latency), instead of --target-flops.",
+)
+@click.option(
+    "--latency-model",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="FILE",
+    help="A predictor from `graphprune latency-model` (default: fitted now, reusing measured samples).",
 )
 @click.option(
     "--scope",
@@ -172,6 +206,10 @@ Examples:
 )
 @click.option("--epochs", "method_epochs", metavar="N[,N...]", help="Epochs per stage of a learned method.")
 @click.option("--no-kd", is_flag=True, help="Fine-tune without distilling from the original.")
+@click.option("--calib-batches", type=click.IntRange(min=1), default=8, show_default=True,
+              help="abp: training batches of the calibration pass that votes blocks out.")  # fmt: skip
+@click.option("--reg-weight", type=click.FloatRange(min=0.0), default=2.0, show_default=True,
+              help="abp: weight of the gate regulariser (marks to 0/1 and to the budget).")  # fmt: skip
 @train_options
 @out_dir_option(None)
 @click.option("--no-export", is_flag=True, help="Skip the ONNX export.")
@@ -182,7 +220,9 @@ def prune(
     input_shape: str | None,
     method: str | None,
     criterion: str | None,
-    target_flops: float,
+    target_flops: float | None,
+    target_latency: str | None,
+    latency_model: Path | None,
     scope: str,
     round_to: int,
     data_spec: str | None,
@@ -190,6 +230,8 @@ def prune(
     finetune_epochs: int,
     method_epochs: str | None,
     no_kd: bool,
+    calib_batches: int,
+    reg_weight: float,
     resume: bool,
     out_dir: Path,
     no_export: bool,
@@ -201,16 +243,23 @@ def prune(
     method = method or criterion
     if method is None:
         raise click.UsageError("give --method (or --criterion)")
+    if (target_flops is None) == (target_latency is None):
+        raise click.UsageError("give one budget: --target-flops or --target-latency")
+    budget = _budget(target_flops, target_latency)
+    if target_flops is None and method in ("l1", "bn"):
+        raise click.UsageError(f"--method {method} takes --target-flops only")
     if data_spec is not None or method not in ("l1", "bn"):
         prune_and_train(
-            model, weights, input_shape, method=method, target_flops=target_flops, scope=scope,
+            model, weights, input_shape, method=method, target_flops=budget, scope=scope,
             round_to=round_to,
             data_spec=data_spec, image_size=image_size, finetune_epochs=finetune_epochs,
             method_epochs=method_epochs, kd=not no_kd, resume=resume, out_dir=out_dir, export=not no_export,
-            train_kw=train_kw,
+            train_kw=train_kw, method_kw={"calib_batches": calib_batches, "reg_weight": reg_weight,
+                                           "latency_model": opt_str(latency_model)},
         )  # fmt: skip
         return
     criterion = method
+    assert target_flops is not None
     prune_by_criterion(
         model,
         weights,

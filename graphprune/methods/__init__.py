@@ -5,7 +5,7 @@ Built in: `l1`, `bn` (criteria). Learned methods add a module here and call `reg
 
 from __future__ import annotations
 
-from graphprune.methods import criterion  # noqa: F401 - registers l1 and bn
+from graphprune.methods import abp, criterion, wgates  # noqa: F401 - registers l1, bn, abp and wgates
 from graphprune.methods.base import (
     Budget,
     MethodContext,
