@@ -193,9 +193,9 @@ def summary(results: dict[str, dict[str, Any]]) -> list[str]:
             )
             if best_gp and best_tp:
                 out.append(
-                    f"Accuracy ({acc['mode']['model']}, -{t:.0%} FLOPs, {acc['meta']['mode']} run): best graphprune "
-                    f"arm {best_gp['arm']} {best_gp['top1_mean']:.2f}% top-1, best Torch-Pruning arm "
-                    f"{best_tp['arm']} {best_tp['top1_mean']:.2f}%."
+                    f"Accuracy ({acc['mode']['model']}, -{t:.0%} FLOPs, {acc['meta']['mode']} run): "
+                    f"best graphprune arm {best_gp['arm']} {best_gp['top1_mean']:.2f}% top-1, "
+                    f"best Torch-Pruning arm {best_tp['arm']} {best_tp['top1_mean']:.2f}%."
                 )
     lat = real.get("latency.json")
     if lat:
