@@ -266,9 +266,39 @@ def markdown(data: dict[str, Any]) -> str:
             f"{r['top1_pruned_mean']:.2f} | {r['top1_mean']:.2f} ± {r['top1_spread']:.2f} | "
             f"{r['latency_ratio']:.3f} |"
         )
+    lines += [""] + verdicts(data["rows"])
+    if any("first_attempt" in a.get("notes", {}) for a in data["arms"]):
+        lines += [
+            "",
+            "Torch-Pruning's first pruned model did not run (it couples the zero-padded option-A shortcut",
+            "as if elementwise), so its residual-stream convs were passed as `ignored_layers`: its arms",
+            "prune only the convs inside the blocks. That is the peer's documented way round it, and it",
+            "limits where it can take FLOPs from.",
+        ]
     lines += ["", "Per-seed results, with the Torch-Pruning ratio search and method reports, are in "]
     lines[-1] += "`accuracy.json` (`arms`).\n"
     return "\n".join(lines)
+
+
+def verdicts(rows: list[dict[str, Any]]) -> list[str]:
+    """Per target: the best graphprune arm against the best Torch-Pruning arm, whichever wins."""
+    out = []
+    ok = [r for r in rows if r["status"] == "ok" and r["reduction"] is not None]
+    for t in sorted({r["reduction"] for r in ok}):
+        gp_rows = [r for r in ok if r["reduction"] == t and r["arm"] in GP_METHODS]
+        tp_rows = [r for r in ok if r["reduction"] == t and r["arm"] in TP_ARMS]
+        if not gp_rows or not tp_rows:
+            continue
+        g = max(gp_rows, key=lambda r: r["top1_mean"])
+        p = max(tp_rows, key=lambda r: r["top1_mean"])
+        diff = g["top1_mean"] - p["top1_mean"]
+        who = "graphprune wins" if diff > 0 else "graphprune loses" if diff < 0 else "tie"
+        out.append(
+            f"- -{t:.0%} FLOPs: best graphprune arm {g['arm']} {g['top1_mean']:.2f}% "
+            f"(FLOPs kept {g['flops_ratio']:.3f}) vs best Torch-Pruning arm {p['arm']} {p['top1_mean']:.2f}% "
+            f"(FLOPs kept {p['flops_ratio']:.3f}): {who} by {abs(diff):.2f} points."
+        )
+    return out
 
 
 def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -265,6 +265,21 @@ def markdown(data: dict[str, Any]) -> str:
             + ", ".join(f"b{t['batch']} t{t['threads']} {t['p50_ms']:.2f} / {t['p90_ms']:.2f}" for t in base),
             "",
         ]
+    fallbacks = sorted(
+        {
+            m["spec"]
+            for m in data["models"]
+            for e in m["entries"].values()
+            if "first_attempt" in e.get("notes", {})
+        }
+    )
+    if fallbacks:
+        lines += [
+            f"Torch-Pruning on {', '.join(fallbacks)}: its first pruned model did not run (it couples the",
+            "zero-padded option-A shortcut as if elementwise), so its residual-stream convs were passed as",
+            "`ignored_layers` and only the convs inside the blocks were pruned (notes in `latency.json`).",
+            "",
+        ]
     lines += ["p50 and p90 of every arm are in `latency.json` (`rows`).", ""]
     return "\n".join(lines)
 
