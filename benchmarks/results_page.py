@@ -157,8 +157,19 @@ def page(results: dict[str, dict[str, Any]], folder: Path) -> str:
         "here is typed by hand. Each section names the command that produced its numbers, when, and on what.",
         "",
     ]
+    lines += [
+        "Commands (each writes its JSON, a page and a plot here; `--smoke` runs a few steps into `--out`):",
+        "",
+        "- `python benchmarks/accuracy_suite.py --quick` (ResNet-20, 1 seed) or `--full` (ResNet-56,",
+        "  2 seeds, resumable per arm, CUDA when present)",
+        "- `python benchmarks/latency_suite.py` (six models, three targets; `--model SPEC` for a subset,",
+        "  `--resume` to keep the models already measured)",
+        "- `python benchmarks/tool_speed.py` (suite 3)",
+        "- then `python benchmarks/results_page.py` for this page and the README summary",
+        "",
+    ]
     if not results:
-        lines += ["No suite has been run yet. Commands: see the docstrings of `benchmarks/*_suite.py`.", ""]
+        lines += ["No suite has been run yet.", ""]
     for name, data in results.items():
         lines += [f"## {KNOWN.get(name, name)}", "", f"Source: [{name}]({name})", ""]
         lines += _meta_lines(data.get("meta"))
@@ -210,7 +221,7 @@ def summary(results: dict[str, dict[str, Any]]) -> list[str]:
 def update_readme(readme: Path, lines: list[str]) -> None:
     """Replace the generated block of `readme` (or append a `## Results` section holding one)."""
     text = readme.read_text()
-    block = "\n".join([BEGIN, *[f"- {line}" if not line.startswith("All ") else line for line in lines], END])
+    block = "\n".join([BEGIN, *[f"- {line}" for line in lines], END])
     if BEGIN in text and END in text:
         text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
     else:
