@@ -63,7 +63,8 @@ class Mode:
     finetune: dict[str, Any]
     """TrainConfig fields of the fine-tuning every arm (and the control) gets."""
     method_options: dict[str, Any]
-    """Options handed to learned methods (their own search/training stages)."""
+    """Options handed to learned methods for their own stages, which train with the fine-tuning
+    TrainConfig (its max_steps included): `epochs` (abp stages 1 and 2), `stage_epochs` (wgates)."""
     data_limit: int | None = None
     eval_batches: int | None = None
     latency_rounds: int = 5
@@ -78,7 +79,7 @@ MODES = {
         (0,),
         (0.5,),
         {"epochs": 1, "max_steps": 2, "batch_size": 32, "log_every": 1, "verbose": False},
-        {"epochs": [1], "max_steps": 2},
+        {"epochs": [1, 1], "stage_epochs": [1]},
         data_limit=256,
         eval_batches=1,
         latency_rounds=1,
@@ -91,7 +92,7 @@ MODES = {
         (0,),
         (0.4, 0.5, 0.6),
         {"epochs": 1, "max_steps": 100, "batch_size": 128, "lr": 0.01},
-        {"epochs": [1], "max_steps": 100},
+        {"epochs": [1, 1], "stage_epochs": [1]},
     ),
     "full": Mode(
         "full",
@@ -100,7 +101,7 @@ MODES = {
         (0, 1),
         (0.4, 0.5, 0.6),
         {"epochs": 15, "batch_size": 128, "lr": 0.02},
-        {"epochs": [3, 3]},
+        {"epochs": [2, 2], "stage_epochs": [3]},
     ),
 }
 
@@ -252,6 +253,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"({'first ' + str(mode['eval_batches']) + ' batch(es)' if mode['eval_batches'] else 'all images'}).",
         "Top-1 is mean ± half-range over seeds; latency is onnxruntime batch 1, 1 thread, pruned / original "
         "(interleaved rounds).",
+        f"Learned methods (abp, wgates) also train in their own stages before that fine-tuning, with "
+        f"options {mode['method_options']}; the other arms are pruned without training.",
         "",
         "| arm | target reduction | FLOPs kept | params | top-1 before fine-tune | top-1 | latency ratio |",
         "|---|---|---|---|---|---|---|",
