@@ -240,6 +240,8 @@ def markdown(data: dict[str, Any]) -> str:
             if "error" in e:
                 lines.append(f"| {target} | {e['arm']} | failed: {e['error']} |" + " |" * (1 + len(configs)))
                 continue
+            # Torch-Pruning's ratio search can miss the FLOPs target by more than its tolerance
+            off = " (off target)" if e.get("notes", {}).get("matched") is False else ""
             cells = []
             for b, t in configs:
                 r = next(
@@ -254,7 +256,7 @@ def markdown(data: dict[str, Any]) -> str:
                 )
                 cells.append(f"{r['speedup']:.2f}x / {r['speedup_per_flops']:.2f}" if r else "—")
             lines.append(
-                f"| {target} | {e['arm']} | {e['flops_ratio']:.3f} | {e['params']:,} | "
+                f"| {target} | {e['arm']} | {e['flops_ratio']:.3f}{off} | {e['params']:,} | "
                 + " | ".join(cells)
                 + " |"
             )
