@@ -67,6 +67,8 @@ class Mode:
     TrainConfig (its max_steps included): `epochs` (abp stages 1 and 2), `stage_epochs` (wgates)."""
     data_limit: int | None = None
     eval_batches: int | None = None
+    pre_eval_batches: int | None = 4
+    """Batches (of 512) for the top-1 right after pruning, before fine-tuning: an indication only."""
     latency_rounds: int = 5
     tp_arms: tuple[str, ...] = tuple(TP_ARMS)
 
@@ -82,6 +84,7 @@ MODES = {
         {"epochs": [1, 1], "stage_epochs": [1]},
         data_limit=256,
         eval_batches=1,
+        pre_eval_batches=1,
         latency_rounds=1,
         tp_arms=("tp-magnitude-layer",),
     ),
@@ -91,7 +94,7 @@ MODES = {
         "cifar10jpeg_resnet20.th",
         (0,),
         (0.4, 0.5, 0.6),
-        {"epochs": 1, "max_steps": 100, "batch_size": 128, "lr": 0.01},
+        {"epochs": 1, "max_steps": 80, "batch_size": 128, "lr": 0.01},
         {"epochs": [1, 1], "stage_epochs": [1]},
     ),
     "full": Mode(
@@ -193,7 +196,7 @@ def run_arm(
         out["flops"] = gp.count_flops(slim, x)
         out["flops_ratio"] = out["flops"] / base_flops
         out["params"] = gp.count_params(slim)
-        out["top1_pruned"] = evaluate(slim, data, max_batches=mode.eval_batches).top1
+        out["top1_pruned"] = evaluate(slim, data, max_batches=mode.pre_eval_batches).top1
         fit(slim, data, cfg, teacher=baseline, run_dir=run_dir, stage="finetune", resume=True)
         slim = slim.cpu().eval()
         result = evaluate(slim, data, max_batches=mode.eval_batches)
@@ -256,7 +259,7 @@ def markdown(data: dict[str, Any]) -> str:
         f"Learned methods (abp, wgates) also train in their own stages before that fine-tuning, with "
         f"options {mode['method_options']}; the other arms are pruned without training.",
         "",
-        "| arm | target reduction | FLOPs kept | params | top-1 before fine-tune | top-1 | latency ratio |",
+        "| arm | target reduction | FLOPs kept | params | top-1 pruned (subset) | top-1 | latency ratio |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in data["rows"]:
@@ -356,12 +359,23 @@ def plot(data: dict[str, Any], path: Path) -> None:
 )
 @click.option("--arm", "only", multiple=True, help="Run only these arms (repeatable; 'unpruned' too).")
 @click.option("--device", default="auto", show_default=True, help="Training device (auto: CUDA if present).")
-def main(mode_name: str, out: Path, work_dir: Path | None, only: tuple[str, ...], device: str) -> None:
+@click.option("--max-steps", type=int, default=None, help="Override the fine-tuning (and stage) step limit.")
+def main(
+    mode_name: str,
+    out: Path,
+    work_dir: Path | None,
+    only: tuple[str, ...],
+    device: str,
+    max_steps: int | None,
+) -> None:
     """Run (or resume) the accuracy suite and rebuild accuracy.json, accuracy.md and accuracy.png."""
     from graphprune.train import load_data
 
     mode = MODES[mode_name]
-    mode = replace(mode, finetune={**mode.finetune, "device": device})
+    finetune = {**mode.finetune, "device": device}
+    if max_steps is not None:
+        finetune["max_steps"] = max_steps
+    mode = replace(mode, finetune=finetune)
     arms_dir = out / "accuracy_arms" / mode.name
     with tempfile.TemporaryDirectory() as tmp:
         work = work_dir or (Path(tmp) if mode.name == "smoke" else ROOT / "runs" / f"accuracy-{mode.name}")
@@ -395,6 +409,7 @@ def main(mode_name: str, out: Path, work_dir: Path | None, only: tuple[str, ...]
             "method_options": mode.method_options,
             "data_limit": mode.data_limit,
             "eval_batches": mode.eval_batches,
+            "pre_eval_batches": mode.pre_eval_batches,
         },
         "rows": aggregate(arms),
         "arms": arms,
