@@ -369,13 +369,14 @@ def main(
     max_steps: int | None,
 ) -> None:
     """Run (or resume) the accuracy suite and rebuild accuracy.json, accuracy.md and accuracy.png."""
-    from graphprune.train import load_data
+    from graphprune.train import TrainConfig, load_data
 
     mode = MODES[mode_name]
     finetune = {**mode.finetune, "device": device}
     if max_steps is not None:
         finetune["max_steps"] = max_steps
     mode = replace(mode, finetune=finetune)
+    current = TrainConfig(**finetune).to_dict()
     arms_dir = out / "accuracy_arms" / mode.name
     with tempfile.TemporaryDirectory() as tmp:
         work = work_dir or (Path(tmp) if mode.name == "smoke" else ROOT / "runs" / f"accuracy-{mode.name}")
@@ -392,7 +393,11 @@ def main(
             name = f"{arm}@{reduction:g}-seed{seed}" if reduction is not None else f"{arm}-seed{seed}"
             path = arms_dir / f"{name.replace('+', '_')}.json"
             if path.exists():
-                click.echo(f"{name}: done earlier ({path}), skipped")
+                earlier = json.loads(path.read_text()).get("finetune", {})
+                keys = ("epochs", "max_steps", "lr", "batch_size")
+                changed = [k for k in keys if earlier.get(k) != current[k]]
+                note = f" (with other {', '.join(changed)}: delete it to re-run)" if changed else ""
+                click.echo(f"{name}: done earlier ({path}), skipped{note}")
                 continue
             result = run_arm(arm, reduction, seed, mode, data, work, original_onnx)
             write_text(path, json.dumps(result, indent=1) + "\n")
