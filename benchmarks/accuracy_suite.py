@@ -109,6 +109,10 @@ MODES = {
 }
 
 
+class NotRegistered(LookupError):
+    """A graphprune arm whose method no branch has registered yet: recorded as not available."""
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
@@ -131,7 +135,7 @@ def prune(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The pruned (not yet fine-tuned) model of `arm` and notes on how it was made.
 
-    Raises MethodError (from the registry) when a graphprune method is not registered.
+    Raises NotRegistered when a graphprune method is not in the registry.
     """
     if arm in TP_ARMS:
         importance, global_pruning = TP_ARMS[arm]
@@ -147,8 +151,10 @@ def prune(
         notes.update(pruning_ratio=res.pruning_ratio, matched=res.matched)
         return res.model, notes
 
-    from graphprune.methods import Budget, MethodContext, get_method
+    from graphprune.methods import Budget, MethodContext, get_method, method_names
 
+    if arm not in method_names():
+        raise NotRegistered(f"method {arm!r} is not registered (registered: {', '.join(method_names())})")
     method = get_method(arm)
     pg = gp.trace(model, x)
     ctx = MethodContext(
@@ -173,7 +179,6 @@ def run_arm(
     arm: str, reduction: float | None, seed: int, mode: Mode, data: Any, work: Path, original_onnx: Path
 ) -> dict[str, Any]:
     """Prune, fine-tune (KD from the baseline), evaluate, export and time one arm; never raises."""
-    from graphprune.methods import MethodError
     from graphprune.train import TrainConfig, evaluate, fit
 
     resolved = resolve_model(mode.model)
@@ -209,8 +214,8 @@ def run_arm(
             latency_ms=t["candidate_ms"], original_latency_ms=t["baseline_ms"], latency_ratio=t["ratio"]
         )
         out["status"] = "ok"
-    except MethodError as exc:
-        out.update(status="not available", error=_one_line(exc))
+    except NotRegistered as exc:
+        out.update(status="not available", error=str(exc))
     except Exception as exc:  # recorded as this arm's failure, shown in the table
         out.update(status="failed", error=_one_line(exc), traceback=traceback.format_exc(limit=4))
     out["seconds"] = round(time.perf_counter() - start, 1)
