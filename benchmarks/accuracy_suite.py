@@ -377,6 +377,10 @@ def main(
     from graphprune.train import TrainConfig, load_data
 
     mode = MODES[mode_name]
+    unknown = sorted(set(only) - {CONTROL, *arm_names()})
+    if unknown:
+        choices = ", ".join([CONTROL, *arm_names()])
+        raise click.BadParameter(f"unknown arm {unknown[0]!r} (choose from {choices})", param_hint="--arm")
     finetune = {**mode.finetune, "device": device}
     if max_steps is not None:
         finetune["max_steps"] = max_steps
