@@ -335,9 +335,10 @@ def plot(data: dict[str, Any], path: Path) -> None:
             continue
         pts = [(r["flops_ratio"], r["top1_mean"]) for r in rows]
         err = [r["top1_spread"] for r in rows]
-        line = ax.errorbar(*zip(*pts, strict=True), yerr=err, fmt="o", ms=4, label=arm)
+        peer = arm in TP_ARMS  # Torch-Pruning: squares and dashed Pareto lines
+        line = ax.errorbar(*zip(*pts, strict=True), yerr=err, fmt="s" if peer else "o", ms=4, label=arm)
         front = pareto(pts)
-        ax.plot(*zip(*front, strict=True), "-", color=line.lines[0].get_color(), lw=1)
+        ax.plot(*zip(*front, strict=True), "--" if peer else "-", color=line.lines[0].get_color(), lw=1)
     control = [r for r in data["rows"] if r["arm"] == CONTROL and r["status"] == "ok"]
     if control:
         ax.axhline(control[0]["top1_mean"], color="k", ls="--", lw=0.8, label="unpruned, same epochs")
