@@ -56,7 +56,7 @@ def _as_state_dict(obj: object, source: str) -> dict[str, Tensor]:
 
 
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """Read a state dict from a torch.save file on the CPU (weights_only, no code runs).
+    """Read a state dict from a `.safetensors` or a torch.save file on the CPU (weights_only, no code runs).
 
     Accepts a raw state dict or a checkpoint dict with a "state_dict" or "model" entry, and strips a
     `module.` prefix carried by every key.
@@ -66,6 +66,14 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         raise WeightsError(f"weights file not found: {file}")
     if not file.is_file():
         raise WeightsError(f"weights file {file} is not a file")
+    if file.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return _as_state_dict(load_file(file, device="cpu"), f"weights file {file}")
+        except (SafetensorError, OSError) as exc:
+            raise WeightsError(f"cannot read weights file {file}: {_first_line(exc)}") from None
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 -- a corrupt file fails in many ways (pickle, zip, EOF, ...)

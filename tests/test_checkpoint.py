@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import graphprune as gp
 from graphprune.checkpoint import load_pruned, save_pruned
@@ -29,14 +30,14 @@ def pruned(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, t
 
 def test_files_are_tensors_and_json_only(pruned: tuple) -> None:
     _, slim, out = pruned
-    state = torch.load(out / "model.pt", weights_only=True)
+    state = load_file(out / "model.safetensors")
     assert set(state) == set(slim.state_dict())
     assert gp.PruningPlan.load(out / "plan.json").input_shapes == [[2, 3, 32, 32]]
 
 
 def test_reload_from_pruned_state_dict(pruned: tuple) -> None:
     _, slim, out = pruned
-    again = load_pruned(get_model("cifar_resnet20"), out / "plan.json", out / "model.pt")
+    again = load_pruned(get_model("cifar_resnet20"), out / "plan.json", out / "model.safetensors")
     with torch.no_grad():
         torch.testing.assert_close(again.eval()(X), slim.eval()(X))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -83,3 +84,23 @@ def evaluate(
     finally:
         model.train(was_training)
     return result_of(distributed.all_reduce_sum(counts).cpu())
+
+
+def evaluate_onnx(
+    path: str | Path,
+    data: DataBundle,
+    split: str = "test",
+    *,
+    batch_size: int = 256,
+    threads: int | None = None,
+) -> EvalResult:
+    """Evaluate an ONNX file (dynamic batch, one input) with onnxruntime itself on `split`."""
+    from graphprune.export import ort_session
+
+    session = ort_session(path, threads=threads)
+    name = session.get_inputs()[0].name
+    counts = torch.zeros(4, dtype=torch.float64)
+    for x, y in data.loader(split, batch_size, shuffle=False, augment=False, drop_last=False):
+        logits = torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+        counts += batch_counts(logits, y)
+    return result_of(counts)
