@@ -128,7 +128,13 @@ def run_model(
                 for key, s in stats.items():
                     timings.append({"key": key, "batch": batch, "threads": n_threads, **s})
                 log(f"{spec} batch {batch} threads {n_threads}: timed {len(stats)} files")
-    return {"spec": spec, "input_shape": list(resolved.input_shape), "entries": entries, "timings": timings}
+    return {
+        "spec": spec,
+        "input_shape": list(resolved.input_shape),
+        "measured": run_meta.describe_run("model")["date"],  # --resume keeps models of earlier runs
+        "entries": entries,
+        "timings": timings,
+    }
 
 
 def derive(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -231,7 +237,8 @@ def markdown(data: dict[str, Any]) -> str:
     header = "| target | arm | FLOPs kept | params | " + " | ".join(f"b{b} t{t}" for b, t in configs) + " |"
     for result in data["models"]:
         spec = result["spec"]
-        lines += [f"## {spec}", "", header, "|" + "---|" * (4 + len(configs))]
+        when = f" (measured {result['measured']})" if "measured" in result else ""
+        lines += [f"## {spec}{when}", "", header, "|" + "---|" * (4 + len(configs))]
         model_rows = [r for r in rows if r["model"] == spec]
         for key, e in result["entries"].items():
             if key == ORIGINAL:
