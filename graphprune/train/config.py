@@ -14,8 +14,9 @@ Schedule = Literal["cosine", "onecycle"]
 class TrainConfig:
     """Hyper-parameters of `fit`. The defaults are the recipe of the shared CIFAR baselines.
 
-    `max_steps` stops a run early (smoke runs, CI) without changing its learning-rate schedule, which
-    always spans `epochs`. `kd_*` apply only when `fit` is given a teacher. `threads` defaults to every
+    `max_steps` caps a run (short benchmark budgets, smoke runs, CI); the learning-rate schedule spans
+    the steps actually run, min(`epochs` x steps per epoch, `max_steps`), so a capped run still warms up
+    and anneals. `kd_*` apply only when `fit` is given a teacher. `threads` defaults to every
     CPU core (shared among the processes of a distributed run on one machine).
     """
 

@@ -254,7 +254,7 @@ def fit(
                 for x, y in loader.iter_from(start):
                     if cfg.channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
-                    factor = lr_factor(step, total, warmup, cfg.schedule)
+                    factor = lr_factor(step, end, warmup, cfg.schedule)
                     for g, base in zip(optimizer.param_groups, base_lrs, strict=True):
                         g["lr"] = base * factor
                     with autocast:
