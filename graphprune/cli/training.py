@@ -43,7 +43,9 @@ def train_options(fn: F) -> F:
         click.option("--kd-temperature", type=float, default=4.0, show_default=True),
         click.option("--kd-alpha", type=float, default=0.9, show_default=True, help="Weight of the KD term."),
         click.option(
-            "--max-steps", type=click.IntRange(min=1), help="Cap the run at this many steps (the LR schedule spans them)."
+            "--max-steps",
+            type=click.IntRange(min=1),
+            help="Cap the run at this many steps (the LR schedule spans them).",
         ),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--channels-last", is_flag=True, help="channels_last memory format."),
