@@ -65,6 +65,7 @@ class AbpOutcome:
     marks: torch.Tensor | None = None  # final calibration marks (samples, blocks)
     removed: tuple[str, ...] = ()
     predicted_flops: int = 0
+    predicted_latency_ms: float | None = None
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -180,4 +181,9 @@ def run_abp(
     pruned = _pruned(gated)
     final = vote(names, marks, k=max(1, len(pruned)))
     removal = removal_for_budget(pg, pruned, BlockBudget(num_blocks=len(pruned)))
-    return AbpOutcome(gated, votes, final, marks, removal.blocks, removal.predicted_flops)
+    ms = (
+        budget.latency.predict_counts({g.id: g.size for g in pg.prunable_groups}, pruned)
+        if budget.latency
+        else None
+    )
+    return AbpOutcome(gated, votes, final, marks, removal.blocks, removal.predicted_flops, ms)
