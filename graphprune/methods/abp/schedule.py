@@ -30,7 +30,7 @@ from graphprune.methods.abp.budget import (
 )
 from graphprune.methods.abp.regulariser import GateRegulariser
 from graphprune.methods.abp.voting import Vote, calibrate, vote
-from graphprune.passes.block_gates import InsertBlockGates, gates_of
+from graphprune.passes.block_gates import InsertBlockGates, forget_marks, gates_of
 from graphprune.train import TrainConfig, fit
 from graphprune.train.data import DataBundle
 from graphprune.train.state import stage_dir
@@ -150,6 +150,7 @@ def run_abp(
         )  # fmt: skip
 
     # stage 2: prune by vote a share of the blocks at the start of every epoch, KD + CE from stage 1's net
+    forget_marks(gated)
     teacher = copy.deepcopy(gated).eval()
     votes = _load_votes(run_dir) if resume else []
     first = next((v for v in votes if v["epoch"] == 0), None)
@@ -178,6 +179,7 @@ def run_abp(
         _save_votes(run_dir, votes)
 
     names, marks = calibrate(gated, calibration_batches(gated, data, cfg))
+    forget_marks(gated)
     pruned = _pruned(gated)
     final = vote(names, marks, k=max(1, len(pruned)))
     removal = removal_for_budget(pg, pruned, BlockBudget(num_blocks=len(pruned)))
