@@ -19,7 +19,7 @@ from graphprune.errors import PlanError
 
 MODEL = "graphprune:cifar_resnet20"
 OUTPUT_FILES = ("model.safetensors", "plan.json", "model.onnx", "report.json")
-COMMANDS = ("inspect", "prune", "apply", "export", "demo")
+COMMANDS = ("inspect", "prune", "finetune", "eval", "apply", "export", "demo")
 
 
 def run(*args: str) -> Result:

@@ -22,9 +22,10 @@ if TYPE_CHECKING:
 Examples:
   graphprune export torchvision:resnet18 --out resnet18.onnx
   graphprune export graphprune:cifar_resnet56 --plan out/r56/plan.json --out r56-pruned.onnx
+  graphprune export runs/r20 --out r20.onnx    (a run directory of prune/finetune)
 """,
-    help="Export MODEL (pruned first if --plan is given) to ONNX and check it against PyTorch.\n"
-    + MODEL_HELP,
+    help="Export MODEL (pruned first if --plan is given), or the model of a run directory, to ONNX and "
+    "check it against PyTorch.\n" + MODEL_HELP,
 )
 @model_options
 @click.option(
@@ -50,22 +51,29 @@ def export(
     plan_path: Path | None,
 ) -> None:
     import graphprune as gp
+    from graphprune.checkpoint import is_run_dir, load_run
     from graphprune.export import export_onnx
     from graphprune.modelspec import parse_input_shape
 
     if input_shape is not None:
         parse_input_shape(input_shape)
     writable_file(out_path)
-    plan = load_plan(plan_path) if plan_path is not None else None
-    rm = resolve(model, weights, input_shape, plan)
-    module: nn.Module = rm.model
-    if plan is not None:
-        pg = trace(rm)
-        with step("Applying the plan"):
-            module = gp.apply(pg, plan)
+    if is_run_dir(model):  # a run directory: its model.json, plan.json and weights say everything
+        with step(f"Loading the run {model}"):
+            loaded = load_run(model)
+        module: nn.Module = loaded.model
+        name, example = loaded.info.model, loaded.example_inputs
+    else:
+        plan = load_plan(plan_path) if plan_path is not None else None
+        rm = resolve(model, weights, input_shape, plan)
+        module, name, example = rm.model, rm.name, rm.example_inputs
+        if plan is not None:
+            pg = trace(rm)
+            with step("Applying the plan"):
+                module = gp.apply(pg, plan)
     with step(f"Exporting to {out_path}"):
-        report = export_dict(export_onnx(module, rm.example_inputs, str(out_path)))
-    summary = table(f"ONNX export of {escape(rm.name)}", show_header=False)
+        report = export_dict(export_onnx(module, example, str(out_path)))
+    summary = table(f"ONNX export of {escape(name)}", show_header=False)
     summary.add_column("key", style="bold")
     summary.add_column("value", overflow="fold")
     for key, value in report.items():

@@ -6,6 +6,7 @@ under a cache directory keyed by a content hash), so decoding never limits train
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ from torch import Tensor
 
 from graphprune.errors import GraphpruneError
 from graphprune.train.loader import Augment, BatchLoader
+
+CACHE_ENV_VAR = "GRAPHPRUNE_DATA_CACHE"
 
 
 class DataError(GraphpruneError):
@@ -112,6 +115,7 @@ def load_data(
     Schemes: `cifar10` (the JPEG zip, its extracted tree, or the python batches), `fashion-mnist`
     (IDX files, gzipped or not), `imagefolder` (`train/` plus `val/` or `test/`; `image_size` resizes).
     `limit` keeps the first images of each split (class-balanced where the format allows), for smoke runs.
+    `cache_dir` (default: `$GRAPHPRUNE_DATA_CACHE`, if set) keeps the decoded tensors on disk.
     """
     from graphprune.train import datasets
 
@@ -124,6 +128,7 @@ def load_data(
         raise DataError(
             f"unknown data scheme {scheme!r} in {spec!r} (choose from {sorted(datasets.SCHEMES)})"
         )
+    cache_dir = cache_dir if cache_dir is not None else os.environ.get(CACHE_ENV_VAR) or None
     bundle = datasets.SCHEMES[scheme](path, image_size=image_size, cache_dir=cache_dir, limit=limit)
     if mean is not None or std is not None:
         bundle = DataBundle(

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from graphprune.errors import GraphpruneError
+
 
 @dataclass(frozen=True)
 class Augment:
@@ -74,9 +76,9 @@ class BatchLoader:
         world_size: int = 1,
     ) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+            raise GraphpruneError(f"batch size must be >= 1, got {batch_size}")
         if batch_size % world_size:
-            raise ValueError(f"batch size {batch_size} is not divisible by the {world_size} processes")
+            raise GraphpruneError(f"batch size {batch_size} is not divisible by the {world_size} processes")
         self.device = torch.device(device)
         # Small datasets live on the accelerator whole: no host-to-device copy per batch.
         self.images = images.to(self.device)
