@@ -78,19 +78,19 @@ def run_arm(
     total = e1 + e2 + e3
     run.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {"arm": arm, "epochs": total}
+
+    def finetune(model: torch.nn.Module, epochs: int) -> None:
+        """CE + KD from the original; resumes inside the stage after a kill."""
+        if epochs <= 0:
+            return
+        cfg_e = replace(cfg, epochs=epochs)
+        fit(model, data, cfg_e, teacher=original, run_dir=run, stage="finetune", resume=True)
+
     if arm == "original":
         return {**record, "epochs": 0, **_measure(original, data, x, None, cfg)}
     if arm == "control":
         model = copy.deepcopy(original)
-        fit(
-            model,
-            data,
-            replace(cfg, epochs=total),
-            teacher=original,
-            run_dir=run,
-            stage="finetune",
-            resume=True,
-        )
+        finetune(model, total)
         onnx = run / "model.onnx" if mode["control_latency"] else None
         return {**record, **_measure(model, data, x, onnx, cfg)}
     method, target = arm.split("-")
@@ -109,15 +109,7 @@ def run_arm(
         start, ft_epochs = original, total
         record["target_flops_ratio"] = flops
     slim = gp.apply(gp.trace(start, x), plan)
-    fit(
-        slim,
-        data,
-        replace(cfg, epochs=ft_epochs),
-        teacher=original,
-        run_dir=run,
-        stage="finetune",
-        resume=True,
-    )
+    finetune(slim, ft_epochs)
     return {**record, **_measure(slim, data, x, run / "model.onnx", cfg)}
 
 
