@@ -118,7 +118,8 @@ def abp(ctx: MethodContext) -> MethodResult:
         write_text(ctx.run_dir / "abp.json", json.dumps(detail, indent=1) + "\n")
     plots = []
     if ctx.run_dir is not None:
-        plots.append(plot_marks(vote, removed, ctx.run_dir / "abp_marks.png"))
+        first = out.votes[0]["vote"] if out.votes else vote.to_dict()  # stage 1's marks, before pruning
+        plots.append(plot_marks(first, removed, ctx.run_dir / "abp_marks.png"))
     return MethodResult(plan=plan, model=model, report=report, plots=plots)
 
 
