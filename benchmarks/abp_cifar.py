@@ -38,11 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 MODES: dict[str, dict[str, Any]] = {
     "full": {"model": "cifar_resnet56", "targets": (0.6, 0.4), "epochs": (5, 5, 10), "limit": None,
-             "max_steps": None, "rounds": 9},
+             "max_steps": None, "rounds": 9, "control_latency": True},
     "quick": {"model": "cifar_resnet20", "targets": (0.6, 0.4), "epochs": (1, 1, 1), "limit": 10000,
-              "max_steps": None, "rounds": 7},
+              "max_steps": None, "rounds": 7, "control_latency": True},
     "smoke": {"model": "cifar_resnet20", "targets": (0.6,), "epochs": (1, 1, 1), "limit": 64,
-              "max_steps": 2, "rounds": 1},
+              "max_steps": 2, "rounds": 1, "control_latency": False},
 }  # fmt: skip
 
 
@@ -52,16 +52,18 @@ def _model(name: str) -> torch.nn.Module:
 
 
 def _measure(
-    model: torch.nn.Module, data: Any, x: torch.Tensor, onnx: Path, cfg: TrainConfig
+    model: torch.nn.Module, data: Any, x: torch.Tensor, onnx: Path | None, cfg: TrainConfig
 ) -> dict[str, Any]:
+    """Top-1, MACs and params; with `onnx`, also the verified ONNX export the latency pairs time."""
     model = model.cpu().eval()
-    export_onnx(model, x, onnx)
+    if onnx is not None:
+        export_onnx(model, x, onnx)
     test = evaluate(model, data, "test", batch_size=cfg.eval_batch_size)
     return {
         "top1": test.top1,
         "flops": int(gp.count_flops(model, x)),
         "params": int(gp.count_params(model)),
-        "onnx": onnx.name,
+        "onnx": onnx.name if onnx is not None else None,
     }
 
 
@@ -76,20 +78,21 @@ def run_arm(
     total = e1 + e2 + e3
     run.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {"arm": arm, "epochs": total}
+
+    def finetune(model: torch.nn.Module, epochs: int) -> None:
+        """CE + KD from the original; resumes inside the stage after a kill."""
+        if epochs <= 0:
+            return
+        cfg_e = replace(cfg, epochs=epochs)
+        fit(model, data, cfg_e, teacher=original, run_dir=run, stage="finetune", resume=True)
+
     if arm == "original":
-        return {**record, "epochs": 0, **_measure(original, data, x, run / "model.onnx", cfg)}
+        return {**record, "epochs": 0, **_measure(original, data, x, None, cfg)}
     if arm == "control":
         model = copy.deepcopy(original)
-        fit(
-            model,
-            data,
-            replace(cfg, epochs=total),
-            teacher=original,
-            run_dir=run,
-            stage="finetune",
-            resume=True,
-        )
-        return {**record, **_measure(model, data, x, run / "model.onnx", cfg)}
+        finetune(model, total)
+        onnx = run / "model.onnx" if mode["control_latency"] else None
+        return {**record, **_measure(model, data, x, onnx, cfg)}
     method, target = arm.split("-")
     if method == "abp":
         ctx = MethodContext(
@@ -106,25 +109,18 @@ def run_arm(
         start, ft_epochs = original, total
         record["target_flops_ratio"] = flops
     slim = gp.apply(gp.trace(start, x), plan)
-    fit(
-        slim,
-        data,
-        replace(cfg, epochs=ft_epochs),
-        teacher=original,
-        run_dir=run,
-        stage="finetune",
-        resume=True,
-    )
+    finetune(slim, ft_epochs)
     return {**record, **_measure(slim, data, x, run / "model.onnx", cfg)}
 
 
 def latency_rows(
-    results: dict[str, Any], runs: Path, targets: tuple[float, ...], rounds: int
+    results: dict[str, Any], runs: Path, targets: tuple[float, ...], rounds: int, control: bool = True
 ) -> list[dict[str, Any]]:
     """ABP vs L1 (equal FLOPs) and each vs the control, batch 1 and 32, interleaved medians."""
     rows = []
-    pairs = [(f"l1-{t}", f"abp-{t}") for t in targets] + [("control", f"abp-{t}") for t in targets]
-    pairs += [("control", f"l1-{t}") for t in targets]
+    pairs = [(f"l1-{t}", f"abp-{t}") for t in targets]
+    if control:
+        pairs += [("control", f"{m}-{t}") for t in targets for m in ("abp", "l1")]
     for base, cand in pairs:
         for batch in (1, 32):
             t = paired_latency(
@@ -176,6 +172,14 @@ def markdown(
         ratios = ", ".join(f"{r['ratio']:.3f} @ batch {r['batch']}" for r in rs)
         verdict = "faster" if faster else "not faster"
         verdicts.append(f"- target {t:g}: ABP's export is {verdict} than L1's at equal FLOPs ({ratios}).")
+    for t in mode["targets"]:
+        gap = results[f"abp-{t}"]["top1"] - control["top1"]
+        l1_gap = results[f"l1-{t}"]["top1"] - control["top1"]
+        aim = "within" if gap >= -0.3 else "short of"
+        verdicts.append(
+            f"- target {t:g}: ABP is {gap:+.2f} pt from the unpruned control ({aim} the 0.3 pt aim); "
+            f"L1 at the same FLOPs is {l1_gap:+.2f} pt."
+        )
     lines += ["", *verdicts, ""]
     return "\n".join(lines)
 
@@ -210,7 +214,7 @@ def main(mode_name: str, epochs: str | None, runs: Path, out: Path) -> None:
         click.echo(f"{arm}: running")
         results[arm] = run_arm(arm, mode, data, cfg, runs / arm, results)
         write_text(path, json.dumps(results[arm], indent=1) + "\n")
-    latency = latency_rows(results, runs, mode["targets"], mode["rounds"])
+    latency = latency_rows(results, runs, mode["targets"], mode["rounds"], mode["control_latency"])
     summary = {
         "mode": mode_name,
         "config": {k: v for k, v in mode.items()},

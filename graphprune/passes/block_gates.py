@@ -66,6 +66,13 @@ def gates_of(model: nn.Module) -> dict[str, BlockGate]:
     return {m.block or name: m for name, m in holder.named_children() if isinstance(m, BlockGate)}
 
 
+def forget_marks(model: nn.Module) -> None:
+    """Drop the marks the gates kept from the last forward (they may hold an autograd graph, which
+    `copy.deepcopy` refuses)."""
+    for gate in gates_of(model).values():
+        gate.mark = None
+
+
 def _channels(node: fx.Node) -> int:
     spec = node.meta.get(META_KEY)
     if not isinstance(spec, TensorSpec) or len(spec.shape) < 2:

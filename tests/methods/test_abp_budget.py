@@ -48,7 +48,7 @@ def test_block_count_and_fraction_budgets(resnet20: gp.PrunableGraph) -> None:
 
 def test_unreachable_or_malformed_budgets_are_one_line_errors(resnet20: gp.PrunableGraph) -> None:
     ranking = [b.name for b in resnet20.blocks]
-    with pytest.raises(PlanError, match="out of reach"):
+    with pytest.raises(PlanError, match="FLOPs target is out of reach"):
         removal_for_budget(resnet20, ranking, BlockBudget(target_flops=0.01))
     with pytest.raises(PlanError, match="exactly one budget"):
         BlockBudget()
@@ -59,3 +59,40 @@ def test_unreachable_or_malformed_budgets_are_one_line_errors(resnet20: gp.Pruna
 def test_progressive_steps_spread_the_removal() -> None:
     assert [blocks_this_step(0, 7, 3), blocks_this_step(3, 7, 2), blocks_this_step(5, 7, 1)] == [3, 2, 2]
     assert blocks_this_step(7, 7, 2) == 0
+
+
+class BlockLatency:
+    """A stand-in latency predictor: 2 ms fixed plus 1 ms per block left in."""
+
+    def __init__(self, pg: gp.PrunableGraph) -> None:
+        self.n = len(pg.blocks)
+
+    def predict_counts(self, kept: dict[str, int], blocks: list[str] | tuple[str, ...] = ()) -> float:
+        return 2.0 + self.n - len(blocks)
+
+
+def test_latency_budget_uses_the_predictor(resnet20: gp.PrunableGraph) -> None:
+    ranking = [b.name for b in resnet20.blocks]
+    oracle = BlockLatency(resnet20)
+    r = removal_for_budget(resnet20, ranking, BlockBudget(target_latency_ratio=0.7, latency=oracle))
+    assert len(r.blocks) == 4 and r.predicted_latency_ms == 7.0  # 11 ms * 0.7 = 7.7: 3 blocks leave 8
+    assert removal_for_budget(
+        resnet20, ranking, BlockBudget(target_latency_ms=9.0, latency=oracle)
+    ).blocks == (tuple(ranking[:2]))
+    assert keep_target(resnet20, BlockBudget(target_latency_ms=9.0, latency=oracle)) < 1.0
+    with pytest.raises(PlanError, match="latency predictor"):
+        BlockBudget(target_latency_ms=9.0)
+    with pytest.raises(PlanError, match="predicted latency target is out of reach"):
+        removal_for_budget(resnet20, ranking, BlockBudget(target_latency_ms=1.0, latency=oracle))
+
+
+def test_method_budget_takes_a_given_latency_predictor(resnet20: gp.PrunableGraph) -> None:
+    from graphprune.methods import Budget, MethodContext
+    from graphprune.methods.abp import block_budget
+
+    oracle = BlockLatency(resnet20)
+    ctx = MethodContext(
+        model=resnet20.gm, example_inputs=resnet20.example_inputs, pg=resnet20,
+        budget=Budget(target_latency_ratio=0.5), options={"latency_predictor": oracle},
+    )  # fmt: skip
+    assert block_budget(ctx).latency is oracle

@@ -8,7 +8,13 @@ import torch
 import graphprune as gp
 from graphprune.errors import PlanError
 from graphprune.models import get_model
-from graphprune.passes.block_gates import BlockGate, InsertBlockGates, RemoveBlockGates, gates_of
+from graphprune.passes.block_gates import (
+    BlockGate,
+    InsertBlockGates,
+    RemoveBlockGates,
+    forget_marks,
+    gates_of,
+)
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +97,16 @@ def test_removal_names_an_unknown_block(resnet20: gp.PrunableGraph) -> None:
     gated = InsertBlockGates(resnet20.blocks)(resnet20.gm).graph_module
     with pytest.raises(PlanError, match="layer9.9"):
         RemoveBlockGates({"layer9.9": 0.5})(gated)
+
+
+def test_forget_marks_lets_a_gated_model_be_copied_after_a_training_forward(
+    resnet20: gp.PrunableGraph,
+) -> None:
+    import copy
+
+    gated = InsertBlockGates(resnet20.blocks)(resnet20.gm).graph_module.train()
+    gated(torch.randn(2, 3, 32, 32))
+    with pytest.raises(RuntimeError):
+        copy.deepcopy(gated)  # the marks still hold their autograd graph
+    forget_marks(gated)
+    assert all(g.mark is None for g in gates_of(copy.deepcopy(gated)).values())

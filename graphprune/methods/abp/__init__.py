@@ -8,12 +8,13 @@ fine-tune (CE + KD from the original) is stage 3.
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 from dataclasses import fields
 from typing import Any
 
 from graphprune.fileio import write_text
-from graphprune.methods.abp.budget import BlockBudget
+from graphprune.methods.abp.budget import BlockBudget, LatencyOracle
 from graphprune.methods.abp.report import plot_marks
 from graphprune.methods.abp.schedule import AbpConfig, AbpOutcome, run_abp
 from graphprune.methods.base import MethodContext, MethodError, MethodResult, register_method
@@ -23,16 +24,37 @@ from graphprune.plan import PruningPlan
 __all__ = ["AbpConfig", "AbpOutcome", "abp", "abp_config", "block_budget"]
 
 
+def latency_predictor(ctx: MethodContext) -> LatencyOracle:
+    """The Efficiency Module's latency predictor for `ctx.pg` (measured sub-networks, cached in the run)."""
+    efficiency = importlib.import_module("graphprune.efficiency")
+    build = getattr(efficiency, "build_latency_model", None)
+    if build is None:
+        raise MethodError(
+            "abp: latency targets need the Efficiency Module's latency predictor, not in this build"
+        )
+    cache = ctx.run_dir / "latency_samples" if ctx.run_dir is not None else None
+    predictor: LatencyOracle = build(ctx.pg, cache_dir=cache)
+    return predictor
+
+
 def block_budget(ctx: MethodContext) -> BlockBudget:
-    """The method's budget from the context: FLOPs, a number of blocks, or options['block_fraction']."""
+    """The budget from the context: FLOPs, latency, a number of blocks, or options['block_fraction']."""
     b = ctx.budget
-    if b.target_latency_ms is not None or b.target_latency_ratio is not None:
-        raise MethodError("abp: latency targets need a latency predictor, which graphprune does not have yet")
     fraction = ctx.options.get("block_fraction")
-    given = [v is not None for v in (b.target_flops, b.num_blocks, fraction)]
-    if sum(given) != 1:
-        raise MethodError("abp needs one budget: --target-flops, a number of blocks or a block fraction")
-    return BlockBudget(target_flops=b.target_flops, num_blocks=b.num_blocks, block_fraction=fraction)
+    given = (b.target_flops, b.num_blocks, fraction, b.target_latency_ms, b.target_latency_ratio)
+    if sum(v is not None for v in given) != 1:
+        raise MethodError("abp needs one budget: FLOPs, latency, a number of blocks or a block fraction")
+    latency = ctx.options.get("latency_predictor")
+    if latency is None and (b.target_latency_ms is not None or b.target_latency_ratio is not None):
+        latency = latency_predictor(ctx)
+    return BlockBudget(
+        target_flops=b.target_flops,
+        num_blocks=b.num_blocks,
+        block_fraction=fraction,
+        target_latency_ms=b.target_latency_ms,
+        target_latency_ratio=b.target_latency_ratio,
+        latency=latency,
+    )
 
 
 def abp_config(options: dict[str, Any]) -> AbpConfig:
@@ -84,6 +106,8 @@ def abp(ctx: MethodContext) -> MethodResult:
         f"votes over {vote.samples} calibration samples (votes, mean mark ± std)": ranked,
         "settings": ", ".join(f"{f.name}={getattr(cfg, f.name)}" for f in fields(cfg)),
     }
+    if out.predicted_latency_ms is not None:
+        report["predicted_latency_ms"] = round(out.predicted_latency_ms, 4)
     if ctx.run_dir is not None:
         detail = {
             "removed": plan.blocks,
@@ -94,7 +118,8 @@ def abp(ctx: MethodContext) -> MethodResult:
         write_text(ctx.run_dir / "abp.json", json.dumps(detail, indent=1) + "\n")
     plots = []
     if ctx.run_dir is not None:
-        plots.append(plot_marks(vote, removed, ctx.run_dir / "abp_marks.png"))
+        first = out.votes[0]["vote"] if out.votes else vote.to_dict()  # stage 1's marks, before pruning
+        plots.append(plot_marks(first, removed, ctx.run_dir / "abp_marks.png"))
     return MethodResult(plan=plan, model=model, report=report, plots=plots)
 
 

@@ -3,26 +3,32 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from graphprune.fileio import atomic_path
-from graphprune.methods.abp.voting import Vote
 
 
-def plot_marks(vote: Vote, removed: set[str], path: Path) -> Path:
-    """Mean gate mark per block with its spread (one std) over the calibration set; removed in red."""
+def plot_marks(vote: dict[str, Any], removed: set[str], path: Path) -> Path:
+    """Mean gate mark per block with its spread (one std) over the calibration set; removed in red.
+
+    `vote` is a `Vote.to_dict()`: the first pruning step's shows the stage-1 network, every block on.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x = list(range(len(vote.blocks)))
+    blocks = list(vote["blocks"])
+    x = list(range(len(blocks)))
+    mean = [vote["blocks"][b]["mean_mark"] for b in blocks]
+    std = [vote["blocks"][b]["std_mark"] for b in blocks]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(x)), 3.6))
-    colors = ["tab:red" if b in removed else "tab:blue" for b in vote.blocks]
-    ax.bar(x, vote.mean_mark, yerr=vote.std_mark, color=colors, capsize=2)
-    ax.set_xticks(x, vote.blocks, rotation=90, fontsize=7)
+    colors = ["tab:red" if b in removed else "tab:blue" for b in blocks]
+    ax.bar(x, mean, yerr=std, color=colors, capsize=2)
+    ax.set_xticks(x, blocks, rotation=90, fontsize=7)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("gate mark (mean ± std)")
-    ax.set_title(f"ABP gate marks over {vote.samples} calibration samples (red: removed)")
+    ax.set_title(f"ABP gate marks after stage 1, {vote['samples']} calibration samples (red: removed)")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

@@ -30,7 +30,7 @@ from graphprune.methods.abp.budget import (
 )
 from graphprune.methods.abp.regulariser import GateRegulariser
 from graphprune.methods.abp.voting import Vote, calibrate, vote
-from graphprune.passes.block_gates import InsertBlockGates, gates_of
+from graphprune.passes.block_gates import InsertBlockGates, forget_marks, gates_of
 from graphprune.train import TrainConfig, fit
 from graphprune.train.data import DataBundle
 from graphprune.train.state import stage_dir
@@ -65,6 +65,7 @@ class AbpOutcome:
     marks: torch.Tensor | None = None  # final calibration marks (samples, blocks)
     removed: tuple[str, ...] = ()
     predicted_flops: int = 0
+    predicted_latency_ms: float | None = None
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -149,6 +150,7 @@ def run_abp(
         )  # fmt: skip
 
     # stage 2: prune by vote a share of the blocks at the start of every epoch, KD + CE from stage 1's net
+    forget_marks(gated)
     teacher = copy.deepcopy(gated).eval()
     votes = _load_votes(run_dir) if resume else []
     first = next((v for v in votes if v["epoch"] == 0), None)
@@ -177,7 +179,13 @@ def run_abp(
         _save_votes(run_dir, votes)
 
     names, marks = calibrate(gated, calibration_batches(gated, data, cfg))
+    forget_marks(gated)
     pruned = _pruned(gated)
     final = vote(names, marks, k=max(1, len(pruned)))
     removal = removal_for_budget(pg, pruned, BlockBudget(num_blocks=len(pruned)))
-    return AbpOutcome(gated, votes, final, marks, removal.blocks, removal.predicted_flops)
+    ms = (
+        budget.latency.predict_counts({g.id: g.size for g in pg.prunable_groups}, pruned)
+        if budget.latency
+        else None
+    )
+    return AbpOutcome(gated, votes, final, marks, removal.blocks, removal.predicted_flops, ms)
