@@ -49,6 +49,9 @@ def zero_producers(pg: gp.PrunableGraph, plan: gp.PruningPlan) -> nn.Module:
                     t = getattr(m, name, None)
                     if t is not None:
                         t[idx] = 0
+                mean = getattr(m, "running_mean", None)
+                if getattr(m, "weight", None) is None and mean is not None:  # no affine: stats produce it
+                    mean[idx] = 0
             elif s.kind == SiteKind.PARAM:
                 path, _, name = s.target.rpartition(".")
                 t = getattr(gm.get_submodule(path) if path else gm, name)
