@@ -29,3 +29,7 @@ class ModelSpecError(GraphpruneError):
 
 class OutputError(GraphpruneError):
     """An output path cannot be written."""
+
+
+class EvalOnlyWarning(UserWarning):
+    """Traced in eval mode: training-only branches (aux heads, `if self.training:`) are left out."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -15,8 +16,8 @@ from graphprune.analysis.depgraph import DependencyGraph
 from graphprune.analysis.groups import ChannelGroup, derive_groups
 from graphprune.analysis.rules import build_dependency_graph
 from graphprune.costs import LayerCost, count_params, layer_costs
-from graphprune.errors import PlanError
-from graphprune.trace import arch_hash, as_input_tuple, record_values, symbolic_trace
+from graphprune.errors import EvalOnlyWarning, PlanError
+from graphprune.trace import arch_hash, as_input_tuple, eval_only_parts, record_values, symbolic_trace
 
 
 @dataclass
@@ -32,6 +33,7 @@ class PrunableGraph:
     flops: int
     params: int
     arch_hash: str
+    eval_only: tuple[str, ...] = ()  # what tracing in eval mode left out (see `trace.eval_only_parts`)
     _group_index: dict[str, ChannelGroup] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -83,12 +85,24 @@ def trace(
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
     *,
     leaf_modules: Iterable[str | type] = (),
+    prune_layernorm: bool = False,
 ) -> PrunableGraph:
-    """Trace `model` with torch.fx and analyse it. The model itself is never modified."""
+    """Trace `model` with torch.fx and analyse it. The model itself is never modified.
+
+    `prune_layernorm` opts in to pruning through LayerNorms over the channels (pinned otherwise): the
+    pruned model normalises over the kept channels, so those groups are not lossless (`group.lossless`).
+    """
     inputs = as_input_tuple(example_inputs)
     gm = symbolic_trace(model, leaf_modules)
+    eval_only = eval_only_parts(model, gm) if not isinstance(model, fx.GraphModule) else ()
+    if eval_only:
+        warnings.warn(
+            "traced in eval mode, the pruned model leaves out: " + "; ".join(eval_only),
+            EvalOnlyWarning,
+            stacklevel=2,
+        )
     record_values(gm, inputs)
-    dg = build_dependency_graph(gm)
+    dg = build_dependency_graph(gm, prune_layernorm=prune_layernorm)
     groups = derive_groups(dg)
     costs = layer_costs(gm)
     blocks = find_blocks(gm, costs)
@@ -102,4 +116,5 @@ def trace(
         flops=sum(c.flops for c in costs),
         params=count_params(gm),
         arch_hash=arch_hash(gm),
+        eval_only=eval_only,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -108,6 +109,47 @@ def symbolic_trace(model: nn.Module, leaf_modules: Iterable[str | type] = ()) ->
     gm = fx.GraphModule(root, graph, class_name=type(model).__name__)
     gm.training = model.training
     return gm
+
+
+def eval_only_parts(model: nn.Module, gm: fx.GraphModule) -> tuple[str, ...]:
+    """What tracing in eval mode left out of `gm`, one line each: modules holding parameters or buffers
+    that the graph never uses (an Inception aux head), and traced-through forwards that read
+    `self.training` (their training-only branch is frozen to eval)."""
+    called = {str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
+    attrs = {str(n.target).rpartition(".")[0] for n in gm.graph.nodes if n.op == "get_attr"}
+
+    def inside(path: str) -> bool:
+        parts = path.split(".")
+        return any(".".join(parts[:k]) in called for k in range(1, len(parts) + 1))
+
+    def unused(path: str, m: nn.Module) -> bool:
+        """Holds parameters or buffers, none of which the graph uses."""
+        owners = [
+            f"{path}.{p}".strip(".")
+            for p, sub in m.named_modules()
+            if any(True for _ in sub.parameters(recurse=False))
+            or any(True for _ in sub.buffers(recurse=False))
+        ]
+        return bool(owners) and not any(inside(o) or o in attrs for o in owners)
+
+    notes: list[str] = []
+    dropped: list[str] = []
+    for path, m in model.named_modules():
+        if path and not any(path.startswith(d + ".") for d in dropped) and unused(path, m):
+            dropped.append(path)  # named by the outermost module left out
+            notes.append(f"module '{path}' ({type(m).__name__}) is unused in eval mode")
+    seen: set[type] = set()
+    for path, m in model.named_modules():
+        if type(m) in seen or (path and inside(path)) or type(m).__module__.startswith("torch.nn"):
+            continue
+        seen.add(type(m))
+        try:
+            source = inspect.getsource(type(m).forward)
+        except (OSError, TypeError):
+            continue
+        if "self.training" in source:
+            notes.append(f"{type(m).__name__}.forward reads self.training: traced as training=False")
+    return tuple(notes)
 
 
 def _summarize(value: Any) -> Any:

@@ -73,3 +73,28 @@ def test_pruned_model_trains_scripts_and_retraces() -> None:
     torch.testing.assert_close(scripted(x), slim(x))
     again = gp.trace(slim, x)  # a pruned model can be pruned again
     assert again.group_of("layer2.0.conv1").size == 31
+
+
+class AuxHead(torch.nn.Module):
+    """An Inception-style aux head and a noise branch, both for training only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Conv2d(3, 4, 1)
+        self.aux = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1), torch.nn.BatchNorm2d(4))
+
+    def forward(self, x: torch.Tensor) -> object:
+        h = self.body(x)
+        if self.training:
+            return h, self.aux(h)
+        return h
+
+
+def test_what_eval_mode_tracing_leaves_out_is_said() -> None:
+    with pytest.warns(gp.errors.EvalOnlyWarning, match="'aux'.*AuxHead.forward reads self.training"):
+        pg = gp.trace(AuxHead(), torch.randn(1, 3, 4, 4))
+    assert pg.eval_only == (
+        "module 'aux' (Sequential) is unused in eval mode",
+        "AuxHead.forward reads self.training: traced as training=False",
+    )
+    assert gp.trace(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1)), torch.randn(1, 3, 4, 4)).eval_only == ()

@@ -45,8 +45,9 @@ def op_key(node: fx.Node) -> str:
 class DependencyGraph:
     """Builder and container for the networkx channel dependency graph of one fx graph."""
 
-    def __init__(self, gm: fx.GraphModule) -> None:
+    def __init__(self, gm: fx.GraphModule, *, prune_layernorm: bool = False) -> None:
         self.gm = gm
+        self.prune_layernorm = prune_layernorm  # LayerNorm over channels: prunable (not lossless) or pinned
         self.g = nx.MultiDiGraph()
         self.modules = dict(gm.named_modules())
         self.tensors: dict[str, TensorInfo] = {}
@@ -54,6 +55,7 @@ class DependencyGraph:
         self.sites: list[Site] = []
         self.site_by_key: dict[str, Site] = {}
         self.module_calls: dict[str, fx.Node] = {}  # first call of each parametric module
+        self.param_readers: dict[str, set[str]] = {}  # PARAM site target -> fx nodes that slice-read it
 
     # ----- building
     def add_tensor(

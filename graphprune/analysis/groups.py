@@ -44,6 +44,11 @@ class ChannelGroup:
     prunable: bool
     reason: str | None = None
 
+    @property
+    def lossless(self) -> bool:
+        """False when removing channels renormalises a LayerNorm over the rest (`prune_layernorm`)."""
+        return not any(m.kind == SiteKind.LAYER_NORM for m in self.members)
+
     def member(self, site_key: str) -> Member | None:
         return next((m for m in self.members if m.site.key == site_key), None)
 

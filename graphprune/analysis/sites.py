@@ -18,6 +18,8 @@ class SiteKind(StrEnum):
     PAD = "pad"  # zero channels created by F.pad on the channel dim
     SPLIT = "split"  # section sizes of split / chunk on the channel dim
     SLICE = "slice"  # bounds of a tensor[..., a:b] slice on the channel dim
+    LAYER_NORM = "layer_norm"  # LayerNorm over the channels (opt-in, not lossless): affine, normalized_shape
+    VIEW = "view"  # a literal size in view / reshape equal to the channel count there
 
 
 @dataclass(frozen=True)

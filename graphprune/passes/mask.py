@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
 
@@ -19,17 +20,41 @@ from graphprune.analysis.sites import SiteKind, SiteRemoval
 from graphprune.passes.base import GraphPass
 
 
+class KeptLayerNorm(nn.Module):
+    """A LayerNorm over the last dim computed over the `keep` channels only (the others pass through):
+    the reference for a LayerNorm pruned with `prune_layernorm`."""
+
+    def __init__(self, ln: nn.LayerNorm, keep: Sequence[int]) -> None:
+        super().__init__()
+        self.ln = ln
+        self.keep = list(keep)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = torch.as_tensor(self.keep, device=x.device)
+        w = self.ln.weight[k] if self.ln.weight is not None else None
+        b = self.ln.bias[k] if self.ln.bias is not None else None
+        y = x.clone()
+        y[..., k] = F.layer_norm(x[..., k], (len(self.keep),), w, b, self.ln.eps)
+        return y
+
+
 class MaskChannels(GraphPass):
     def __init__(self, removals: Sequence[SiteRemoval]) -> None:
         super().__init__()
-        self.removals = [
-            r for r in removals if r.removed and r.site.kind in (SiteKind.CONV_IN, SiteKind.LINEAR_IN)
-        ]
+        kinds = (SiteKind.CONV_IN, SiteKind.LINEAR_IN, SiteKind.LAYER_NORM)
+        self.removals = [r for r in removals if r.removed and r.site.kind in kinds]
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         with torch.no_grad():
             for r in self.removals:
                 m = gm.get_submodule(r.site.target)
+                if r.site.kind == SiteKind.LAYER_NORM:
+                    assert isinstance(m, nn.LayerNorm)
+                    n = m.normalized_shape[0]
+                    owner, _, attr = r.site.target.rpartition(".")
+                    kept = KeptLayerNorm(m, [i for i in range(n) if i not in set(r.removed)])
+                    setattr(gm.get_submodule(owner) if owner else gm, attr, kept)
+                    continue
                 if isinstance(m, nn.Linear):
                     m.weight[:, list(r.removed)] = 0
                     continue

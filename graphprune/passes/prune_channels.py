@@ -36,6 +36,8 @@ class PruneChannels(GraphPass):
             s = r.site
             if s.kind in (SiteKind.CONV_OUT, SiteKind.CONV_IN, SiteKind.LINEAR_OUT, SiteKind.LINEAR_IN):
                 by_module[s.target][s.kind] = r.removed
+            elif s.kind == SiteKind.LAYER_NORM:
+                _prune_layer_norm(gm.get_submodule(s.target), r.removed)
             elif s.kind == SiteKind.NORM:
                 _prune_norm(gm.get_submodule(s.target), r.removed)
             elif s.kind == SiteKind.PARAM:
@@ -48,6 +50,8 @@ class PruneChannels(GraphPass):
                 _rewrite_split(nodes[s.node], s.info, r.removed)
             elif s.kind == SiteKind.SLICE:
                 _rewrite_slice(nodes[s.node], s.info, r.removed)
+            elif s.kind == SiteKind.VIEW:
+                _rewrite_view(nodes[s.node], s.info[0], len(r.removed))
         for target, kinds in by_module.items():
             m = gm.get_submodule(target)
             if isinstance(m, nn.Linear):
@@ -94,11 +98,10 @@ def _prune_linear(m: nn.Linear, out_rm: Sequence[int], in_rm: Sequence[int]) -> 
 
 
 def _prune_norm(m: nn.Module, removed: Sequence[int]) -> None:
-    sized = [
-        t for t in (getattr(m, k, None) for k in ("weight", "running_mean")) if isinstance(t, torch.Tensor)
-    ]
-    n = m.num_channels if isinstance(m, nn.GroupNorm) else sized[0].shape[0]
-    keep = _keep(n, removed)
+    # a norm without affine or running stats has no tensor to read the channel count from: use its own
+    counts = [getattr(m, k, None) for k in ("num_channels", "num_features", "num_parameters")]
+    counts += [t.shape[0] for t in (getattr(m, k, None) for k in ("weight", "running_mean")) if t is not None]
+    keep = _keep(int(next(c for c in counts if c is not None)), removed)
     for name in ("weight", "bias", "running_mean", "running_var"):
         slice_tensor(m, name, 0, keep)
     if isinstance(m, nn.GroupNorm):
@@ -109,6 +112,14 @@ def _prune_norm(m: nn.Module, removed: Sequence[int]) -> None:
         m.num_parameters = len(keep)
     elif hasattr(m, "num_features"):
         setattr(m, "num_features", len(keep))  # noqa: B010 - BN / InstanceNorm, typed as Module here
+
+
+def _prune_layer_norm(m: nn.Module, removed: Sequence[int]) -> None:
+    assert isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1
+    keep = _keep(m.normalized_shape[0], removed)
+    slice_tensor(m, "weight", 0, keep)
+    slice_tensor(m, "bias", 0, keep)
+    m.normalized_shape = (len(keep),)
 
 
 def _rewrite_pad(node: fx.Node, zeros: Sequence[int], info: tuple[int, ...], removed: Sequence[int]) -> None:
@@ -153,3 +164,19 @@ def _rewrite_slice(node: fx.Node, info: tuple[int, ...], removed: Sequence[int])
     items[k] = slice(new_start, new_stop, None)
     node.args = (node.args[0], tuple(items) if isinstance(idx, tuple) else items[0])
     assert node.target is operator.getitem
+
+
+def _rewrite_view(node: fx.Node, k: int, n_removed: int) -> None:
+    """Lower the literal size at shape position `k` of a view / reshape by the channels removed there."""
+    if "shape" in node.kwargs:
+        shape = list(node.kwargs["shape"])  # type: ignore[arg-type]
+        shape[k] -= n_removed
+        node.kwargs = {**node.kwargs, "shape": tuple(shape)}
+    elif len(node.args) == 2 and isinstance(node.args[1], (list, tuple)):
+        shape = list(node.args[1])
+        shape[k] -= n_removed
+        node.args = (node.args[0], tuple(shape))
+    else:
+        args = list(node.args)
+        args[1 + k] -= n_removed  # type: ignore[operator]
+        node.args = tuple(args)

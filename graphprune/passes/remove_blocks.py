@@ -12,18 +12,26 @@ from graphprune.passes.base import GraphPass
 
 
 class RemoveBlocks(GraphPass):
+    """Order-independent: each removed add stands for its shortcut, followed through removed adds
+    (`y3 = y2 + f3` with block 2 removed too stands for y1). Adds are replaced last-first in graph order."""
+
     def __init__(self, blocks: Sequence[Block]) -> None:
         super().__init__()
         self.blocks = list(blocks)
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         nodes = {n.name: n for n in gm.graph.nodes}
-        for b in self.blocks:
-            add, branch = nodes[b.add], nodes[b.branch]
-            # the shortcut is whatever the add reads besides the branch *now*: when blocks are chained
-            # (y3 = y2 + f3, y4 = y3 + f4), removing block 3 has already rewired y3 to y2
-            shortcut = next(a for a in add.args if a is not branch)
-            add.replace_all_uses_with(shortcut)
+        shortcut_of = {b.add: b.shortcut for b in self.blocks}
+
+        def resolve(name: str) -> str:
+            seen = set()
+            while name in shortcut_of and name not in seen:
+                seen.add(name)
+                name = shortcut_of[name]
+            return name
+
+        for add in reversed([n for n in gm.graph.nodes if n.name in shortcut_of]):
+            add.replace_all_uses_with(nodes[resolve(add.name)])
             gm.graph.erase_node(add)
         gm.recompile()
         return PassResult(gm, bool(self.blocks))

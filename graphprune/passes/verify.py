@@ -1,16 +1,81 @@
-"""Verify: shape propagation on example inputs plus a numerical check. It only checks, never rewrites."""
+"""Verify: shape propagation on example inputs plus a numerical check. It only checks, never rewrites.
+
+The numerical check compares against a reference leaf by leaf (non-tensor leaves must be equal), with a
+tolerance scaled to each part of each tensor, so a wrong part with small values cannot hide beside a
+large one. Given a reference *model*, both models also run on fresh random inputs with another batch size,
+in float64 so that a part's rounding noise stays far below the tolerance.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.fx as fx
+from torch import nn
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_flatten, tree_leaves
 
 from graphprune.errors import TraceError, VerificationError
 from graphprune.trace import record_values
+
+# in a model's own (float32) precision a part's rounding error reaches ~1e-4 of its scale (measured: logits)
+NARROW_PART_RTOL = 1e-2
+# a part's scale never drops below this fraction of its tensor's largest value (exact zeros stay checkable)
+PART_FLOOR = 1e-9
+
+
+def part_scale(ref: torch.Tensor) -> torch.Tensor:
+    """Per element, the largest |value| of the smallest-valued part it belongs to.
+
+    A part is a slice through the element along one non-batch dim (its channel, its row, its feature...);
+    the element's scale is the minimum over those parts, so a channel or feature of small values is judged
+    on its own scale. Dim 0 (the batch) is never a part on its own.
+    """
+    a = ref.detach().abs().double()
+    if a.ndim < 2:
+        return a
+    scale = None
+    for d in range(1, a.ndim):
+        s = a.amax(dim=[k for k in range(a.ndim) if k != d], keepdim=True)
+        scale = s if scale is None else torch.minimum(scale, s)
+    assert scale is not None
+    return scale.expand_as(a)
+
+
+def mismatch(out: object, ref: object, rtol: float) -> str | None:
+    """Why `out` differs from `ref` beyond `rtol`, or None. Compared leaf by leaf, part by part."""
+    got, got_spec = tree_flatten(out)
+    want, want_spec = tree_flatten(ref)
+    if got_spec != want_spec:
+        return f"output structure differs: {got_spec} vs {want_spec}"
+    for i, (x, y) in enumerate(zip(got, want, strict=True)):
+        where = f"output leaf {i}" if len(got) > 1 else "output"
+        if isinstance(x, torch.Tensor) != isinstance(y, torch.Tensor):
+            return f"{where}: {type(x).__name__} vs {type(y).__name__}"
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+            if x != y:
+                return f"{where}: {x!r} vs {y!r}"
+            continue
+        if x.shape != y.shape:
+            return f"{where}: shape {tuple(x.shape)} vs {tuple(y.shape)}"
+        if not x.numel():
+            continue
+        if not (x.is_floating_point() or x.is_complex()):
+            if not torch.equal(x, y):
+                return f"{where}: values differ"
+            continue
+        diff = (x.double() - y.double()).abs()
+        scale = part_scale(y)
+        scale = torch.maximum(scale, PART_FLOOR * scale.max()).clamp_min(1e-30)
+        err = diff / scale
+        worst = float(err.max())
+        if not worst <= rtol:  # also catches nan
+            at = tuple(int(k) for k in torch.unravel_index(err.argmax(), err.shape))
+            return f"{where}: relative error {worst:.3g} at index {at} (tolerance {rtol:g}, scaled per part)"
+    return None
 
 
 def max_rel_error(out: object, ref: object) -> float:
@@ -29,14 +94,76 @@ def max_rel_error(out: object, ref: object) -> float:
     return err
 
 
-class Verify(PassBase):
-    """Runs the graph on the inputs (every node's shape is re-derived); optionally compares to `reference`."""
+def fresh_inputs(inputs: Sequence[torch.Tensor], batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random inputs like `inputs` with `batch` rows on dim 0: floats drawn with each input's mean and std,
+    other dtypes (token ids, masks) drawn from the values the input holds."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for t in inputs:
+        shape = (batch, *t.shape[1:]) if t.ndim else ()
+        flat = t.detach().reshape(-1)
+        if t.is_floating_point() and flat.numel() > 1 and float(flat.double().std()) > 0:
+            mean, std = flat.double().mean(), flat.double().std()
+            out.append((torch.randn(shape, generator=g, dtype=torch.float64) * std + mean).to(t.dtype))
+        elif flat.numel():
+            out.append(flat[torch.randint(flat.numel(), shape, generator=g)])
+        else:
+            out.append(t.new_empty(shape))
+    return tuple(out)
 
-    def __init__(self, inputs: Sequence[torch.Tensor], reference: object = None, rtol: float = 1e-5) -> None:
+
+@contextlib.contextmanager
+def float64(gm: nn.Module) -> Iterator[None]:
+    """Run `gm` in float64 for the block: its floating tensors are swapped for float64 copies, and the
+    original tensor objects are put back after (nothing of them is changed)."""
+    saved: list[tuple[dict[str, Any], str, torch.Tensor]] = []  # (table of the module, name, original)
+    for mod in gm.modules():
+        tables: list[dict[str, Any]] = [mod._parameters, mod._buffers, vars(mod)]
+        for table in tables:
+            for name, t in list(table.items()):
+                if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64:
+                    saved.append((table, name, t))
+    try:
+        for table, name, t in saved:
+            d = t.detach().double()
+            table[name] = nn.Parameter(d, t.requires_grad) if isinstance(t, nn.Parameter) else d
+        yield
+    finally:
+        for table, name, t in saved:
+            table[name] = t
+
+
+@contextlib.contextmanager
+def _same_dtype(gm: nn.Module) -> Iterator[None]:
+    yield
+
+
+def _run(gm: nn.Module, inputs: Sequence[torch.Tensor]) -> Any:
+    was_training = gm.training
+    gm.eval()
+    try:
+        with torch.no_grad():
+            return gm(*inputs)
+    finally:
+        gm.train(was_training)
+
+
+class Verify(PassBase):
+    """Runs the graph on the inputs (every node's shape is re-derived) and compares it with `reference`.
+
+    `reference` is the expected output on `inputs`, or a model computing it: then both models also run,
+    in float64, on the example inputs batched together with fresh random ones (another batch size). A
+    model that only takes the example batch size is checked on fresh inputs of that size instead.
+    """
+
+    def __init__(
+        self, inputs: Sequence[torch.Tensor], reference: object = None, rtol: float = 1e-5, fresh: int = 2
+    ) -> None:
         super().__init__()
         self.inputs = tuple(inputs)
         self.reference = reference
         self.rtol = rtol
+        self.fresh = fresh
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
         try:
@@ -46,13 +173,61 @@ class Verify(PassBase):
         leaves = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
         if any(not torch.isfinite(t).all() for t in leaves if t.is_floating_point()):
             raise VerificationError("rewritten graph produces non-finite values")
-        if self.reference is not None:
-            err = max_rel_error(out, self.reference)
-            if err > self.rtol:
-                raise VerificationError(
-                    f"rewritten graph differs from its reference: relative error {err:.3g}"
-                )
+        if isinstance(self.reference, nn.Module):
+            self._compare_models(graph_module, self.reference)
+        elif self.reference is not None:
+            self._fail_on(mismatch(out, self.reference, self.rtol), "the example inputs")
         return PassResult(graph_module, False)
+
+    def _compare_models(self, gm: nn.Module, reference: nn.Module) -> None:
+        """Float64 on [example; fresh] in one batch; if the model only takes the example batch size, on
+        fresh inputs and the example separately; if it cannot run in float64, the same in its own dtype
+        (where rounding allows only a looser per-part tolerance, beside the usual whole-tensor one)."""
+        batch = self.inputs[0].shape[0] if self.inputs[0].ndim else 0
+        candidates = []
+        if batch and self.fresh:
+            extra = fresh_inputs(self.inputs, self.fresh)
+            joined = tuple(
+                torch.cat([t, e]) if t.ndim else t for t, e in zip(self.inputs, extra, strict=True)
+            )
+            candidates.append((joined, f"the example inputs with {self.fresh} fresh ones"))
+        candidates.append((fresh_inputs(self.inputs, batch), "fresh inputs of the example batch size"))
+        candidates.append((self.inputs, "the example inputs"))
+        for wide in (True, False):
+            ctx = float64 if wide else _same_dtype
+            checked = 0
+            for inputs, what in candidates:
+                if wide:
+                    inputs = tuple(t.double() if t.is_floating_point() else t for t in inputs)
+                with ctx(reference), ctx(gm):
+                    try:
+                        expected = _run(reference, inputs)
+                    except Exception:  # noqa: BLE001 - the reference does not take these inputs: next ones
+                        continue
+                    try:
+                        got = _run(gm, inputs)
+                    except Exception as exc:  # noqa: BLE001 - the reference ran, so the rewrite must
+                        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                        raise VerificationError(f"rewritten graph does not run on {what}: {first}") from None
+                floats = [
+                    t for t in tree_leaves(expected) if isinstance(t, torch.Tensor) and t.is_floating_point()
+                ]
+                if wide and all(t.dtype == torch.float64 for t in floats):
+                    self._fail_on(mismatch(got, expected, self.rtol), what)
+                else:  # computed in (or cast back to) a narrower dtype somewhere
+                    self._fail_on(mismatch(got, expected, max(self.rtol, NARROW_PART_RTOL)), what)
+                    if max_rel_error(got, expected) > self.rtol:
+                        self._fail_on(f"relative error {max_rel_error(got, expected):.3g}", what)
+                checked += 1
+                if checked == 2 or what.startswith("the example inputs with"):
+                    return
+            if checked:
+                return
+        raise VerificationError("the reference model runs on none of the inputs")
+
+    def _fail_on(self, why: str | None, inputs: str) -> None:
+        if why is not None:
+            raise VerificationError(f"rewritten graph differs from its reference on {inputs}: {why}")
 
     def __call__(self, graph_module: fx.GraphModule) -> PassResult:
         return self.call(graph_module)

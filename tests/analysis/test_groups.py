@@ -231,18 +231,23 @@ def test_relu_functional_and_view_into_linear() -> None:
     assert pg.group_of("conv").prunable and pg.group_of("conv").member("fc:in") is not None
 
 
-def test_view_with_a_constant_channel_count_pins() -> None:
+def test_view_with_the_channel_count_as_a_literal_is_rewritten() -> None:
     class Net(nn.Module):
-        def __init__(self) -> None:
+        def __init__(self, split: bool) -> None:
             super().__init__()
+            self.split = split
             self.conv = nn.Conv2d(3, 6, 3)
             self.fc = nn.Linear(6, 2)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.fc(F.adaptive_avg_pool2d(self.conv(x), 1).view(2, 6))
+            h = F.adaptive_avg_pool2d(self.conv(x), 1)
+            return self.fc(h.view(2, 3, 2).flatten(1) if self.split else h.view(2, 6))
 
-    g = gp.trace(Net(), X).group_of("conv")
-    assert not g.prunable and "constant" in g.reason
+    pg = gp.trace(Net(False), X)
+    slim = gp.apply(pg, gp.PruningPlan().remove_channels("conv", [1, 4]))
+    assert slim(X).shape == (2, 2)
+    g = gp.trace(Net(True), X).group_of("conv")  # 3 and 2 are not the count: pinned
+    assert not g.prunable and g.reason is not None and "constant" in g.reason
 
 
 class Swish(nn.Module):

@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.lossless import check_plan_lossless
 from support.strategies import Arch, architectures, plans
+from torch import nn
 
 import graphprune as gp
 from graphprune.models import get_model
@@ -52,3 +53,32 @@ def test_chained_blocks_are_all_removed() -> None:
     )
     assert not any(n.op == "call_module" and str(n.target).startswith("blocks") for n in slim.graph.nodes)
     assert gp.count_flops(slim, x) == pg.flops - sum(b.flops for b in pg.blocks)
+
+
+class ThreeWay(nn.Module):
+    """RepVGG-style `a(x) + b(x) + c(x)`: the first add is the branch of the second add's block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.a = nn.Conv2d(8, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 1)
+        self.c = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        return self.a(x) + self.b(x) + self.c(x)
+
+
+def test_removal_does_not_depend_on_the_order_of_blocks() -> None:
+    x = torch.randn(2, 3, 8, 8)
+    pg = gp.trace(ThreeWay().eval(), x)
+    assert len(pg.blocks) == 2 and pg.blocks[0].add == pg.blocks[1].branch
+    results = []
+    for blocks in (pg.blocks, pg.blocks[::-1]):
+        slim = EliminateDeadCode()(RemoveBlocks(blocks)(pg.gm).graph_module).graph_module
+        ref = MaskBlocks(blocks)(pg.gm).graph_module
+        with torch.no_grad():
+            torch.testing.assert_close(slim(x), ref(x))
+        results.append(slim(x))
+    torch.testing.assert_close(results[0], results[1])

@@ -8,6 +8,8 @@ import graphprune as gp
 from graphprune.analysis.sites import SiteKind, SiteRemoval
 from graphprune.models import get_model
 from graphprune.passes import GraphPass, PassManager, PruneChannels, Verify
+from graphprune.passes.verify import mismatch
+from graphprune.rewrite import masked_reference
 
 X = torch.randn(1, 3, 32, 32)
 
@@ -46,3 +48,93 @@ def test_apply_verification_rejects_a_wrong_result(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(apply_mod, "EliminateDeadCode", Corrupt)
     with pytest.raises(gp.VerificationError):
         gp.apply(pg, gp.PruningPlan().remove_channels("layer1.0.conv1", [0]))
+
+
+class Fn(torch.nn.Module):
+    def __init__(self, fn: object, **tensors: torch.Tensor) -> None:
+        super().__init__()
+        self.fn = fn
+        self.w = torch.nn.Parameter(torch.randn(4, 4))
+        for k, v in tensors.items():
+            self.register_buffer(k, v)
+
+    def forward(self, x: torch.Tensor) -> object:
+        return self.fn(self, x)  # type: ignore[operator]
+
+
+def graph(fn: object, x: torch.Tensor = torch.randn(1, 4), **tensors: torch.Tensor) -> torch.fx.GraphModule:
+    return gp.trace(Fn(fn, **tensors).eval(), x).gm
+
+
+def test_a_wrong_small_part_cannot_hide_beside_a_large_one() -> None:
+    x = torch.randn(2, 4)
+    ref = torch.cat([1000 * x, 1e-3 * x], 1)
+    wrong = torch.cat([1000 * x, 2e-3 * x], 1)  # the small half is twice what it should be
+    assert mismatch(wrong, ref, 1e-5) is not None
+    assert mismatch(ref + 1e-12, ref, 1e-5) is None
+    gm = graph(lambda s, h: torch.cat([1000 * h, 2e-3 * h], 1), x)
+    with pytest.raises(gp.VerificationError, match="relative error"):
+        Verify([x], ref)(gm)
+
+
+def test_a_result_right_on_the_example_only_is_caught_on_fresh_inputs() -> None:
+    x = torch.randn(1, 4)
+    ref = graph(lambda s, h: 2 * h @ s.w, x)
+    right_here = graph(lambda s, h: 2 * h @ s.w + 0.16 * (h - s.e), x, e=x.clone())
+    right_here.w, ref.w = ref.w, ref.w
+    Verify([x], ref(x))(right_here)  # the old check: identical on the example
+    with pytest.raises(gp.VerificationError, match="fresh"):
+        Verify([x], ref)(right_here)
+    Verify([x], ref)(ref)
+
+
+def test_another_batch_size_is_checked_when_the_reference_takes_it() -> None:
+    x = torch.randn(1, 4)
+    with pytest.raises(gp.VerificationError, match="does not run on the example inputs with 2 fresh"):
+        Verify([x], graph(lambda s, h: h.flatten(1), x))(graph(lambda s, h: h.view(1, 4), x))
+    fixed = graph(lambda s, h: h.view(1, 4) * 2, x)  # the reference takes batch 1 only: fresh inputs of 1
+    Verify([x], fixed)(fixed)
+    with pytest.raises(gp.VerificationError, match="fresh inputs of the example batch size"):
+        Verify([x], fixed)(graph(lambda s, h: h.view(1, 4) * 2 + (h - s.e), x, e=x.clone()))
+
+
+@pytest.mark.parametrize(
+    ("got", "want"),
+    [
+        ((torch.ones(2), 5), (torch.ones(2), 8)),
+        ({"a": [torch.ones(2), "x"]}, {"a": [torch.ones(2), "y"]}),
+        ({"a": [torch.ones(2), torch.ones(3)]}, {"a": [torch.ones(2), torch.ones(3) * 2]}),
+        ((torch.ones(2),), [torch.ones(2)]),
+        (torch.ones(2, dtype=torch.long), torch.zeros(2, dtype=torch.long)),
+    ],
+)
+def test_non_tensor_and_nested_outputs_are_compared_leaf_by_leaf(got: object, want: object) -> None:
+    assert mismatch(got, want, 1e-5) is not None
+    assert mismatch(want, want, 1e-5) is None
+
+
+def test_a_model_returning_a_channel_count_is_checked() -> None:
+    x = torch.randn(1, 4)
+    with pytest.raises(gp.VerificationError, match="5 vs 8"):
+        Verify([x], graph(lambda s, h: (h, 8), x))(graph(lambda s, h: (h, 5), x))
+
+
+def test_float64_checking_leaves_both_models_as_they_were() -> None:
+    model = get_model("cifar_resnet20").eval()
+    pg = gp.trace(model, X)
+    plan = gp.PruningPlan().remove_channels("layer1.0.conv1", [0, 3])
+    slim = gp.apply(pg, plan)
+    params = {k: (v, v.dtype, v.clone()) for k, v in slim.state_dict(keep_vars=True).items()}
+    ref = masked_reference(pg, plan)
+    Verify([X], ref)(slim)
+    for k, v in slim.state_dict(keep_vars=True).items():
+        assert v is params[k][0] and v.dtype == params[k][1] and torch.equal(v, params[k][2])
+    assert all(p.dtype == torch.float32 for p in ref.parameters())
+
+
+def test_a_model_that_cannot_run_in_float64_is_checked_in_its_own_dtype() -> None:
+    x = torch.randn(1, 4)
+    ref = graph(lambda s, h: h.float() @ s.w.float(), x)
+    Verify([x], ref)(ref)
+    with pytest.raises(gp.VerificationError):
+        Verify([x], ref)(graph(lambda s, h: h.float() @ s.w.float() + (h - s.e), x, e=x.clone()))

@@ -12,7 +12,8 @@ from graphprune.analysis.rules.base import (
     tensor_inputs,
     unknown,
 )
-from graphprune.analysis.rules.layout import getitem
+from graphprune.analysis.rules.counts import Taint, track_counts
+from graphprune.analysis.rules.layout import getitem, layout
 from graphprune.analysis.rules.registry import (
     FUNCTION_RULES,
     META_FUNCTIONS,
@@ -20,7 +21,11 @@ from graphprune.analysis.rules.registry import (
     METHOD_RULES,
     module_rule,
 )
+from graphprune.analysis.sites import Site, SiteKind
 from graphprune.trace import META_KEY, TensorSpec
+
+# sites that slice the parameters of a called module
+_OWNED_KINDS = (SiteKind.CONV_OUT, SiteKind.CONV_IN, SiteKind.LINEAR_OUT, SiteKind.LINEAR_IN, SiteKind.NORM)
 
 
 def _placeholder(dg: DependencyGraph, node: fx.Node) -> None:
@@ -60,9 +65,19 @@ def _node_rule(dg: DependencyGraph, node: fx.Node) -> Rule | None:
     return None
 
 
-def build_dependency_graph(gm: fx.GraphModule) -> DependencyGraph:
-    """Apply the channel rules to every node of a graph whose values were recorded on example inputs."""
-    dg = DependencyGraph(gm)
+def _node_rule_is(node: fx.Node, rule: Rule) -> bool:
+    if node.op == "call_function":
+        return FUNCTION_RULES.get(node.target) is rule
+    return node.op == "call_method" and METHOD_RULES.get(str(node.target)) is rule
+
+
+def build_dependency_graph(gm: fx.GraphModule, *, prune_layernorm: bool = False) -> DependencyGraph:
+    """Apply the channel rules to every node of a graph whose values were recorded on example inputs.
+
+    With `prune_layernorm`, a LayerNorm module normalising over the channels is a LAYER_NORM site instead of
+    a pin: pruning through it renormalises over the kept channels, which is not lossless."""
+    dg = DependencyGraph(gm, prune_layernorm=prune_layernorm)
+    taints: dict[str, Taint] = {}
     for node in gm.graph.nodes:
         dg.add_op(node)
         if node.op == "placeholder":
@@ -97,4 +112,29 @@ def build_dependency_graph(gm: fx.GraphModule) -> DependencyGraph:
         out_keys = [o.key for o in (outs if isinstance(outs, tuple) else [outs]) if o is not None]
         in_keys = [i.key for i in (dg.info(a) for a in tensor_inputs(node)) if i is not None]
         dg.link(node, in_keys, out_keys)
+        track_counts(dg, node, taints, _node_rule_is(node, layout))
+    _pin_side_reads(dg, gm)
     return dg
+
+
+def _pin_side_reads(dg: DependencyGraph, gm: fx.GraphModule) -> None:
+    """A parameter the rewrite slices must have no other reader: `gamma.sum()` beside `h * gamma`, or
+    `conv.weight.norm()` beside `conv(h)`, would see the sliced tensor. Such sites are pinned."""
+    by_target: dict[str, list[Site]] = {}
+    for site in dg.sites:
+        if site.kind in _OWNED_KINDS or site.kind == SiteKind.PARAM:
+            by_target.setdefault(site.target, []).append(site)
+    for node in gm.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        target = str(node.target)
+        readers = dg.param_readers.get(target)
+        if readers is not None:
+            others = [u.name for u in node.users if u.name not in readers]
+            sites = by_target.get(target, [])
+        else:
+            owner = target.rpartition(".")[0]
+            others = [u.name for u in node.users]
+            sites = [s for s in by_target.get(owner, []) if s.kind in _OWNED_KINDS]
+        for site in sites if others else []:
+            dg.pin(site.tensor, f"{target} is also read by {', '.join(others)}, which would see it sliced")

@@ -16,10 +16,21 @@ from graphprune.analysis.rules.base import (
 from graphprune.analysis.sites import Site, SiteKind
 from graphprune.trace import META_KEY
 
+# methods whose other tensor argument only gives a dtype, device or shape
+_METADATA_OPERAND_METHODS = frozenset({"to", "type_as", "expand_as", "view_as", "reshape_as"})
+
 
 def identity(dg: DependencyGraph, node: fx.Node) -> None:
-    """Channelwise op: output channel c is input channel c."""
-    x = next((a for a in tensor_inputs(node) if dg.is_tensor(a)), None)
+    """Channelwise op: output channel c is input channel c.
+
+    An op with further tensor operands (`clamp(h, min=t)`, `h.pow(t)`) is n-ary: its operands are coupled,
+    sliced or pinned by `elementwise`, like the operands of an add.
+    """
+    operands = [a for a in tensor_inputs(node) if dg.is_tensor(a)]
+    if len(operands) > 1 and not (node.op == "call_method" and node.target in _METADATA_OPERAND_METHODS):
+        elementwise(dg, node)
+        return
+    x = operands[0] if operands else None
     xi = dg.info(x)
     spec = out_spec(node)
     if xi is None or xi.size == 0:
@@ -82,5 +93,6 @@ def elementwise(dg: DependencyGraph, node: fx.Node) -> None:
                 f"{a.target}:param", SiteKind.PARAM, out.key, a.name, str(a.target), out_cdims[0] - shift
             )
             add_site(dg, node, site)
+            dg.param_readers.setdefault(str(a.target), set()).add(node.name)
         else:
             dg.pin(out.key, f"operand {a.name} of {where} varies along channels but has no channel layout")

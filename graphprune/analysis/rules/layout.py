@@ -106,7 +106,19 @@ def layout(dg: DependencyGraph, node: fx.Node) -> None:
     name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
     if name in ("view", "reshape"):
         sizes = shape_args(node)
-        tie_literal_dims(dg, node, [isinstance(s, int) and s != -1 for s in sizes])
+        literal = [isinstance(s, int) and s != -1 for s in sizes]
+        out = dg.info(node)
+        if (
+            out is not None
+            and len(out.cdims) == 1
+            and literal[out.cdims[0]]
+            and sizes[out.cdims[0]] == out.size
+        ):
+            # `h.view(b, 8, -1)` with 8 channels: the literal is the count, rewritten to the new count
+            literal[out.cdims[0]] = False
+            site = Site(f"{node.name}:view", SiteKind.VIEW, out.key, node.name, info=(out.cdims[0],))
+            add_site(dg, node, site)
+        tie_literal_dims(dg, node, literal)
     elif name == "expand":
         sizes = shape_args(node)
         tie_literal_dims(dg, node, [False] * len(sizes))

@@ -43,6 +43,26 @@ def reduction(dg: DependencyGraph, node: fx.Node) -> None:
     dg.identity(xi.key, out.key, node.name)
 
 
+def windowed(spatial: int | None) -> Rule:
+    """Pooling and resampling: they mix values over the last `spatial` dims (None: every dim after dim 1).
+
+    Channelwise only when no channel dim is among them: `max_pool2d` on a channels-last tensor or
+    `avg_pool1d` over features pools across channels. The layout decides, not the op's name.
+    """
+
+    def rule(dg: DependencyGraph, node: fx.Node) -> None:
+        xi = dg.info(node.args[0])
+        if xi is not None and xi.size:
+            nd = len(xi.shape)
+            first = 2 if spatial is None else nd - spatial
+            if any(d >= first for d in xi.cdims):
+                unknown(dg, node, f"{op_name(node, dg)} pools across the channel dim")
+                return
+        identity(dg, node)
+
+    return rule
+
+
 def dim_sensitive(dim_arg: int, name: str) -> Rule:
     """Softmax-like ops: channelwise unless they normalise over the channel dim."""
 
@@ -50,7 +70,11 @@ def dim_sensitive(dim_arg: int, name: str) -> Rule:
         xi = dg.info(node.args[0])
         d = dg.value(arg(node, dim_arg, "dim", None))
         identity(dg, node)
-        if xi is not None and xi.size and (d is None or norm_dim(int(d), len(xi.shape)) in xi.cdims):
+        if xi is None or not xi.size:
+            return
+        if not isinstance(d, int):
+            dg.pin(xi.key, f"{name} over a dim not known at trace time ({d!r})")
+        elif norm_dim(d, len(xi.shape)) in xi.cdims:
             dg.pin(xi.key, f"{name} normalises over the channel dim")
 
     return rule

@@ -7,9 +7,11 @@ import operator
 from typing import Any
 
 import torch
+import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from graphprune.analysis.depgraph import DependencyGraph
 from graphprune.analysis.rules.base import (
     ModuleRule,
     Rule,
@@ -27,7 +29,7 @@ from graphprune.analysis.rules.modules import (
     norm,
 )
 from graphprune.analysis.rules.offsets import cat, pad, split
-from graphprune.analysis.rules.reductions import dim_sensitive, layer_norm_fn, reduction
+from graphprune.analysis.rules.reductions import dim_sensitive, layer_norm_fn, reduction, windowed
 
 _ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.ReLU,
@@ -77,11 +79,44 @@ _ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.UpsamplingBilinear2d,
 )
 
+
+def _spatial_dims(name: str) -> int | None:
+    """Trailing dims a pooling or resampling op works on: `max_pool2d` -> 2, `interpolate` -> None."""
+    return int(name[-2]) if name[-1] == "d" and name[-2].isdigit() else None
+
+
+# pooling and resampling (listed with the unary ops above): channelwise only if the layout says so
+_WINDOWED_MODULES: tuple[type[nn.Module], ...] = tuple(
+    m for m in _ACTIVATIONS if m.__module__ in ("torch.nn.modules.pooling", "torch.nn.modules.upsampling")
+)
+_WINDOWED_FUNCTIONS: tuple[Any, ...] = (
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d,
+    F.interpolate,
+    F.upsample,
+)
+
+
+def module_windowed(dg: DependencyGraph, node: fx.Node, m: nn.Module) -> None:
+    windowed(_spatial_dims(type(m).__name__))(dg, node)
+
+
 MODULE_RULES: list[tuple[tuple[type, ...], ModuleRule]] = [
     ((nn.modules.conv._ConvNd,), conv),
     ((nn.Linear,), linear),
     ((nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.PReLU), norm),
     ((nn.LayerNorm,), layer_norm),
+    (_WINDOWED_MODULES, module_windowed),  # before _ACTIVATIONS: the first match wins
     (_ACTIVATIONS, module_identity),
     ((nn.Flatten, nn.Unflatten), module_layout),
     ((nn.Softmax, nn.LogSoftmax, nn.Softmin), module_softmax),
@@ -191,6 +226,7 @@ FUNCTION_RULES: dict[Any, Rule] = {
     **{f: elementwise for f in _BINARY_FUNCTIONS},
     **{f: layout for f in _LAYOUT_FUNCTIONS},
     **{f: reduction for f in _REDUCTIONS},
+    **{f: windowed(_spatial_dims(getattr(f, "__name__", ""))) for f in _WINDOWED_FUNCTIONS},  # over unary
     operator.getitem: getitem,
     torch.cat: cat,
     torch.concat: cat,
@@ -279,8 +315,9 @@ METHOD_RULES: dict[str, Rule] = {
     **{m: reduction for m in ("mean", "sum", "amax", "amin", "std", "var")},
     "split": split,
     "chunk": split,
-    "softmax": dim_sensitive(0, "softmax"),
-    "log_softmax": dim_sensitive(0, "log_softmax"),
+    # a method's args[0] is the tensor itself: dim is args[1], as for the functions
+    "softmax": dim_sensitive(1, "softmax"),
+    "log_softmax": dim_sensitive(1, "log_softmax"),
 }
 
 # Ops that only read metadata (shape, dtype): they never constrain channels.

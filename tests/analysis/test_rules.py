@@ -1,0 +1,251 @@
+"""Adversarial models, one per class of analysis defect: every group the analysis calls prunable must prune
+losslessly (checked with an independent oracle), or the group must be pinned."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from support.lossless import check_lossless
+from torch import nn
+
+import graphprune as gp
+from graphprune.rewrite import masked_reference
+
+X = torch.randn(2, 3, 8, 8)
+torch.fx.wrap("len")  # record len(h) calls made in this module
+
+
+class Net(nn.Module):
+    """conv -> body(h) -> conv: `body` is the op under test, on the 8 channels of conv a."""
+
+    def __init__(self, body: object, c: int = 8, **extra: nn.Module | nn.Parameter | torch.Tensor) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, c, 3, padding=1)
+        self.b = nn.Conv2d(c, 4, 3, padding=1)
+        self.body = body
+        for k, v in extra.items():
+            if isinstance(v, nn.Parameter):
+                self.register_parameter(k, v)
+            elif isinstance(v, torch.Tensor):
+                self.register_buffer(k, v)
+            else:
+                self.add_module(k, v)
+
+    def forward(self, x: torch.Tensor) -> object:
+        return self.body(self, self.a(x))
+
+
+def a_group(pg: gp.PrunableGraph) -> gp.ChannelGroup:
+    return pg.group_of("a")
+
+
+def prunable_and_lossless(model: nn.Module, x: torch.Tensor = X, zero_preserving: bool = True) -> None:
+    """Group `a` is prunable; pruned models equal the masked reference on new inputs (and, when the body
+    maps zero channels to zero channels, the producer-zeroing oracle agrees)."""
+    pg = gp.trace(model.eval(), x)
+    assert a_group(pg).prunable, a_group(pg).reason
+    for seed in range(3):
+        if zero_preserving:
+            check_lossless(model, x, seed, ratio=0.4)
+        plan = _plan(pg, seed)
+        slim = gp.apply(pg, plan, verify=False)
+        ref = masked_reference(pg, plan)
+        x2 = torch.randn(3, *x.shape[1:], dtype=torch.float64)
+        with torch.no_grad():
+            torch.testing.assert_close(slim.double()(x2), ref.double()(x2))
+
+
+def _plan(pg: gp.PrunableGraph, seed: int) -> gp.PruningPlan:
+    g = torch.Generator().manual_seed(seed)
+    k = a_group(pg).size
+    drop = torch.randperm(k, generator=g)[: k // 2].tolist()
+    return gp.PruningPlan.for_graph(pg).remove_channels(a_group(pg).id, drop)
+
+
+def pinned(model: nn.Module, match: str, x: torch.Tensor = X) -> None:
+    pg = gp.trace(model.eval(), x)
+    g = a_group(pg)
+    assert not g.prunable and g.reason is not None and match in g.reason, g.reason
+
+
+@pytest.mark.parametrize("method", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("dim", [1, 2, -1])
+def test_softmax_as_a_method_traces_and_pins_only_over_channels(method: str, dim: int) -> None:
+    model = Net(lambda s, h: s.b(getattr(h, method)(dim)))
+    if dim == 1:
+        pinned(model, "normalises over the channel dim")
+    else:
+        prunable_and_lossless(model, zero_preserving=False)
+
+
+@pytest.mark.parametrize(
+    "norm",
+    [
+        nn.InstanceNorm2d(8),
+        nn.BatchNorm2d(8, affine=False, track_running_stats=False),
+        nn.GroupNorm(4, 8, affine=False),
+        nn.BatchNorm2d(8, affine=False),
+    ],
+    ids=["instance", "batch-no-state", "group-no-affine", "batch-stats-only"],
+)
+def test_norms_without_per_channel_tensors_prune(norm: nn.Module) -> None:
+    prunable_and_lossless(Net(lambda s, h: s.b(s.n(h) + 0.5), n=norm), zero_preserving=False)
+
+
+def test_clamp_with_a_tensor_bound_slices_the_bound() -> None:
+    prunable_and_lossless(
+        Net(lambda s, h: s.b(torch.clamp(h, min=s.lo)), lo=nn.Parameter(torch.randn(8, 1, 1))),
+        zero_preserving=False,
+    )
+
+
+def test_pow_and_clamp_methods_with_tensor_operands_slice_them() -> None:
+    prunable_and_lossless(
+        Net(
+            lambda s, h: s.b(h.abs().pow(s.p).clamp(s.lo, s.hi)),
+            p=torch.rand(1, 8, 1, 1) + 1,
+            lo=torch.full((8, 1, 1), -0.1),
+            hi=torch.rand(8, 1, 1),
+        ),
+        zero_preserving=False,
+    )
+
+
+def test_a_channel_operand_without_layout_pins() -> None:
+    model = Net(lambda s, h: s.b(torch.clamp(h, max=s.hi.view(1, 8, 1, 1))), hi=nn.Parameter(torch.rand(8)))
+    pinned(model, "no channel")
+
+
+def test_a_parameter_read_elsewhere_pins() -> None:
+    model = Net(lambda s, h: (s.b(h * s.gamma), s.gamma.sum()), gamma=nn.Parameter(torch.rand(8, 1, 1)))
+    pinned(model, "gamma")
+
+
+def test_a_module_parameter_read_directly_pins() -> None:
+    pinned(Net(lambda s, h: s.b(h) * s.a.weight.norm()), "a.weight")
+
+
+def test_max_pool_on_channels_last_pins() -> None:
+    body = Net(lambda s, h: s.b(F.max_pool2d(h.permute(0, 2, 3, 1), 3, 1, 1).permute(0, 3, 1, 2)))
+    pinned(body, "pool")
+
+
+def test_max_pool_module_on_channels_last_pins() -> None:
+    body = Net(lambda s, h: s.b(s.p(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)), p=nn.MaxPool2d(3, 1, 1))
+    pinned(body, "pool")
+
+
+def test_avg_pool1d_over_features_pins() -> None:
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f = self.a(x).mean((2, 3))
+            return self.fc(F.avg_pool1d(f, 3, 1, 1))
+
+    pinned(Head(), "pool")
+
+
+def test_pooling_over_space_stays_prunable() -> None:
+    prunable_and_lossless(Net(lambda s, h: s.b(F.max_pool2d(h, 3, 1, 1) + F.avg_pool2d(h, 3, 1, 1))))
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda h: h.shape[1],
+        lambda h: h.size(1),
+        lambda h: h.size()[-3],
+        lambda h: h.numel(),
+        lambda h: len(h.permute(1, 0, 2, 3)),
+    ],
+    ids=["shape", "size", "size-tuple", "numel", "len"],
+)
+def test_a_channel_count_read_as_a_value_pins(read: object) -> None:
+    pinned(Net(lambda s, h: (s.b(h), read(h))), "channel count")  # type: ignore[operator]
+    pinned(Net(lambda s, h: s.b(h) / math.sqrt(read(h))), "channel count")  # type: ignore[operator]
+
+
+def test_a_channel_count_compared_with_a_constant_pins() -> None:
+    def body(s: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        torch._assert(h.shape[1] == 8, "eight channels")
+        return s.b(h)
+
+    pinned(Net(body), "channel count")
+
+
+def test_a_channel_count_shaping_its_own_tensor_stays_prunable() -> None:
+    def body(s: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        b, c, hh, w = h.shape
+        g = h.view(b, 2, c // 2, hh * w).transpose(1, 2).reshape(b, c, hh, w)  # channel shuffle
+        return s.b(g) * h.size(0)
+
+    prunable_and_lossless(Net(body))
+
+
+def test_a_channel_count_shaping_another_tensor_pins_both() -> None:
+    def body(s: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        y = s.e(h)  # 16 channels
+        return s.b(h + y.reshape(y.shape[0], 2, h.size(1), 8, 8).sum(1))
+
+    pinned(Net(body, e=nn.Conv2d(8, 16, 1)), "channel count")
+
+
+def test_a_literal_channel_count_in_a_view_is_rewritten_to_the_new_count() -> None:
+    def body(s: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        n = h.shape[0]
+        g = torch.reshape(h.view(n, 8, -1).relu(), (n, 8, 8, 8))
+        return s.b(g) + s.fc(h.reshape(shape=(-1, 8 * 8 * 8))).view(n, 4, 1, 1)
+
+    prunable_and_lossless(Net(body, fc=nn.Linear(512, 4)))
+    pinned(Net(lambda s, h: s.b(h.view(2, 4, 2, 8, 8).flatten(1, 2))), "constant")  # 4, 2: not the count
+
+
+class Stream(nn.Module):
+    """A ViT-style residual stream (tokens, channels last) with LayerNorms over the channels."""
+
+    def __init__(self, affine: bool = True) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 8)
+        self.ln1 = nn.LayerNorm(8, elementwise_affine=affine)
+        self.mlp = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+        self.ln2 = nn.LayerNorm(8, elementwise_affine=affine)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        h = h + self.mlp(self.ln1(h))
+        return self.head(self.ln2(h))
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm_over_channels_prunes_only_on_opt_in(affine: bool) -> None:
+    x = torch.randn(2, 5, 6)
+    model = Stream(affine).eval()
+    assert not gp.trace(model, x).group_of("a").prunable
+    pg = gp.trace(model, x, prune_layernorm=True)
+    g = pg.group_of("a")
+    assert g.prunable and not g.lossless and all(h.lossless for h in pg.groups if h is not g)
+    keep = [0, 2, 3, 5, 7]
+    slim = gp.apply(pg, gp.PruningPlan().remove_channels("a", [1, 4, 6]))  # verified against KeptLayerNorm
+    # independent reference: the same stream computed by hand on the kept channels
+    w = {k: v.detach() for k, v in model.state_dict().items()}
+
+    def ln(t: torch.Tensor, name: str) -> torch.Tensor:
+        wt, bs = (w[f"{name}.weight"][keep], w[f"{name}.bias"][keep]) if affine else (None, None)
+        return F.layer_norm(t, (len(keep),), wt, bs)
+
+    h = F.linear(x, w["a.weight"][keep], w["a.bias"][keep])
+    m = F.gelu(F.linear(ln(h, "ln1"), w["mlp.0.weight"][:, keep], w["mlp.0.bias"]))
+    h = h + F.linear(m, w["mlp.2.weight"][keep], w["mlp.2.bias"][keep])
+    expected = F.linear(ln(h, "ln2"), w["head.weight"][:, keep], w["head.bias"])
+    with torch.no_grad():
+        torch.testing.assert_close(slim(x), expected)
+    with torch.no_grad():  # and it is not lossless: the unpruned model differs
+        assert not torch.allclose(slim(x), model(x), atol=1e-3)
