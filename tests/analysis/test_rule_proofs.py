@@ -320,18 +320,7 @@ add("get_device", fn(lambda s, x: x + x.get_device()))
 
 # Cases that expose a known lie of a rule, by test id. The analysis branch fixes these (issue 6 section 2);
 # strict xfail: a fixed rule turns its entry red, so remove it then.
-KNOWN_LIES: dict[str, str] = {
-    "torch.clamp-1": "issue 6 s2: a tensor operand of clamp (min=P) is not sliced",
-    "Tensor.pow-1": "issue 6 s2: a tensor operand of pow (x.pow(P)) is not sliced",
-    "torch.nn.functional.max_pool2d-1": "issue 6 s2: pooling on a channels-last tensor is called channelwise",
-    "torch.avg_pool1d-1": "issue 6 s2: avg_pool1d over features is called channelwise",
-    "Tensor.softmax-0": "issue 6 s2: Tensor.softmax reads its tensor as dim (TypeError)",
-    "Tensor.log_softmax-0": "issue 6 s2: Tensor.log_softmax reads its tensor as dim (TypeError)",
-    "builtins.getattr-1": "issue 6 s2: h.shape[1] is a channel count read as a value",
-    "Tensor.size-1": "issue 6 s2: h.size(1) is a channel count read as a value",
-    "Tensor.numel-0": "issue 6 s2: h.numel() is a channel count read as a value",
-    "Tensor.nelement-0": "issue 6 s2: h.nelement() is a channel count read as a value",
-}
+KNOWN_LIES: dict[str, str] = {}
 
 
 def _registered() -> list[Any]:

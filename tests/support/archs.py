@@ -284,7 +284,7 @@ class UnevenChunk(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pieces = torch.split(x, self.sizes, 1) if self.use_split else torch.chunk(x, self.parts, 1)
-        return torch.cat([f(p) for f, p in zip(self.convs, pieces, strict=True)], 1)
+        return torch.cat([f(pieces[i]) for i, f in enumerate(self.convs)], 1)
 
 
 class TensorOperand(nn.Module):
@@ -294,15 +294,15 @@ class TensorOperand(nn.Module):
         super().__init__()
         self.op = op
         self.conv = nn.Conv2d(c, c, 3, 1, 1)
-        self.p = nn.Parameter(torch.rand(c, 1, 1) + 0.5)
+        self.p = nn.Parameter(torch.rand(c, 1, 1) - 0.5)
         self.register_buffer("b", torch.rand(1, c, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv(x)
         if self.op == "clamp":
-            return torch.clamp(h, min=self.p - 1)
-        if self.op == "pow":
-            return h.abs().pow(self.p)
+            return torch.clamp(h, min=self.p)
+        if self.op == "pow":  # times h: a zeroed channel stays zero (0 ** 0 is 1)
+            return h * h.abs().pow(self.p + 1)
         if self.op == "buffer":
             return h * self.b + self.b
         return h * self.p

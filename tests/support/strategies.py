@@ -56,6 +56,9 @@ BLOCKS: dict[str, Callable[[int, int], tuple[nn.Module, int]]] = {
 KNOWN_BUGS: dict[str, str] = {
     "norm_bn": "issue 6 s2: BatchNorm2d(affine=False, track_running_stats=False) crashes apply (IndexError)",
     "norm_in": "issue 6 s2: InstanceNorm2d(C) with defaults crashes apply (IndexError)",
+    "operand_clamp": "issue 6 s2: torch.clamp(h, min=P) does not slice P with h's channels",
+    "operand_pow": "issue 6 s2: h.pow(P) does not slice P (the pruned graph does not run)",
+    "nhwc_pool": "issue 6 s2: max_pool2d on a channels-last tensor is called channelwise",
 }
 
 
