@@ -36,7 +36,6 @@ def test_clean_graph_is_unchanged() -> None:
     assert not EliminateDeadCode()(pg.gm).modified
 
 
-<<<<<<< HEAD
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(arch=architectures())
 def test_dead_code_elimination_keeps_the_output_on_composed_architectures(arch: Arch) -> None:
@@ -46,7 +45,8 @@ def test_dead_code_elimination_keeps_the_output_on_composed_architectures(arch: 
     gm = EliminateDeadCode()(pg.gm).graph_module
     with torch.no_grad():
         torch.testing.assert_close(gm(*xs), pg.gm(*xs))
-=======
+
+
 class InPlace(nn.Module):
     """`h.add_(skip(x))`'s result is unused, but it changes h; `torch.add(a, b, out=h)` too."""
 
@@ -103,4 +103,3 @@ def test_plans_apply_to_a_model_with_an_unused_in_place_result() -> None:
     for g in pg.prunable_groups:
         slim = gp.apply(pg, gp.PruningPlan().remove_channels(g.id, [1]))
         assert hasattr(slim, "skip")
->>>>>>> analysis
