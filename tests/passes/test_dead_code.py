@@ -36,7 +36,7 @@ def test_clean_graph_is_unchanged() -> None:
     assert not EliminateDeadCode()(pg.gm).modified
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(arch=architectures())
 def test_dead_code_elimination_keeps_the_output_on_composed_architectures(arch: Arch) -> None:
     """Nothing a composed model computes is dead: its output is unchanged (in-place ops included)."""

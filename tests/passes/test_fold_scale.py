@@ -50,7 +50,7 @@ def test_nothing_to_fold_is_unmodified() -> None:
     assert not FoldScale()(pg.gm).modified
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(arch=architectures())
 def test_folding_keeps_the_output_on_composed_architectures(arch: Arch) -> None:
     xs = arch.example()

@@ -15,7 +15,7 @@ from graphprune.passes import PruneChannels
 from graphprune.rewrite import channel_removals
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(arch=architectures(), data=st.data())
 def test_lossless_on_composed_architectures(arch: Arch, data: st.DataObject) -> None:
     """Channel removal only: the pruned model equals the producer-zeroed one (shrinks to a minimal Arch)."""

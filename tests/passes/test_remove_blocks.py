@@ -14,7 +14,7 @@ from graphprune.models import get_model
 from graphprune.passes import EliminateDeadCode, MaskBlocks, RemoveBlocks
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(arch=architectures(), data=st.data())
 def test_lossless_block_and_channel_removal_on_composed_architectures(
     arch: Arch, data: st.DataObject

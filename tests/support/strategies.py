@@ -53,13 +53,7 @@ BLOCKS: dict[str, Callable[[int, int], tuple[nn.Module, int]]] = {
 
 # Block kinds that hit a known bug (issue 6 section 2, fixed on the analysis branch): left out of the
 # property tests, each kept failing on purpose by tests/passes/test_known_bugs.py (strict xfail).
-KNOWN_BUGS: dict[str, str] = {
-    "norm_bn": "issue 6 s2: BatchNorm2d(affine=False, track_running_stats=False) crashes apply (IndexError)",
-    "norm_in": "issue 6 s2: InstanceNorm2d(C) with defaults crashes apply (IndexError)",
-    "operand_clamp": "issue 6 s2: torch.clamp(h, min=P) does not slice P with h's channels",
-    "operand_pow": "issue 6 s2: h.pow(P) does not slice P (the pruned graph does not run)",
-    "nhwc_pool": "issue 6 s2: max_pool2d on a channels-last tensor is called channelwise",
-}
+KNOWN_BUGS: dict[str, str] = {}  # all fixed by the analysis merge; add `kind: reason` for a new one
 
 
 @dataclass(frozen=True)
