@@ -33,8 +33,8 @@ def all_models() -> list[str]:
 
 def run_one(name: str) -> dict[str, object]:
     import torch
+    from zoo_harness import check_model
 
-    from graphprune.coverage import check_model
     from graphprune.models import get_model, list_models
 
     torch.manual_seed(0)
@@ -120,7 +120,8 @@ def main(names: tuple[str, ...], one: str | None, timeout: int, update: bool) ->
     if one:
         print(json.dumps(run_one(one)))
         return
-    from graphprune.coverage import CoverageResult
+    from zoo_harness import CoverageResult
+
     from graphprune.fileio import write_text
 
     todo = list(names) or all_models()

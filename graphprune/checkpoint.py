@@ -1,38 +1,130 @@
-"""Saving and loading pruned models as architecture + plan + state_dict: no pickled modules, ever."""
+"""Saving and loading pruned models as architecture + plan + state_dict: no pickled modules, ever.
+
+A run directory is self-contained: `plan.json`, `model.safetensors` (the pruned weights) and
+`model.json` (the MODEL spec, input shape, dataset and method) are all `load_run` needs.
+`.pt` state_dicts written by earlier versions still load (with `weights_only=True`).
+"""
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.fx as fx
 from torch import nn
 
-from graphprune.errors import PlanError, WeightsError
-from graphprune.fileio import save_tensors
+from graphprune.errors import GraphpruneError, PlanError, WeightsError
+from graphprune.fileio import atomic_path, write_text
 from graphprune.graph import PrunableGraph, trace
 from graphprune.plan import PruningPlan
 from graphprune.rewrite import apply
 
-MODEL_FILE = "model.pt"
+MODEL_FILE = "model.safetensors"
+LEGACY_MODEL_FILE = "model.pt"
 PLAN_FILE = "plan.json"
+INFO_FILE = "model.json"
 
 
 def save_pruned(
     out_dir: str | os.PathLike[str], slim: nn.Module, plan: PruningPlan, pg: PrunableGraph | None = None
 ) -> dict[str, Path]:
-    """Write `model.pt` (the pruned state_dict, tensors only) and `plan.json` into `out_dir`, atomically."""
+    """Write `model.safetensors` (the pruned state_dict) and `plan.json` into `out_dir`, atomically."""
     out = Path(out_dir)
     if pg is not None:
         plan.arch_hash = plan.arch_hash or pg.arch_hash
         plan.input_shapes = plan.input_shapes or pg.input_shapes
-    state = {k: v.detach().clone() for k, v in slim.state_dict().items()}
-    save_tensors(state, out / MODEL_FILE)
+    save_safetensors(slim.state_dict(), out / MODEL_FILE)
     plan.save(out / PLAN_FILE)
     return {"model": out / MODEL_FILE, "plan": out / PLAN_FILE}
+
+
+def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
+    """Write a state_dict as safetensors, atomically (shared or strided tensors are copied apart first)."""
+    from safetensors.torch import save_file
+
+    plain = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(plain, str(tmp))
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """`model.json`: how to rebuild a run's model without anything but the run directory."""
+
+    model: str
+    input_shape: tuple[int, ...]
+    data: str | None = None
+    method: str | None = None
+    num_classes: int | None = None
+
+    def save(self, run_dir: str | os.PathLike[str]) -> None:
+        data = {
+            "format": "graphprune.run",
+            "version": 1,
+            "model": self.model,
+            "input_shape": list(self.input_shape),
+            "data": self.data,
+            "method": self.method,
+            "num_classes": self.num_classes,
+        }
+        write_text(Path(run_dir) / INFO_FILE, json.dumps(data, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike[str]) -> RunInfo:
+        path = Path(run_dir) / INFO_FILE
+        if not path.is_file():
+            raise GraphpruneError(f"{run_dir} is not a run directory: {INFO_FILE} not found")
+        try:
+            data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+            return cls(
+                model=str(data["model"]),
+                input_shape=tuple(int(d) for d in data["input_shape"]),
+                data=data.get("data"),
+                method=data.get("method"),
+                num_classes=data.get("num_classes"),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise GraphpruneError(f"{path} is malformed: {exc!r}") from None
+
+
+def is_run_dir(path: str | os.PathLike[str]) -> bool:
+    return (Path(path) / INFO_FILE).is_file()
+
+
+def run_weights(run_dir: str | os.PathLike[str]) -> Path:
+    """`model.safetensors` of a run directory, else a legacy `model.pt`."""
+    for name in (MODEL_FILE, LEGACY_MODEL_FILE):
+        if (Path(run_dir) / name).is_file():
+            return Path(run_dir) / name
+    raise WeightsError(f"{run_dir} holds no {MODEL_FILE}")
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """A run directory's pruned model (eval mode), its original architecture and its `model.json`."""
+
+    model: fx.GraphModule
+    original: nn.Module
+    info: RunInfo
+    plan: PruningPlan
+    example_inputs: tuple[torch.Tensor, ...]
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> LoadedRun:
+    """Rebuild the pruned model of `run_dir` from its `model.json`, `plan.json` and weights alone."""
+    from graphprune.modelspec import resolve_model
+
+    info = RunInfo.load(run_dir)
+    rm = resolve_model(info.model, input_shape=info.input_shape)
+    plan = PruningPlan.load(Path(run_dir) / PLAN_FILE)
+    slim = load_pruned(rm.model, plan, run_weights(run_dir), rm.example_inputs)
+    return LoadedRun(slim.eval(), rm.model, info, plan, rm.example_inputs)
 
 
 def _read_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -79,8 +79,16 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_flops(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> int:
-    """MACs per sample of `model` on inputs shaped like `example_inputs`; the model is not modified."""
-    gm = symbolic_trace(model)
+def count_flops(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    leaf_modules: Iterable[str | type] = (),
+) -> int:
+    """MACs per sample of `model` on inputs shaped like `example_inputs`; the model is not modified.
+
+    `leaf_modules` are kept opaque while tracing, as in `graphprune.trace`.
+    """
+    gm = symbolic_trace(model, leaf_modules)
     record_values(gm, as_input_tuple(example_inputs))
     return sum(c.flops for c in layer_costs(gm))

@@ -3,7 +3,8 @@
 `export_onnx` never touches the caller's model: it exports a deep copy in eval mode with the
 dynamo exporter (`torch.onnx.export(..., dynamo=True)`), batch dimension dynamic by default,
 runs onnxsim, checks the file with `onnx.checker`, compares onnxruntime with PyTorch on seeded
-random inputs at several batch sizes, and only then renames the file onto `path`.
+random inputs at several batch sizes, and only then renames the file onto `path`. A model too large
+for one protobuf (2 GB) keeps its tensors in `<path>.data` beside it (ONNX external data).
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ import io
 import logging
 import os
 import sys
-import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 
-from graphprune.errors import OutputError, TraceError, VerificationError
-from graphprune.fileio import atomic_path
+from graphprune.errors import TraceError, VerificationError, first_line
+from graphprune.fileio import check_writable_file, staged_output
+from graphprune.trace import as_input_tuple
 
 BATCH_DIM_NAME = "batch"
 """Name of the symbolic batch dimension in exported graphs."""
@@ -45,6 +46,10 @@ _FLOAT_TYPES = frozenset(
     }
 )
 _QUIET_LOGGERS = ("torch", "onnxscript", "onnx_ir", "onnxsim", "onnx")
+EXTERNAL_DATA_BYTES = 2**31 - 2**26
+"""Models whose protobuf would exceed this (2 GiB less a margin for the graph) use external data."""
+EXTERNAL_DATA_SUFFIX = ".data"
+STATIC_BATCH_HINT = "dynamic_batch=False, or --static-batch on the command line"
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,10 @@ class ExportReport:
     opset: int
     simplified: bool
     dynamic_batch: bool
+    simplify_error: str | None = None
+    """Why onnxsim's result was not used (None when it was, or when simplify=False)."""
+    external_data: str | None = None
+    """File name (beside `path`) holding the tensors of a model over 2 GB, else None."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON reports."""
@@ -82,47 +91,64 @@ def export_onnx(
     rtol: float = 1e-3,
     atol: float = 1e-4,
     seed: int = 0,
+    label: str | None = None,
+    leaf_modules: Iterable[str | type] = (),
 ) -> ExportReport:
     """Export a deep copy of `model` to ONNX at `path` and verify it with onnxruntime.
 
     Raises OutputError (before exporting) if `path` cannot be written, TraceError if the
     exporter fails, VerificationError if the file does not match PyTorch within
     `atol + rtol * max|torch output|` at every batch size checked. On any failure no file
-    is left at `path` (an existing file there is kept unchanged).
+    is left at `path` (an existing file there is kept unchanged). Error messages name the file
+    `label` (default: `path`), e.g. the final name of a file written into a staging directory.
+    `leaf_modules` are kept opaque when counting FLOPs, as in `graphprune.trace`.
     """
-    inputs = _as_inputs(example_inputs)
+    inputs = tuple(t.detach() for t in as_input_tuple(example_inputs))
     batches: tuple[int | None, ...] = (None,)  # None: exactly the example shapes
     if dynamic_batch:
         _check_batchable(inputs)
         if any(b < 1 for b in check_batches):
             raise ValueError(f"check_batches must be positive, got {check_batches}")
         batches = tuple(check_batches) or batches
-    target = Path(path)
-    _check_writable(target)
+    target = check_writable_file(path)
+    shown = label or str(target)
 
     net = copy.deepcopy(model).eval()
     proto = _torch_export(net, inputs, dynamic_batch=dynamic_batch, opset=opset)
     if dynamic_batch:
-        _require_dynamic_batch(proto, target)
+        _require_dynamic_batch(proto, shown)
     actual_opset = _default_opset(proto)
     if opset is not None and actual_opset != opset:
         raise VerificationError(
-            f"{target}: opset {opset} requested but the exporter produced opset {actual_opset}"
+            f"{shown}: opset {opset} requested but the exporter produced opset {actual_opset}"
         )
 
+    large = _needs_external_data(proto)
     simplified = False
-    if simplify:
-        candidate = _simplify(proto, inputs, rtol=rtol, atol=atol)
-        if candidate is not None and _checker_error(candidate) is None:
+    simplify_error: str | None = None
+    if simplify and large:
+        simplify_error = "skipped: onnxsim cannot serialise a model over 2 GB"
+    elif simplify:
+        candidate, simplify_error = _simplify(proto, inputs, rtol=rtol, atol=atol)
+        problem = _checker_error(candidate) if candidate is not None else None
+        if candidate is not None and problem is None:
             proto, simplified = candidate, True
-    problem = None if simplified else _checker_error(proto)
+        elif problem is not None:
+            simplify_error = f"onnx.checker rejects the simplified model: {problem}"
+    problem = None if simplified or large else _checker_error(proto)
     if problem is not None:
-        raise VerificationError(f"{target}: onnx.checker rejects the exported model: {problem}")
+        raise VerificationError(f"{shown}: onnx.checker rejects the exported model: {problem}")
 
-    with atomic_path(target) as tmp:
-        onnx.save(proto, str(tmp))
-        max_abs, max_rel = _verify(net, tmp, inputs, batches, rtol=rtol, atol=atol, seed=seed, shown=target)
-        flops = _count_flops(net, inputs)
+    data_name = target.name + EXTERNAL_DATA_SUFFIX if large else None
+    parent = target.parent if str(target.parent) else Path(".")
+    with staged_output(parent, (target.name + EXTERNAL_DATA_SUFFIX, target.name)) as stage:
+        file = stage / target.name
+        _save(proto, file, data_name)
+        problem = _checker_error(str(file)) if large else None
+        if problem is not None:
+            raise VerificationError(f"{shown}: onnx.checker rejects the exported model: {problem}")
+        max_abs, max_rel = _verify(net, file, inputs, batches, rtol=rtol, atol=atol, seed=seed, shown=shown)
+        flops = _count_flops(net, inputs, leaf_modules)
     return ExportReport(
         path=str(target),
         nodes=len(proto.graph.node),
@@ -133,6 +159,8 @@ def export_onnx(
         opset=actual_opset,
         simplified=simplified,
         dynamic_batch=dynamic_batch,
+        simplify_error=simplify_error,
+        external_data=data_name,
     )
 
 
@@ -162,31 +190,6 @@ def run_onnx(path: str | os.PathLike[str], inputs: tuple[np.ndarray, ...]) -> li
 
 
 # --- export ------------------------------------------------------------------------------
-
-
-def _check_writable(target: Path) -> None:
-    """Raise OutputError unless a file can be created beside `target` (creates parent dirs)."""
-    if target.is_dir():
-        raise OutputError(f"cannot write {target}: is a directory")
-    parent = target.parent if str(target.parent) else Path(".")
-    blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        raise OutputError(f"cannot write {target}: {blocker} is not a directory")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
-
-
-def _as_inputs(example_inputs: tuple[Tensor, ...] | Tensor) -> tuple[Tensor, ...]:
-    """Normalise example inputs to a non-empty tuple of CPU tensors."""
-    inputs = (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
-    if not inputs or not all(isinstance(t, Tensor) for t in inputs):
-        raise TraceError("example_inputs must be a tensor or a non-empty tuple of tensors")
-    return tuple(t.detach() for t in inputs)
 
 
 def _check_batchable(inputs: tuple[Tensor, ...]) -> None:
@@ -261,28 +264,30 @@ def _torch_export(
                 dynamic_shapes=dynamic_shapes,
             )
         except torch.onnx.errors.OnnxExporterError as exc:
-            hint = " (if the dynamic batch is the problem, pass dynamic_batch=False)" if dynamic_batch else ""
-            raise TraceError(f"cannot export {type(net).__name__} to ONNX: {_first_line(exc)}{hint}") from exc
+            hint = (
+                f" (if the dynamic batch is the problem, export with {STATIC_BATCH_HINT})"
+                if dynamic_batch
+                else ""
+            )
+            raise TraceError(f"cannot export {type(net).__name__} to ONNX: {_cause_line(exc)}{hint}") from exc
         if program is None:  # only when `f` is given; keeps type checkers happy
             raise TraceError(f"cannot export {type(net).__name__} to ONNX: exporter returned nothing")
         return program.model_proto
 
 
-def _first_line(exc: BaseException) -> str:
-    """The most telling one-line description of an exporter failure (its cause, if any)."""
-    root = exc.__cause__ or exc
-    lines = [ln.strip() for ln in str(root).splitlines() if ln.strip()]
-    return f"{type(root).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+def _cause_line(exc: BaseException) -> str:
+    """The most telling one-line description of a failure in another library (its cause, if any)."""
+    return first_line(exc.__cause__ or exc, with_type=True)
 
 
-def _require_dynamic_batch(proto: onnx.ModelProto, shown: Path) -> None:
+def _require_dynamic_batch(proto: onnx.ModelProto, shown: str) -> None:
     """torch.export may silently specialise the batch size; refuse a file with a fixed batch."""
     for value in proto.graph.input:
         dims = value.type.tensor_type.shape.dim
         if dims and not dims[0].dim_param:
             raise VerificationError(
                 f"{shown}: input {value.name!r} kept a fixed batch size {dims[0].dim_value}; the model "
-                "specialises on its batch size (pass dynamic_batch=False to export it as is)"
+                f"specialises on its batch size (export it as is with {STATIC_BATCH_HINT})"
             )
 
 
@@ -294,10 +299,33 @@ def _default_opset(proto: onnx.ModelProto) -> int:
     return 0
 
 
+def _needs_external_data(proto: onnx.ModelProto) -> bool:
+    """True when the model is too large for one protobuf message (tensors must go to external data)."""
+    try:
+        return proto.ByteSize() > EXTERNAL_DATA_BYTES
+    except Exception:  # noqa: BLE001 - protobuf refuses to even measure some oversized messages
+        return True
+
+
+def _save(proto: onnx.ModelProto, file: Path, data_name: str | None) -> None:
+    """Write `proto` to `file`; with `data_name`, its tensors go to that file beside it."""
+    if data_name is None:
+        onnx.save(proto, str(file))
+        return
+    onnx.save_model(
+        proto,
+        str(file),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data_name,
+        size_threshold=1024,
+    )
+
+
 def _simplify(
     proto: onnx.ModelProto, inputs: tuple[Tensor, ...], *, rtol: float, atol: float
-) -> onnx.ModelProto | None:
-    """onnxsim the model with one self-check at the example shapes; None if it fails."""
+) -> tuple[onnx.ModelProto | None, str | None]:
+    """onnxsim the model with one self-check at the example shapes: (model, None) or (None, why not)."""
     import onnxsim  # type: ignore[import-untyped]
 
     names = [v.name for v in proto.graph.input]
@@ -313,18 +341,23 @@ def _simplify(
     with _quiet(), _quiet_fds():
         try:
             simplified, ok = onnxsim.simplify(copy.deepcopy(proto), **kwargs)
-        except Exception:  # noqa: BLE001 - any onnxsim failure means: keep the unsimplified model
-            return None
-    return simplified if ok else None
+        except Exception as exc:  # noqa: BLE001 - any onnxsim failure means: keep the unsimplified model
+            return None, f"onnxsim failed: {_cause_line(exc)}"
+    if not ok:
+        return None, "onnxsim's simplified model failed its own check against the original"
+    return simplified, None
 
 
-def _checker_error(proto: onnx.ModelProto) -> str | None:
-    """onnx.checker (with full shape-inference check) message, or None if the model passes."""
+def _checker_error(model: onnx.ModelProto | str) -> str | None:
+    """onnx.checker (with full shape-inference check) message, or None if the model passes.
+
+    `model` is a proto, or the path of a saved file (needed for models with external data).
+    """
     with _quiet():
         try:
-            onnx.checker.check_model(proto, full_check=True)
+            onnx.checker.check_model(model, full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-            return _first_line(exc)
+            return _cause_line(exc)
     return None
 
 
@@ -337,13 +370,15 @@ def _float_params(graph: onnx.GraphProto) -> int:
     return sum(int(np.prod(t.dims, dtype=np.int64)) for t in tensors if t.data_type in _FLOAT_TYPES)
 
 
-def _count_flops(net: nn.Module, inputs: tuple[Tensor, ...]) -> int | None:
+def _count_flops(
+    net: nn.Module, inputs: tuple[Tensor, ...], leaf_modules: Iterable[str | type]
+) -> int | None:
     """Multiply-accumulates of `net` via graphprune.costs, if that module exists."""
     try:
         from graphprune.costs import count_flops
     except ImportError:
         return None
-    return int(count_flops(net, inputs))
+    return int(count_flops(net, inputs, leaf_modules=leaf_modules))
 
 
 # --- verification -------------------------------------------------------------------------
@@ -370,13 +405,13 @@ def _verify(
     rtol: float,
     atol: float,
     seed: int,
-    shown: Path,
+    shown: str,
 ) -> tuple[float, float]:
     """Compare onnxruntime with PyTorch at each batch size; return (max abs, max rel) error."""
     try:
         session = ort_session(file)
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise VerificationError(f"{shown}: onnxruntime cannot load the file: {_first_line(exc)}") from exc
+        raise VerificationError(f"{shown}: onnxruntime cannot load the file: {_cause_line(exc)}") from exc
     gen = torch.Generator().manual_seed(seed)
     worst_abs = worst_rel = 0.0
     for batch in batches:
@@ -386,15 +421,15 @@ def _verify(
             with torch.no_grad():
                 result = net(*feed)
         except Exception as exc:  # any model error means this batch size is unsupported
-            hint = " (pass dynamic_batch=False or other check_batches)" if batch is not None else ""
+            hint = f" (export with {STATIC_BATCH_HINT})" if batch is not None else ""
             raise VerificationError(
-                f"{shown}: the PyTorch model fails at {where}: {_first_line(exc)}{hint}"
+                f"{shown}: the PyTorch model fails at {where}: {_cause_line(exc)}{hint}"
             ) from exc
         expected = [t.detach().cpu().numpy() for t in tree_flatten(result)[0] if isinstance(t, Tensor)]
         try:
             got = _run_session(session, tuple(t.numpy() for t in feed))
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise VerificationError(f"{shown}: onnxruntime fails at {where}: {_first_line(exc)}") from exc
+            raise VerificationError(f"{shown}: onnxruntime fails at {where}: {_cause_line(exc)}") from exc
         if len(got) != len(expected):
             raise VerificationError(
                 f"{shown}: {len(got)} outputs in ONNX, {len(expected)} in PyTorch ({where})"

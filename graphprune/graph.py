@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from graphprune.analysis.depgraph import DependencyGraph
 from graphprune.analysis.groups import ChannelGroup, derive_groups
 from graphprune.analysis.rules import build_dependency_graph
 from graphprune.costs import LayerCost, count_params, layer_costs
-from graphprune.errors import EvalOnlyWarning, PlanError
+from graphprune.errors import EvalOnlyWarning, PlanError, did_you_mean
 from graphprune.trace import arch_hash, as_input_tuple, eval_only_parts, record_values, symbolic_trace
 
 
@@ -52,16 +51,14 @@ class PrunableGraph:
         try:
             return self._group_index[group_id]
         except KeyError:
-            close = difflib.get_close_matches(group_id, list(self._group_index), n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            hint = did_you_mean(group_id, self._group_index)
             raise PlanError(f"unknown channel group '{group_id}'{hint}") from None
 
     def block(self, name: str) -> Block:
         for b in self.blocks:
             if b.name == name:
                 return b
-        close = difflib.get_close_matches(name, [b.name for b in self.blocks], n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        hint = did_you_mean(name, [b.name for b in self.blocks])
         raise PlanError(f"unknown block '{name}'{hint}")
 
     def groups_of(self, module: str) -> list[ChannelGroup]:

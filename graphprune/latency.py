@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -104,3 +104,44 @@ def paired_latency(
         "runs": runs,
         "threads": threads,
     }
+
+
+def interleaved_latency(
+    paths: Mapping[str, str | os.PathLike[str]],
+    input_shape: Sequence[int] | Sequence[Sequence[int]],
+    *,
+    rounds: int = 7,
+    runs: int = 10,
+    threads: int = 1,
+    warmup: int = 5,
+) -> dict[str, dict[str, float | int]]:
+    """Time several ONNX files in rounds, one session running at a time, the order reversed every round.
+
+    Each round runs `runs` timed calls per file (after `warmup` untimed ones in the first round, one
+    later). Returns, per name, p50_ms and p90_ms over all timed calls and the median of the per-round
+    medians, so that every file sees the same stretches of machine noise.
+    """
+    if rounds < 1 or runs < 1 or warmup < 0 or threads < 1:
+        raise ValueError(f"need rounds, runs, threads >= 1 and warmup >= 0 (got {rounds}, {runs}, {threads})")
+    names = list(paths)
+    prepared = {name: _prepared(paths[name], input_shape, threads) for name in names}
+    times: dict[str, list[float]] = {name: [] for name in names}
+    medians: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else reversed(names):
+            session, feed = prepared[name]
+            ms = _time_runs(session, feed, warmup if r == 0 else 1, runs)
+            times[name] += ms
+            medians[name].append(float(np.median(ms)))
+    out: dict[str, dict[str, float | int]] = {}
+    for name in names:
+        p50, p90 = np.percentile(np.asarray(times[name]), [50, 90])
+        out[name] = {
+            "p50_ms": float(p50),
+            "p90_ms": float(p90),
+            "round_median_ms": float(np.median(medians[name])),
+            "rounds": rounds,
+            "runs": runs,
+            "threads": threads,
+        }
+    return out

@@ -7,7 +7,6 @@ torch.Size([1, 10])
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib.util
 import re
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from graphprune.errors import GraphpruneError, ModelSpecError, WeightsError
+from graphprune.errors import GraphpruneError, ModelSpecError, WeightsError, did_you_mean, first_line
 
 PREFIXES = ("torchvision", "graphprune")
 DEFAULT_SHAPE = (1, 3, 224, 224)
@@ -114,16 +113,11 @@ def split_spec(spec: str) -> tuple[str, str, str]:
             raise ModelSpecError(f"bad model spec {spec!r}: name the factory, e.g. {text}:build_model")
         raise ModelSpecError(f"bad model spec {spec!r}: {_SPEC_HELP}")
     if prefix not in PREFIXES:
-        hint = _did_you_mean(prefix, PREFIXES)
+        hint = did_you_mean(prefix, PREFIXES)
         raise ModelSpecError(f"unknown model prefix {prefix!r} in {spec!r}{hint}; {_SPEC_HELP}")
     if not name:
         raise ModelSpecError(f"bad model spec {spec!r}: missing model name after {prefix}:")
     return prefix, name, ""
-
-
-def _did_you_mean(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
-    return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
 def _build_torchvision(name: str) -> tuple[nn.Module, tuple[int, ...]]:
@@ -132,7 +126,7 @@ def _build_torchvision(name: str) -> tuple[nn.Module, tuple[int, ...]]:
     tv = import_torchvision()
     available = sorted(tv.models.list_models())
     if name not in available:
-        raise ModelSpecError(f"unknown torchvision model {name!r}{_did_you_mean(name, available)}")
+        raise ModelSpecError(f"unknown torchvision model {name!r}{did_you_mean(name, available)}")
     model = _call_builder(f"torchvision:{name}", lambda: tv.models.get_model(name, weights=None))
     if name == "inception_v3":
         shape: tuple[int, ...] = (1, 3, 299, 299)
@@ -148,7 +142,7 @@ def _build_builtin(name: str) -> tuple[nn.Module, tuple[int, ...]]:
 
     available = sorted(models.list_models())
     if name not in available:
-        raise ModelSpecError(f"unknown graphprune model {name!r}{_did_you_mean(name, available)}")
+        raise ModelSpecError(f"unknown graphprune model {name!r}{did_you_mean(name, available)}")
     model = _call_builder(f"graphprune:{name}", lambda: models.get_model(name))
     return model, tuple(models.default_input_shape(name))
 
@@ -161,7 +155,7 @@ def _build_from_file(path: Path, factory: str) -> nn.Module:
     fn = getattr(module, factory, None)
     if fn is None:
         names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
-        raise ModelSpecError(f"{path} has no factory {factory!r}{_did_you_mean(factory, names)}")
+        raise ModelSpecError(f"{path} has no factory {factory!r}{did_you_mean(factory, names)}")
     if not callable(fn):
         raise ModelSpecError(f"{path}:{factory} is a {type(fn).__name__}, not a callable factory")
     return _call_builder(f"{path}:{factory}", fn)
@@ -183,7 +177,7 @@ def _import_file(path: Path) -> object:
         spec.loader.exec_module(module)
     except Exception as exc:
         sys.modules.pop(mod_name, None)
-        raise ModelSpecError(f"importing {path} failed: {_describe(exc)}") from exc
+        raise ModelSpecError(f"importing {path} failed: {first_line(exc, with_type=True)}") from exc
     finally:
         sys.path.remove(str(resolved.parent))
     return module
@@ -195,7 +189,7 @@ def _call_builder(name: str, build: Callable[[], object]) -> nn.Module:
     except GraphpruneError:
         raise
     except Exception as exc:
-        raise ModelSpecError(f"factory {name} raised {_describe(exc)}") from exc
+        raise ModelSpecError(f"factory {name} raised {first_line(exc, with_type=True)}") from exc
     if not isinstance(model, nn.Module):
         raise ModelSpecError(f"factory {name} returned {type(model).__name__}, expected a torch.nn.Module")
     return model
@@ -225,11 +219,6 @@ def _check_forward(
         dims = ",".join(map(str, shape))
         which = "default input shape" if defaulted else "input shape"
         hint = " (pass --input-shape)" if defaulted else ""
-        raise ModelSpecError(f"{which} {dims} does not fit {name}{hint}: {_describe(exc)}") from exc
-
-
-def _describe(exc: BaseException) -> str:
-    """``ValueError: first line of the message`` (one line, at most 300 characters)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
+        raise ModelSpecError(
+            f"{which} {dims} does not fit {name}{hint}: {first_line(exc, with_type=True)}"
+        ) from exc

@@ -95,9 +95,10 @@ class PruningPlan:
             raise PlanError(f"{source}: 'blocks' must be a list of block names")
         if not isinstance(channels, dict):
             raise PlanError(f"{source}: 'channels' must map group ids to index lists")
-        plan = cls(
-            arch_hash=d.get("arch_hash"), input_shapes=d.get("input_shapes"), meta=dict(d.get("meta") or {})
-        )
+        meta = d.get("meta")
+        if meta is not None and not isinstance(meta, dict):
+            raise PlanError(f"{source}: 'meta' must be a JSON object, got {type(meta).__name__}")
+        plan = cls(arch_hash=d.get("arch_hash"), input_shapes=d.get("input_shapes"), meta=dict(meta or {}))
         for gid, idx in channels.items():
             if not isinstance(idx, list) or not all(
                 isinstance(i, int) and not isinstance(i, bool) for i in idx

@@ -65,8 +65,12 @@ def weights_file(name: str) -> Path:
     raise _missing(f"weights file {name!r}", folder)
 
 
-def load_cifar10_jpeg(split: str, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def load_cifar10_jpeg(
+    split: str, limit: int | None = None, path: str | os.PathLike[str] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode a split ("train" or "test") of the CIFAR-10 JPEG zip: uint8 (N, 3, 32, 32) and int64 labels.
+
+    `path` defaults to the shared zip (`cifar10_jpeg_zip()`).
 
     Order: classes sorted (= label order), files sorted by name within a class. With `limit`, take the
     first files of every class, `limit // 10` each, the first `limit % 10` classes one more.
@@ -75,7 +79,7 @@ def load_cifar10_jpeg(split: str, limit: int | None = None) -> tuple[torch.Tenso
         raise GraphpruneError(f"CIFAR-10 split must be 'train' or 'test', got {split!r}")
     if limit is not None and limit < 0:
         raise GraphpruneError(f"limit must be >= 0, got {limit}")
-    path = cifar10_jpeg_zip()
+    path = Path(path) if path is not None else cifar10_jpeg_zip()
     with zipfile.ZipFile(path) as archive:
         by_class: dict[str, list[str]] = {}
         for name in archive.namelist():

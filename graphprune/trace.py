@@ -13,7 +13,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from graphprune.errors import TraceError
+from graphprune.errors import TraceError, first_line
 
 META_KEY = "gp_value"
 
@@ -101,8 +101,7 @@ def symbolic_trace(model: nn.Module, leaf_modules: Iterable[str | type] = ()) ->
             if where[0]
             else ""
         )
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TraceError(f"torch.fx cannot trace {mod}: {first}{hint}") from None
+        raise TraceError(f"torch.fx cannot trace {mod}: {first_line(exc)}{hint}") from None
     for node in graph.nodes:  # `x: torch.Tensor` annotations print as `_Tensor_`, which TorchScript rejects
         if node.type is torch.Tensor or node.type in ("Tensor", "torch.Tensor"):
             node.type = None
@@ -180,8 +179,7 @@ class _Recorder(fx.Interpreter):
             where = (
                 f"module '{n.target}'" if n.op == "call_module" else f"node '{n.name}' ({n.op} {n.target})"
             )
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TraceError(f"example input does not fit the model at {where}: {first}") from None
+            raise TraceError(f"example input does not fit the model at {where}: {first_line(exc)}") from None
         n.meta[META_KEY] = _summarize(result)
         return result
 

@@ -3,32 +3,32 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from graphprune.errors import WeightsError
+from graphprune.errors import WeightsError, first_line
 
 _PREFIX = "module."
 _SHOWN_KEYS = 3
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+_BLOCKED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
 def _load_failure(exc: BaseException) -> str:
     """A one-line reason for a torch.load failure (its own messages run to several paragraphs)."""
     text = str(exc)
-    if "WeightsUnpickler error:" in text:
-        detail = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("\n\n")[:2]).split()
-        return "not a weights-only torch.save file (" + " ".join(detail) + ")"
+    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
+        # torch's message advises weights_only=False, which would run the file's code: never repeat it.
+        found = _BLOCKED_GLOBAL.search(text)
+        needs = f"the Python global {found.group(1)}" if found else "Python objects other than tensors"
+        return f"refused: it needs {needs}, and weights are loaded as tensors and plain containers only"
     if isinstance(exc, KeyError):
         return f"not a torch.save file (KeyError {text})"
-    return _first_line(exc)
+    return first_line(exc)
 
 
 def _as_state_dict(obj: object, source: str) -> dict[str, Tensor]:
@@ -56,7 +56,7 @@ def _as_state_dict(obj: object, source: str) -> dict[str, Tensor]:
 
 
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """Read a state dict from a torch.save file on the CPU (weights_only, no code runs).
+    """Read a state dict from a `.safetensors` or a torch.save file on the CPU (weights_only, no code runs).
 
     Accepts a raw state dict or a checkpoint dict with a "state_dict" or "model" entry, and strips a
     `module.` prefix carried by every key.
@@ -66,6 +66,14 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         raise WeightsError(f"weights file not found: {file}")
     if not file.is_file():
         raise WeightsError(f"weights file {file} is not a file")
+    if file.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return _as_state_dict(load_file(file, device="cpu"), f"weights file {file}")
+        except (SafetensorError, OSError) as exc:
+            raise WeightsError(f"cannot read weights file {file}: {first_line(exc)}") from None
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 -- a corrupt file fails in many ways (pickle, zip, EOF, ...)
@@ -125,5 +133,5 @@ def load_weights(
     try:
         model.load_state_dict(state, strict=strict)
     except RuntimeError as exc:
-        raise WeightsError(f"{source} does not fit {type(model).__name__}: {_first_line(exc)}") from None
+        raise WeightsError(f"{source} does not fit {type(model).__name__}: {first_line(exc)}") from None
     return model

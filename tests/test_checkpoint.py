@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import graphprune as gp
 from graphprune.checkpoint import load_pruned, save_pruned
@@ -29,14 +30,14 @@ def pruned(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, t
 
 def test_files_are_tensors_and_json_only(pruned: tuple) -> None:
     _, slim, out = pruned
-    state = torch.load(out / "model.pt", weights_only=True)
+    state = load_file(out / "model.safetensors")
     assert set(state) == set(slim.state_dict())
     assert gp.PruningPlan.load(out / "plan.json").input_shapes == [[2, 3, 32, 32]]
 
 
 def test_reload_from_pruned_state_dict(pruned: tuple) -> None:
     _, slim, out = pruned
-    again = load_pruned(get_model("cifar_resnet20"), out / "plan.json", out / "model.pt")
+    again = load_pruned(get_model("cifar_resnet20"), out / "plan.json", out / "model.safetensors")
     with torch.no_grad():
         torch.testing.assert_close(again.eval()(X), slim.eval()(X))
 
@@ -68,3 +69,30 @@ def test_unwritable_output_raises_output_error(pruned: tuple, tmp_path: Path) ->
     (tmp_path / "file").write_text("x")
     with pytest.raises(gp.OutputError, match="file"):
         save_pruned(tmp_path / "file" / "sub", slim, gp.PruningPlan())
+
+
+def test_run_directory_reloads_alone_from_safetensors_or_legacy_pt(pruned: tuple, tmp_path: Path) -> None:
+    from graphprune.checkpoint import RunInfo, load_run
+
+    _, slim, out = pruned
+    run_dir = tmp_path / "run"
+    save_pruned(run_dir, slim, gp.PruningPlan.load(out / "plan.json"))
+    RunInfo("graphprune:cifar_resnet20", (2, 3, 32, 32), data="cifar10:", method="l1").save(run_dir)
+    loaded = load_run(run_dir)
+    assert loaded.info.method == "l1" and loaded.info.input_shape == (2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(X), slim.eval()(X))
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    for name in ("plan.json", "model.json"):
+        (legacy / name).write_bytes((run_dir / name).read_bytes())
+    torch.save(slim.state_dict(), legacy / "model.pt")  # what earlier versions wrote
+    with torch.no_grad():
+        torch.testing.assert_close(load_run(legacy).model(X), slim.eval()(X))
+
+
+def test_corrupt_safetensors_names_the_file(pruned: tuple, tmp_path: Path) -> None:
+    _, _, out = pruned
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage")
+    with pytest.raises(gp.WeightsError, match="bad.safetensors"):
+        load_pruned(get_model("cifar_resnet20"), out / "plan.json", tmp_path / "bad.safetensors")

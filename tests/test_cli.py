@@ -18,8 +18,8 @@ from graphprune.cli import inspect as inspect_module
 from graphprune.errors import PlanError
 
 MODEL = "graphprune:cifar_resnet20"
-OUTPUT_FILES = ("model.pt", "plan.json", "model.onnx", "report.json")
-COMMANDS = ("inspect", "prune", "apply", "export", "demo")
+OUTPUT_FILES = ("model.safetensors", "plan.json", "model.onnx", "report.json")
+COMMANDS = ("inspect", "prune", "finetune", "eval", "apply", "export", "demo")
 
 
 def run(*args: str) -> Result:
@@ -41,7 +41,9 @@ def assert_one_line_error(result: Result, *culprits: str) -> str:
 
 
 def load_state(path: Path) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    from graphprune.weights import load_state_dict_file
+
+    return load_state_dict_file(path)
 
 
 def assert_same_tensors(a: Any, b: Any) -> None:
@@ -206,7 +208,7 @@ def test_prune_outputs_reload_to_the_reported_model(pruned_dir: tuple[Path, Resu
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     rm = resolve_model(MODEL)
     slim = gp.checkpoint.load_pruned(
-        rm.model, str(out / "plan.json"), str(out / "model.pt"), rm.example_inputs
+        rm.model, str(out / "plan.json"), str(out / "model.safetensors"), rm.example_inputs
     )
     assert gp.count_flops(slim, rm.example_inputs) == report["pruned"]["flops"]
     assert gp.count_params(slim) == report["pruned"]["params"]
@@ -221,9 +223,9 @@ def test_apply_with_the_saved_plan_reproduces_the_state_dict(
     (again / "model.onnx").write_text("stale export from an earlier run", encoding="utf-8")
     result = run("apply", MODEL, "--plan", out / "plan.json", "--out", again, "--no-export")
     assert result.exit_code == 0, result.output
-    assert (again / "model.pt").is_file() and (again / "plan.json").is_file()
+    assert (again / "model.safetensors").is_file() and (again / "plan.json").is_file()
     assert (again / "report.json").is_file() and not (again / "model.onnx").exists()
-    assert_same_tensors(load_state(out / "model.pt"), load_state(again / "model.pt"))
+    assert_same_tensors(load_state(out / "model.safetensors"), load_state(again / "model.safetensors"))
     first = json.loads((out / "report.json").read_text(encoding="utf-8"))
     second = json.loads((again / "report.json").read_text(encoding="utf-8"))
     assert second["pruned"]["flops"] == first["pruned"]["flops"]
@@ -255,7 +257,7 @@ def test_demo_runs_without_model_arguments(tmp_path: Path) -> None:
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["model"] == demo_module.DEMO_MODEL
     assert report["pruned"]["flops"] <= 0.55 * report["original"]["flops"]
-    assert (out / "model.pt").is_file() and (out / "plan.json").is_file()
+    assert (out / "model.safetensors").is_file() and (out / "plan.json").is_file()
     assert "FLOPs (MMACs)" in result.stdout
     weights = demo_module._demo_weights()
     if weights is None:
@@ -293,20 +295,34 @@ def test_malformed_input_shape(tmp_path: Path) -> None:
 def test_corrupt_plan_file(tmp_path: Path) -> None:
     plan = tmp_path / "plan.json"
     plan.write_text('{"version": 1, "ops": [', encoding="utf-8")
-    assert_one_line_error(run("apply", MODEL, "--plan", plan, "--out", tmp_path / "o"), "error: ")
+    assert_one_line_error(
+        run("apply", MODEL, "--plan", plan, "--out", tmp_path / "o"), str(plan), "invalid JSON"
+    )
 
 
 def test_plan_that_is_not_a_plan(tmp_path: Path) -> None:
     plan = tmp_path / "plan.json"
     plan.write_text('["not", "a", "plan"]', encoding="utf-8")
-    assert_one_line_error(run("apply", MODEL, "--plan", plan, "--out", tmp_path / "o"))
+    assert_one_line_error(
+        run("apply", MODEL, "--plan", plan, "--out", tmp_path / "o"), str(plan), "JSON object"
+    )
+
+
+@pytest.mark.parametrize("meta", ['"a string"', "[1, 2]", "3"])
+def test_plan_whose_meta_is_not_an_object(tmp_path: Path, meta: str) -> None:
+    from graphprune.plan import FORMAT, VERSION
+
+    plan = tmp_path / "plan.json"
+    plan.write_text(f'{{"format": "{FORMAT}", "version": {VERSION}, "meta": {meta}}}', encoding="utf-8")
+    result = run("apply", MODEL, "--plan", plan, "--out", tmp_path / "o")
+    assert_one_line_error(result, str(plan), "'meta' must be a JSON object")
 
 
 def test_plan_for_another_architecture(pruned_dir: tuple[Path, Result], tmp_path: Path) -> None:
     out, _ = pruned_dir
     result = run("apply", "graphprune:cifar_resnet32", "--plan", out / "plan.json", "--out", tmp_path / "o",
                  "--no-export")  # fmt: skip
-    assert_one_line_error(result)
+    assert_one_line_error(result, "plan was made for architecture")
 
 
 def test_missing_plan_file(tmp_path: Path) -> None:
@@ -317,7 +333,21 @@ def test_missing_plan_file(tmp_path: Path) -> None:
 def test_corrupt_weights_file(tmp_path: Path) -> None:
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"PK\x03\x04 definitely not a checkpoint" * 8)
-    assert_one_line_error(run("inspect", MODEL, "--weights", weights))
+    assert_one_line_error(run("inspect", MODEL, "--weights", weights), f"cannot read weights file {weights}")
+
+
+class _RunsCode:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return os.system, ("echo graphprune-test-should-never-print",)
+
+
+def test_weights_file_that_would_run_code_names_the_blocked_global(tmp_path: Path) -> None:
+    weights = tmp_path / "evil.pt"
+    torch.save({"conv.weight": torch.zeros(1), "payload": _RunsCode()}, weights)
+    line = assert_one_line_error(run("inspect", MODEL, "--weights", weights), str(weights), ".system")
+    assert "weights_only" not in line
 
 
 def test_weights_for_another_architecture(tmp_path: Path) -> None:
@@ -325,7 +355,8 @@ def test_weights_for_another_architecture(tmp_path: Path) -> None:
 
     weights = tmp_path / "r56.pt"
     torch.save(resolve_model("graphprune:cifar_resnet56").model.state_dict(), weights)
-    assert_one_line_error(run("inspect", MODEL, "--weights", weights))
+    line = assert_one_line_error(run("inspect", MODEL, "--weights", weights), str(weights), "does not fit")
+    assert "unexpected layer" in line  # names the first keys resnet20 lacks
 
 
 def test_unwritable_out_dir_fails_before_any_work(tmp_path: Path) -> None:
@@ -411,3 +442,159 @@ def test_untraceable_module_is_named_and_leaf_module_option_fixes_it(tmp_path: P
     ok = run("inspect", spec, "--input-shape", "1,3,16,16", "--leaf-module", "gate", "--all-groups")
     assert ok.exit_code == 0, ok.output
     assert "no channel rule for Gate 'gate'" in ok.output
+
+
+# --- leaf modules, own outputs, atomic output sets, export messages --------------------------
+
+EXPORTABLE_LEAF = """
+from torch import nn
+
+
+class Gate(nn.Module):
+    def forward(self, x):  # torch.fx cannot branch on x.dim(); torch.export can
+        return x.relu() if x.dim() == 4 else x
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv, self.gate = nn.Conv2d(3, 16, 3), nn.Conv2d(16, 16, 3), Gate()
+        self.head = nn.Conv2d(16, 8, 3)
+
+    def forward(self, x):
+        return self.head(self.gate(self.conv(self.stem(x).relu()))).mean((2, 3))
+
+
+def build():
+    return Net()
+"""
+
+EVEN_BATCHES_ONLY = """
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv = nn.Conv2d(3, 16, 3), nn.Conv2d(16, 8, 3)
+
+    def forward(self, x):
+        return self.conv(self.stem(x).relu()).mean((2, 3)).reshape(-1, 2, 8).sum(1)
+
+
+def build():
+    return Net()
+"""
+
+
+def test_leaf_module_survives_flops_counting_and_export(tmp_path: Path) -> None:
+    (tmp_path / "net.py").write_text(EXPORTABLE_LEAF, encoding="utf-8")
+    spec, out = f"{tmp_path / 'net.py'}:build", tmp_path / "out"
+    leaf = ("--input-shape", "1,3,16,16", "--leaf-module", "gate")
+    result = run("prune", spec, *leaf, "--criterion", "l1", "--target-flops", "0.7", "--round-to", "1",
+                 "--out", out, "--no-export")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["pruned"]["flops"] < report["original"]["flops"]
+
+    exported = tmp_path / "onnx"
+    result = run("export", spec, *leaf, "--plan", out / "plan.json", "--weights", out / "model.safetensors",
+                 "--out", f"{exported}/")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (exported / "model.onnx").is_file()
+    assert f"{report['pruned']['flops']:,}" in result.stdout
+
+
+def test_apply_takes_the_pruned_weights_prune_wrote(pruned_dir: tuple[Path, Result], tmp_path: Path) -> None:
+    out, _ = pruned_dir
+    again = tmp_path / "again"
+    result = run("apply", MODEL, "--weights", out / "model.safetensors", "--plan", out / "plan.json",
+                 "--out", again, "--no-export")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert_same_tensors(load_state(out / "model.safetensors"), load_state(again / "model.safetensors"))
+
+
+def test_export_takes_prunes_output_into_an_existing_directory(
+    pruned_dir: tuple[Path, Result], tmp_path: Path
+) -> None:
+    import graphprune as gp
+    from graphprune.export import run_onnx
+    from graphprune.modelspec import resolve_model
+
+    out, _ = pruned_dir
+    result = run(
+        "export", MODEL, "--weights", out / "model.safetensors", "--plan", out / "plan.json",
+        "--out", tmp_path,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rm = resolve_model(MODEL)
+    weights = out / "model.safetensors"
+    slim = gp.checkpoint.load_pruned(rm.model, out / "plan.json", weights, rm.example_inputs)
+    x = torch.randn(2, 3, 32, 32)
+    (got,) = run_onnx(tmp_path / "model.onnx", (x.numpy(),))
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(got), slim(x), atol=1e-4, rtol=1e-3)
+
+
+def test_weights_that_fit_neither_model_are_named(pruned_dir: tuple[Path, Result], tmp_path: Path) -> None:
+    from graphprune.modelspec import resolve_model
+
+    out, _ = pruned_dir
+    weights = tmp_path / "r32.pt"
+    torch.save(resolve_model("graphprune:cifar_resnet32").model.state_dict(), weights)
+    result = run("apply", MODEL, "--weights", weights, "--plan", out / "plan.json", "--out", tmp_path / "o")
+    line = assert_one_line_error(result, f"weights file {weights} fits neither {MODEL} (unexpected layer")
+    assert "pruned by the plan (" in line
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("existing", [True, False])
+def test_a_failed_run_leaves_the_previous_output_set(
+    pruned_dir: tuple[Path, Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existing: bool
+) -> None:
+    from graphprune.cli import pipeline
+
+    out, _ = pruned_dir
+    target = tmp_path / "out"
+    if existing:
+        target.mkdir()
+        for name in OUTPUT_FILES:
+            (target / name).write_bytes((out / name).read_bytes())
+    before = {p.name: p.read_bytes() for p in target.iterdir()} if existing else {}
+
+    def late_failure(*_: object) -> None:  # after model.safetensors and plan.json are written
+        raise PlanError("late failure")
+
+    monkeypatch.setattr(pipeline, "_report", late_failure)
+    result = run("apply", MODEL, "--plan", out / "plan.json", "--out", target, "--no-export")
+    assert_one_line_error(result, "late failure")
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["out"] if existing else [])
+    if existing:
+        assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+
+
+def test_export_errors_name_the_user_files_and_options(tmp_path: Path) -> None:
+    (tmp_path / "net.py").write_text(EVEN_BATCHES_ONLY, encoding="utf-8")
+    spec = f"{tmp_path / 'net.py'}:build"
+    result = run("prune", spec, "--input-shape", "2,3,16,16", "--criterion", "l1", "--target-flops", "0.7",
+                 "--round-to", "1", "--out", tmp_path / "out")  # fmt: skip
+    line = assert_one_line_error(result, f"the ONNX export of the original {spec}", "--static-batch")
+    assert "original.onnx" not in line and "graphprune-" not in line
+    assert not (tmp_path / "out").exists()
+
+    result = run("export", spec, "--input-shape", "2,3,16,16", "--static-batch", "--out", tmp_path / "m.onnx")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "m.onnx").is_file()
+
+
+def test_a_failing_onnxsim_pass_is_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxsim
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("onnxsim exploded")
+
+    monkeypatch.setattr(onnxsim, "simplify", broken)
+    result = run("export", MODEL, "--out", tmp_path / "m.onnx")
+    assert result.exit_code == 0, result.output
+    stderr = " ".join(result.stderr.split())  # rich wraps long lines
+    assert "m.onnx is not simplified" in stderr and "onnxsim failed: RuntimeError: onnxsim exploded" in stderr

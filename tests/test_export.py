@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -222,10 +223,78 @@ def test_ort_latency_reports_percentiles(tmp_path: Path) -> None:
     assert 0 < stats["p10_ms"] <= stats["median_ms"] <= stats["p90_ms"]
 
 
-def test_paired_latency_reports_both_medians_and_their_ratio(tmp_path: Path) -> None:
+def test_paired_latency_interleaves_rounds_and_takes_medians(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scripted clock (no wall-clock time is asserted): each round times baseline then candidate."""
+    from graphprune import latency
+
     small, big = tmp_path / "small.onnx", tmp_path / "big.onnx"
     export_onnx(nn.Conv2d(3, 4, 3), torch.randn(1, 3, 16, 16), small, simplify=False)
     export_onnx(nn.Conv2d(3, 64, 3), torch.randn(1, 3, 16, 16), big, simplify=False)
-    stats = paired_latency(big, small, (1, 3, 16, 16), rounds=2, runs=3)
-    assert stats["baseline_ms"] > 0 and stats["candidate_ms"] > 0
-    assert stats["ratio"] == stats["candidate_ms"] / stats["baseline_ms"]
+    # per-round medians: baseline 4, 8, 6 -> 6; candidate 1, 3, 2 -> 2; ratio 1/3
+    scripted = {
+        big: [[4.0, 4.0, 9.0], [8.0, 7.0, 8.0], [6.0, 6.0, 1.0]],
+        small: [[1.0, 0.5, 1.0], [3.0] * 3, [2.0] * 3],
+    }
+    calls: list[tuple[Path, int, int]] = []
+    real_prepared = latency._prepared
+
+    def prepared(path: Path, shape: object, threads: int) -> tuple[object, dict[str, np.ndarray]]:
+        _, feed = real_prepared(path, shape, threads)  # type: ignore[arg-type]
+        return Path(path), feed  # the "session" is the file, so the fake clock knows which model runs
+
+    def time_runs(session: Path, feed: dict[str, np.ndarray], warmup: int, runs: int) -> list[float]:
+        calls.append((session, warmup, runs))
+        return scripted[session].pop(0)
+
+    monkeypatch.setattr(latency, "_prepared", prepared)
+    monkeypatch.setattr(latency, "_time_runs", time_runs)
+    stats = paired_latency(big, small, (1, 3, 16, 16), rounds=3, runs=3)
+    assert [c[0] for c in calls] == [big, small] * 3
+    assert [c[1] for c in calls] == [5, 5, 1, 1, 1, 1]
+    assert stats["baseline_ms"] == 6.0 and stats["candidate_ms"] == 2.0
+    assert stats["ratio"] == pytest.approx(1 / 3)
+
+
+def test_model_over_the_protobuf_limit_uses_external_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 2 GB limit is lowered to 0 bytes so a small model takes the external-data path."""
+    out = tmp_path / "model.onnx"
+    monkeypatch.setattr(export_mod, "EXTERNAL_DATA_BYTES", 0)
+    model = _make(SmallNet)
+    report = export_onnx(model, torch.randn(1, 3, 8, 8), out)
+    data = tmp_path / "model.onnx.data"
+    assert report.external_data == data.name and data.is_file()
+    assert report.simplify_error is not None and "2 GB" in report.simplify_error
+    proto = onnx.load(str(out), load_external_data=False)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+    x = torch.randn(3, 3, 8, 8)
+    (got,) = run_onnx(out, (x.numpy(),))
+    with torch.no_grad():
+        want = copy.deepcopy(model).eval()(x).numpy()
+    assert np.allclose(got, want, atol=1e-4, rtol=1e-3)
+
+    monkeypatch.undo()  # a small export to the same path leaves no stale data file behind
+    report = export_onnx(model, torch.randn(1, 3, 8, 8), out)
+    assert report.external_data is None and not data.exists() and _leftovers(tmp_path) == []
+
+
+def test_onnxsim_failure_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxsim
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("onnxsim exploded")
+
+    monkeypatch.setattr(onnxsim, "simplify", broken)
+    report = export_onnx(nn.Linear(4, 3), torch.randn(1, 4), tmp_path / "m.onnx")
+    assert not report.simplified
+    assert report.simplify_error == "onnxsim failed: RuntimeError: onnxsim exploded"
+
+
+def test_errors_name_the_label_not_the_file(tmp_path: Path) -> None:
+    out = tmp_path / "staging" / "model.onnx"
+    with pytest.raises(VerificationError) as info:
+        export_onnx(ExportOnlyBias(), torch.randn(2, 4), out, label="out/model.onnx")
+    assert str(info.value).startswith("out/model.onnx: ") and str(tmp_path) not in str(info.value)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from support.lossless import check_lossless
+from zoo_harness import check_model
 
-from graphprune.coverage import check_model
 from graphprune.models import get_model, list_models
 from graphprune.torchvision_compat import import_torchvision
 

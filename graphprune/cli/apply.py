@@ -6,16 +6,16 @@ from pathlib import Path
 
 import click
 
-from graphprune.cli.options import MODEL_HELP, model_options, out_dir_option
+from graphprune.cli.options import MODEL_HELP, model_options, out_dir_option, static_batch_option
 from graphprune.cli.pipeline import (
     load_plan,
     opt_str,
     print_before_after,
-    resolve,
+    resolve_for_plan,
     run_pipeline,
     trace,
-    writable_dir,
 )
+from graphprune.fileio import check_writable_dir
 
 
 @click.command(
@@ -25,8 +25,10 @@ Examples:
   graphprune apply graphprune:cifar_resnet56 --plan out/r56/plan.json --out out/r56-again
   graphprune apply torchvision:resnet50 --weights r50.pt --plan plan.json --out out/r50 --no-export
 """,
-    help="Apply a saved pruning plan to MODEL; write model.pt, plan.json, model.onnx and "
-    "report.json into DIR.\n" + MODEL_HELP,
+    help="Apply a saved pruning plan to MODEL; write model.safetensors, plan.json, model.onnx and "
+    "report.json into DIR.\n\n"
+    "--weights may hold MODEL's weights or the pruned model's (the model.safetensors that `prune` writes).\n"
+    + MODEL_HELP,
 )
 @model_options
 @click.option(
@@ -39,6 +41,7 @@ Examples:
 )
 @out_dir_option(None)
 @click.option("--no-export", is_flag=True, help="Skip the ONNX export.")
+@static_batch_option
 def apply(
     model: str,
     weights: Path | None,
@@ -46,15 +49,25 @@ def apply(
     plan_path: Path,
     out_dir: Path,
     no_export: bool,
+    static_batch: bool,
 ) -> None:
     from graphprune.modelspec import parse_input_shape
 
     if input_shape is not None:
         parse_input_shape(input_shape)
-    writable_dir(out_dir)
+    check_writable_dir(out_dir)
     plan = load_plan(plan_path)
-    rm = resolve(model, weights, input_shape, plan)
+    rm, pruned_weights = resolve_for_plan(model, weights, input_shape, plan)
     pg = trace(rm)
     source = {"plan_file": str(plan_path), "weights": opt_str(weights)}
-    report = run_pipeline(rm, pg, plan, out_dir, export=not no_export, plan_source=source)
+    report = run_pipeline(
+        rm,
+        pg,
+        plan,
+        out_dir,
+        export=not no_export,
+        plan_source=source,
+        static_batch=static_batch,
+        pruned_weights=pruned_weights,
+    )
     print_before_after(report, out_dir)

@@ -52,9 +52,18 @@ def out_dir_option(default: str | None) -> Callable[[F], F]:
         required=default is None,
         default=default,
         metavar="DIR",
-        help="Output directory for model.pt, plan.json, model.onnx, report.json"
+        help="Output directory for model.safetensors, plan.json, model.onnx, report.json"
         + (f" (default: {default})." if default else "."),
     )
+
+
+def static_batch_option(fn: F) -> F:
+    """--static-batch: export the ONNX file with the example's fixed batch size."""
+    return click.option(
+        "--static-batch",
+        is_flag=True,
+        help="Export ONNX with the example's fixed batch size (for models that specialise on it).",
+    )(fn)
 
 
 def leaf_modules() -> tuple[str, ...]:

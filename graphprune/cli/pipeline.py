@@ -4,9 +4,9 @@ apply, save, export, time and report."""
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,31 +24,25 @@ from graphprune.cli.console import (
 )
 from graphprune.cli.group import version
 from graphprune.cli.options import leaf_modules
-from graphprune.errors import OutputError, PlanError
+from graphprune.errors import PlanError, WeightsError
 
 if TYPE_CHECKING:
+    from torch import Tensor, nn
+
     from graphprune.modelspec import ResolvedModel
 
-
-def writable_dir(path: Path) -> Path:
-    """Create `path` if needed and prove a file can be written in it (before any expensive work)."""
-    if path.exists() and not path.is_dir():
-        raise OutputError(f"output directory {path} exists and is not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".graphprune-write-check-", dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise OutputError(f"output directory {path} is not writable: {exc.strerror or exc}") from None
-    return path
+ONNX_FILE = "model.onnx"
+REPORT_FILE = "report.json"
 
 
-def writable_file(path: Path) -> Path:
-    if path.is_dir():
-        raise OutputError(f"output file {path} is a directory")
-    writable_dir(path.parent if str(path.parent) else Path("."))
-    return path
+def output_files() -> tuple[str, ...]:
+    """The output set of `prune`/`apply`/`demo` in publishing order (the report, written last, marks it done).
+
+    A name of the set that a run does not write (model.onnx with --no-export) is removed from DIR.
+    """
+    from graphprune.checkpoint import MODEL_FILE, PLAN_FILE
+
+    return (MODEL_FILE, PLAN_FILE, ONNX_FILE, ONNX_FILE + ".data", REPORT_FILE)
 
 
 def load_plan(path: Path) -> Any:
@@ -60,7 +54,8 @@ def load_plan(path: Path) -> Any:
 
 
 def resolve(model: str, weights: Path | None, input_shape: str | None, plan: Any = None) -> ResolvedModel:
-    """Build MODEL; without --input-shape, a plan's single recorded input shape is the default."""
+    """Build MODEL and load --weights into it; without --input-shape, a plan's single recorded input shape
+    is the default."""
     from graphprune.modelspec import parse_input_shape, resolve_model
 
     shape = parse_input_shape(input_shape) if input_shape is not None else None
@@ -69,6 +64,52 @@ def resolve(model: str, weights: Path | None, input_shape: str | None, plan: Any
         shape = parse_input_shape(recorded[0])
     with step(f"Building {model}"):
         return resolve_model(model, weights=str(weights) if weights is not None else None, input_shape=shape)
+
+
+@dataclass(frozen=True)
+class PrunedWeights:
+    """A --weights file that does not fit MODEL: to be loaded into MODEL pruned by the plan."""
+
+    path: Path
+    state: dict[str, Tensor]
+    unfit_original: str
+    """Why it does not fit MODEL itself (shown if it does not fit the pruned model either)."""
+
+
+def resolve_for_plan(
+    model: str, weights: Path | None, input_shape: str | None, plan: Any
+) -> tuple[ResolvedModel, PrunedWeights | None]:
+    """Build MODEL for `plan`. --weights may hold MODEL's weights (loaded now) or the pruned model's, as
+    `prune` writes them: those are returned, for `load_pruned_weights` once the plan is applied."""
+    from graphprune.weights import load_state_dict_file, load_weights
+
+    if weights is None:
+        return resolve(model, None, input_shape, plan), None
+    state = load_state_dict_file(weights)
+    rm = resolve(model, None, input_shape, plan)
+    try:
+        load_weights(rm.model, state)
+    except WeightsError as exc:
+        return rm, PrunedWeights(weights, state, _detail(exc))
+    return rm, None
+
+
+def load_pruned_weights(slim: nn.Module, pruned: PrunedWeights, rm: ResolvedModel) -> None:
+    """Load `pruned` into `slim` (MODEL after the plan); a one-line error if it fits neither model."""
+    from graphprune.weights import load_weights
+
+    try:
+        load_weights(slim, pruned.state)
+    except WeightsError as exc:
+        raise WeightsError(
+            f"weights file {pruned.path} fits neither {rm.name} ({pruned.unfit_original}) nor {rm.name} "
+            f"pruned by the plan ({_detail(exc)})"
+        ) from None
+
+
+def _detail(exc: WeightsError) -> str:
+    """What does not fit, without the "weights file X does not fit Net: " lead."""
+    return str(exc).split(": ", 1)[-1]
 
 
 def trace(rm: ResolvedModel) -> Any:
@@ -89,6 +130,25 @@ def export_dict(report: Any) -> dict[str, Any]:
     return data
 
 
+def export_onnx_file(
+    module: nn.Module, rm: ResolvedModel, path: Path, *, label: str, static_batch: bool
+) -> dict[str, Any]:
+    """export_onnx with the command's leaf modules; a skipped or failed onnxsim pass is shown as a note."""
+    from graphprune.export import export_onnx
+
+    report = export_onnx(
+        module,
+        rm.example_inputs,
+        path,
+        dynamic_batch=not static_batch,
+        label=label,
+        leaf_modules=leaf_modules(),
+    )
+    if report.simplify_error is not None:
+        note(f"{label} is not simplified (onnxsim result not used): {report.simplify_error}")
+    return export_dict(report)
+
+
 def run_pipeline(
     rm: ResolvedModel,
     pg: Any,
@@ -97,39 +157,75 @@ def run_pipeline(
     *,
     export: bool,
     plan_source: dict[str, Any],
+    static_batch: bool = False,
+    pruned_weights: PrunedWeights | None = None,
 ) -> dict[str, Any]:
-    """Apply `plan`, write model.pt, plan.json, model.onnx, report.json into `out_dir`; return the report."""
+    """Apply `plan`; write the output set (`output_files`) into `out_dir`; return the report.
+
+    The files are written into a staging directory and moved into `out_dir` together at the end: a
+    failure leaves an earlier output set there as it was. `pruned_weights` are loaded into the pruned
+    model once the plan is applied.
+    """
     import graphprune as gp
-    from graphprune.fileio import write_text
+    from graphprune.checkpoint import MODEL_FILE
+    from graphprune.fileio import staged_output, write_text
 
     with step("Applying the plan"):
         slim = gp.apply(pg, plan)
-    with step(f"Saving {out_dir / 'model.pt'} and plan.json"):
-        gp.checkpoint.save_pruned(out_dir, slim, plan, pg)
+    if pruned_weights is not None:
+        load_pruned_weights(slim, pruned_weights, rm)
     with step("Counting pruned FLOPs and parameters"):
-        pruned_flops = int(gp.count_flops(slim, rm.example_inputs))
+        pruned_flops = int(gp.count_flops(slim, rm.example_inputs, leaf_modules=leaf_modules()))
         pruned_params = int(gp.count_params(slim))
 
-    original_export: dict[str, Any] | None = None
-    pruned_export: dict[str, Any] | None = None
-    timing: dict[str, Any] | None = None
-    if export:
-        from graphprune.export import export_onnx
+    with staged_output(out_dir, output_files()) as stage:
+        with step(f"Saving {out_dir / MODEL_FILE} and plan.json"):
+            gp.checkpoint.save_pruned(stage, slim, plan, pg)
+        original_export: dict[str, Any] | None = None
+        pruned_export: dict[str, Any] | None = None
+        timing: dict[str, Any] | None = None
+        if export:
+            with tempfile.TemporaryDirectory(prefix="graphprune-") as tmp:
+                original_onnx = Path(tmp) / "original.onnx"
+                with step("Exporting the original model to ONNX (for comparison)"):
+                    original_export = export_onnx_file(
+                        rm.model,
+                        rm,
+                        original_onnx,
+                        label=f"the ONNX export of the original {rm.name}",
+                        static_batch=static_batch,
+                    )
+                    original_export["path"] = None
+                with step(f"Exporting the pruned model to {out_dir / ONNX_FILE}"):
+                    pruned_export = export_onnx_file(
+                        slim, rm, stage / ONNX_FILE, label=str(out_dir / ONNX_FILE), static_batch=static_batch
+                    )
+                    pruned_export["path"] = str(out_dir / ONNX_FILE)
+                from graphprune.latency import paired_latency
 
-        with tempfile.TemporaryDirectory(prefix="graphprune-") as tmp:
-            original_onnx = Path(tmp) / "original.onnx"
-            with step("Exporting the original model to ONNX (for comparison)"):
-                original_export = export_dict(export_onnx(rm.model, rm.example_inputs, str(original_onnx)))
-                original_export["path"] = None
-            with step(f"Exporting the pruned model to {out_dir / 'model.onnx'}"):
-                pruned_export = export_dict(export_onnx(slim, rm.example_inputs, str(out_dir / "model.onnx")))
-            from graphprune.latency import paired_latency
+                with step("Timing both ONNX files with onnxruntime (1 thread, interleaved rounds)"):
+                    timing = paired_latency(original_onnx, stage / ONNX_FILE, rm.input_shape)
+        elif (out_dir / ONNX_FILE).is_file():
+            note(f"removing {out_dir / ONNX_FILE} from an earlier run: it would not match {MODEL_FILE}")
+        report = _report(
+            rm, pg, plan_source, pruned_flops, pruned_params, original_export, pruned_export, timing
+        )
+        write_text(stage / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+    return report
 
-            with step("Timing both ONNX files with onnxruntime (1 thread, interleaved rounds)"):
-                timing = paired_latency(original_onnx, out_dir / "model.onnx", rm.input_shape)
-    elif (out_dir / "model.onnx").is_file():
-        (out_dir / "model.onnx").unlink()
-        note(f"removed {out_dir / 'model.onnx'} from an earlier run: it would not match model.pt")
+
+def _report(
+    rm: ResolvedModel,
+    pg: Any,
+    plan_source: dict[str, Any],
+    pruned_flops: int,
+    pruned_params: int,
+    original_export: dict[str, Any] | None,
+    pruned_export: dict[str, Any] | None,
+    timing: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The report.json of one run."""
+    from graphprune.checkpoint import MODEL_FILE
 
     original_nodes = original_export.get("nodes") if original_export else None
     pruned_nodes = pruned_export.get("nodes") if pruned_export else None
@@ -148,16 +244,16 @@ def run_pipeline(
             else None,
         },
         "files": {
-            "state_dict": "model.pt",
+            "state_dict": MODEL_FILE,
             "plan": "plan.json",
-            "onnx": "model.onnx" if export else None,
-            "report": "report.json",
+            "onnx": ONNX_FILE if pruned_export else None,
+            "onnx_data": pruned_export.get("external_data") if pruned_export else None,
+            "report": REPORT_FILE,
         },
         "export": pruned_export,
         "original_export": original_export,
         "onnxruntime_latency": timing,
     }
-    write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
     return report
 
 

@@ -15,6 +15,7 @@ from torch.fx.passes.infra.pass_base import PassResult
 
 from graphprune.passes.base import GraphPass
 from graphprune.passes.param_surgery import replace_tensor
+from graphprune.trace import META_KEY
 
 _MULS = (operator.mul, operator.imul, torch.mul)
 
@@ -66,7 +67,7 @@ class FoldScale(GraphPass):
 
 
 def _fold(gm: fx.GraphModule, m: nn.Module, prod: fx.Node, other: object) -> bool:
-    shape = prod.meta.get("gp_value")
+    shape = prod.meta.get(META_KEY)
     ndim = len(shape.shape) if shape is not None and hasattr(shape, "shape") else None
     if isinstance(m, nn.modules.conv._ConvNd) and not m.transposed:
         s = _scale_vector(gm, other, m.out_channels, 1, ndim or (m.weight.dim()))

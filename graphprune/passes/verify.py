@@ -67,7 +67,7 @@ def mismatch(out: object, ref: object, rtol: float) -> str | None:
             if not torch.equal(x, y):
                 return f"{where}: values differ"
             continue
-        diff = (x.double() - y.double()).abs()
+        diff = (x.detach().double() - y.detach().double()).abs()
         scale = part_scale(y)
         scale = torch.maximum(scale, PART_FLOOR * scale.max()).clamp_min(1e-30)
         err = diff / scale
@@ -94,13 +94,15 @@ def max_rel_error(out: object, ref: object) -> float:
     return err
 
 
-def fresh_inputs(inputs: Sequence[torch.Tensor], batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Random inputs like `inputs` with `batch` rows on dim 0: floats drawn with each input's mean and std,
-    other dtypes (token ids, masks) drawn from the values the input holds."""
+def fresh_inputs(
+    inputs: Sequence[torch.Tensor], batch: int | None = None, seed: int = 0
+) -> tuple[torch.Tensor, ...]:
+    """Random inputs like `inputs` (with `batch` rows on dim 0, unless None): floats drawn with each input's
+    mean and std, other dtypes (token ids, masks) drawn from the values the input holds."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for t in inputs:
-        shape = (batch, *t.shape[1:]) if t.ndim else ()
+        shape = (batch, *t.shape[1:]) if t.ndim and batch is not None else tuple(t.shape)
         flat = t.detach().reshape(-1)
         if t.is_floating_point() and flat.numel() > 1 and float(flat.double().std()) > 0:
             mean, std = flat.double().mean(), flat.double().std()
@@ -183,15 +185,14 @@ class Verify(PassBase):
         """Float64 on [example; fresh] in one batch; if the model only takes the example batch size, on
         fresh inputs and the example separately; if it cannot run in float64, the same in its own dtype
         (where rounding allows only a looser per-part tolerance, beside the usual whole-tensor one)."""
-        batch = self.inputs[0].shape[0] if self.inputs[0].ndim else 0
         candidates = []
-        if batch and self.fresh:
+        if self.fresh and any(t.ndim for t in self.inputs):
             extra = fresh_inputs(self.inputs, self.fresh)
             joined = tuple(
                 torch.cat([t, e]) if t.ndim else t for t, e in zip(self.inputs, extra, strict=True)
             )
             candidates.append((joined, f"the example inputs with {self.fresh} fresh ones"))
-        candidates.append((fresh_inputs(self.inputs, batch), "fresh inputs of the example batch size"))
+        candidates.append((fresh_inputs(self.inputs), "fresh inputs of the example batch size"))
         candidates.append((self.inputs, "the example inputs"))
         for wide in (True, False):
             ctx = float64 if wide else _same_dtype

@@ -255,8 +255,13 @@ class Swish(nn.Module):
         return x * torch.sigmoid(x)
 
 
-def test_registered_channelwise_leaf_module_keeps_channels_prunable() -> None:
+def test_registered_channelwise_leaf_module_keeps_channels_prunable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from graphprune.analysis.rules import registry
+
+    # The registry is process-wide: register into a list of this test's own, restored afterwards.
+    monkeypatch.setattr(registry, "_EXTRA_IDENTITY_MODULES", [])
     model = ToyNet(8, [cbr(8, 8), Swish(), cbr(8, 8)], 8)
     assert not gp.trace(model, X, leaf_modules=[Swish]).group_of("blocks.0.0").prunable
     gp.register_channelwise_module(Swish)
+    assert registry._EXTRA_IDENTITY_MODULES == [Swish]
     assert gp.trace(model, X, leaf_modules=[Swish]).group_of("blocks.0.0").prunable

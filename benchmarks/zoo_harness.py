@@ -1,6 +1,6 @@
-"""Coverage: the whole pipeline (trace, 30% channel plan, apply, lossless check, ONNX export) on a model.
+"""Zoo harness: the whole pipeline (trace, 30% channel plan, apply, lossless check, ONNX export) on a model.
 
-Used by the zoo test and by `benchmarks/zoo_coverage.py`, which writes docs/coverage.md.
+Used by the zoo test (`tests/test_zoo.py`) and by `benchmarks/zoo_coverage.py`, which writes docs/coverage.md.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from graphprune.costs import count_flops, count_params
-from graphprune.errors import GraphpruneError
+from graphprune.errors import GraphpruneError, first_line
 from graphprune.graph import PrunableGraph, trace
 from graphprune.plan import PruningPlan
 from graphprune.rewrite import apply
@@ -88,5 +88,5 @@ def check_model(
     except GraphpruneError as exc:
         error = str(exc)
     except Exception as exc:  # noqa: BLE001 - a coverage table lists every failure, whatever its kind
-        error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        error = first_line(exc, with_type=True)
     return CoverageResult(name, stage, error, seconds=time.perf_counter() - start, **partial)  # type: ignore[arg-type]

@@ -1,0 +1,87 @@
+"""Options shared by the commands that train (`finetune`, `prune --data`): data, optimiser, budget, resume."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from graphprune.cli.console import stdout, table
+from graphprune.train.config import TrainConfig
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DATA_HELP = (
+    "Dataset: cifar10:PATH (the JPEG zip, its extracted tree or the python batches; empty PATH = the "
+    "shared zip), fashion-mnist:PATH (IDX files), imagefolder:PATH (train/ plus val/ or test/)."
+)
+
+
+def data_options(fn: F) -> F:
+    fn = click.option("--image-size", type=click.IntRange(min=1), help="Resize imagefolder images to this.")(
+        fn
+    )
+    return click.option("--data", "data_spec", metavar="SPEC", help=DATA_HELP)(fn)
+
+
+def train_options(fn: F) -> F:
+    """--lr, --batch-size, --max-steps, --resume, ... (the epochs option is the command's own)."""
+    options = [
+        click.option(
+            "--lr", type=float, default=0.02, show_default=True, help="Peak learning rate (SGD, nesterov)."
+        ),
+        click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
+        click.option(
+            "--weight-decay", type=float, default=1e-4, show_default=True, help="Not on BN and biases."
+        ),
+        click.option(
+            "--schedule", type=click.Choice(["onecycle", "cosine"]), default="onecycle", show_default=True
+        ),
+        click.option("--warmup-epochs", type=float, default=0.0, show_default=True),
+        click.option("--label-smoothing", type=float, default=0.0, show_default=True),
+        click.option("--kd-temperature", type=float, default=4.0, show_default=True),
+        click.option("--kd-alpha", type=float, default=0.9, show_default=True, help="Weight of the KD term."),
+        click.option(
+            "--max-steps", type=click.IntRange(min=1), help="Stop after this many steps (smoke runs)."
+        ),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--channels-last", is_flag=True, help="channels_last memory format."),
+        click.option("--bf16", is_flag=True, help="bf16 autocast (on a GPU)."),
+        click.option("--resume", is_flag=True, help="Continue the run in --out where it stopped."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def train_config(epochs: int, kw: dict[str, Any]) -> TrainConfig:
+    """A TrainConfig from the options of `train_options` (popped from `kw`)."""
+    names = (
+        "lr", "batch_size", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "kd_temperature",
+        "kd_alpha", "max_steps", "seed", "channels_last", "bf16",
+    )  # fmt: skip
+    return TrainConfig(epochs=epochs, **{n: kw.pop(n) for n in names})
+
+
+def print_run_summary(report: dict[str, Any], out_dir: Any) -> None:
+    """Original vs pruned: accuracy, FLOPs, params, latency, as report.md has them."""
+    orig, pruned = report["original"], report["pruned"]
+    summary = table(f"{report['model']}: original vs pruned")
+    for col, justify in (("metric", "left"), ("original", "right"), ("pruned", "right")):
+        summary.add_column(col, justify=justify)  # type: ignore[arg-type]
+    rows = [
+        ("test top-1 (%)", "top1", "{:.2f}"),
+        ("FLOPs (MMACs)", "flops", "{:,.2f}"),
+        ("params", "params", "{:,}"),
+    ]
+    rows += [
+        ("latency b1 p50 (ms)", "latency_b1_p50_ms", "{:.3f}"),
+        ("latency b32 p50 (ms)", "latency_b32_p50_ms", "{:.3f}"),
+    ]
+    for label, key, fmt in rows:
+        cells = [row.get(key) for row in (orig, pruned)]
+        shown = ["-" if v is None else fmt.format(v / 1e6 if key == "flops" else v) for v in cells]
+        summary.add_row(label, *shown)
+    stdout().print(summary)
+    stdout().print(f"wrote {out_dir}/report.md")

@@ -1,0 +1,304 @@
+"""The latency side of the Efficiency Module: onnxruntime latency of a sub-network, predicted from its
+kept channels and blocks, by a model fitted to sub-networks whose latency was measured on this machine.
+
+Predictor: latency ~ c0 + sum over K stages (contiguous runs of conv / linear layers in graph order) of
+a_k * kept MACs + b_k * kept output activations + d_k * alive layers, with non-negative coefficients
+(non-negative least squares). MACs, activations and layer counts are exact torch functions of the keep
+values (`DifferentiableFlops.layer_terms`), so the prediction is differentiable in the gates and blocks.
+Measurements are cached on disk (JSON lines), keyed by architecture, input shape, threads and the
+onnxruntime version; collecting again only measures what the cache lacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import math
+import os
+import random
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from graphprune.efficiency.diff_flops import DifferentiableFlops
+from graphprune.errors import GraphpruneError
+from graphprune.fileio import write_text
+from graphprune.graph import PrunableGraph
+from graphprune.plan import PruningPlan
+from graphprune.trace import META_KEY, TensorSpec
+
+
+class LatencyModelError(GraphpruneError):
+    """A latency model cannot be built, fitted, read or used for this model."""
+
+
+@dataclass(frozen=True)
+class LatencySample:
+    """one measured sub-network: kept channel count per group, removed blocks, milliseconds (p10)."""
+
+    kept: dict[str, int]
+    blocks: list[str]
+    ms: float
+
+
+def cache_key(pg: PrunableGraph, threads: int) -> str:
+    """What a measurement depends on: architecture, input shapes, threads, onnxruntime version."""
+    import onnxruntime
+
+    text = json.dumps([pg.arch_hash, pg.input_shapes, threads, onnxruntime.__version__])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def kept_plan(pg: PrunableGraph, kept: Mapping[str, int], blocks: Sequence[str] = ()) -> PruningPlan:
+    """A plan keeping the first `kept[gid]` indices of each group (latency depends on counts only)."""
+    plan = PruningPlan.for_graph(pg)
+    for gid, k in kept.items():
+        size = pg.group(gid).size
+        if k < size:
+            plan.remove_channels(gid, range(k, size))
+    for b in blocks:
+        plan.remove_block(b)
+    return plan
+
+
+def plan_counts(pg: PrunableGraph, plan: PruningPlan) -> dict[str, int]:
+    return {g.id: g.size - len(plan.channels.get(g.id, ())) for g in pg.prunable_groups}
+
+
+def random_sample_plan(
+    pg: PrunableGraph, rng: random.Random, min_keep: float = 0.25, block_prob: float = 0.15
+) -> tuple[dict[str, int], list[str]]:
+    """Random kept counts (a global keep level, jittered per group) and random removed blocks."""
+    level = rng.uniform(min_keep, 1.0)
+    kept = {}
+    for g in pg.prunable_groups:
+        share = min(1.0, max(min_keep, level * rng.uniform(0.7, 1.3)))
+        kept[g.id] = max(1, min(g.size, round(share * g.size)))
+    blocks = [b.name for b in pg.blocks if rng.random() < block_prob * rng.uniform(0, 2)]
+    return kept, blocks
+
+
+def measure_plan(pg: PrunableGraph, plan: PruningPlan, *, threads: int = 1, runs: int = 30) -> float:
+    """onnxruntime latency (ms, 10th percentile of `runs`) of the model `plan` leaves, exported with the
+    fast TorchScript exporter where it can (no verification: `gp.apply` itself is tested lossless)."""
+    from graphprune.latency import ort_latency
+    from graphprune.rewrite import apply
+
+    slim = apply(pg, plan, verify=False).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sub.onnx"
+        try:
+            quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
+            with warnings.catch_warnings(), torch.no_grad(), quiet[0], quiet[1]:
+                warnings.simplefilter("ignore")
+                torch.onnx.export(slim, pg.example_inputs, str(path), dynamo=False, opset_version=17)
+        except Exception:  # an op the TorchScript exporter lacks: the (slower) dynamo exporter
+            from graphprune.export import export_onnx
+
+            export_onnx(slim, pg.example_inputs, path, dynamic_batch=False, simplify=False)
+        shapes = [list(t.shape) for t in pg.example_inputs]
+        # the 10th percentile: on a shared machine, contention only ever adds time
+        return float(ort_latency(path, shapes, warmup=5, runs=runs, threads=threads)["p10_ms"])
+
+
+class SampleCache:
+    """Measured samples of one (model, input shape, threads, onnxruntime) key, as JSON lines on disk."""
+
+    def __init__(self, directory: str | os.PathLike[str], key: str) -> None:
+        self.path = Path(directory) / f"latency-{key}.jsonl"
+
+    def load(self) -> list[LatencySample]:
+        if not self.path.exists():
+            return []
+        out = []
+        for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                d = json.loads(line)
+                out.append(
+                    LatencySample(
+                        {k: int(v) for k, v in d["kept"].items()}, list(d["blocks"]), float(d["ms"])
+                    )
+                )
+            except (ValueError, KeyError, TypeError):
+                raise LatencyModelError(f"{self.path}: corrupt latency sample at line {n}") from None
+        return out
+
+    def save(self, samples: Sequence[LatencySample]) -> None:
+        write_text(self.path, "".join(json.dumps(asdict(s)) + "\n" for s in samples))
+
+
+def collect_samples(
+    pg: PrunableGraph,
+    n: int,
+    *,
+    threads: int = 1,
+    cache_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    runs: int = 30,
+    on_sample: Callable[[int, int], None] | None = None,
+) -> list[LatencySample]:
+    """`n` measured sub-networks (the unpruned model first), reusing and extending the on-disk cache."""
+    cache = SampleCache(cache_dir, cache_key(pg, threads)) if cache_dir is not None else None
+    samples = cache.load() if cache is not None else []
+    rng = random.Random(seed + len(samples))
+    while len(samples) < n:
+        blocks: list[str]
+        if not samples:
+            kept, blocks = {g.id: g.size for g in pg.prunable_groups}, []
+        else:
+            kept, blocks = random_sample_plan(pg, rng)
+        ms = measure_plan(pg, kept_plan(pg, kept, blocks), threads=threads, runs=runs)
+        samples.append(LatencySample(kept, blocks, ms))
+        if cache is not None:
+            cache.save(samples)
+        if on_sample is not None:
+            on_sample(len(samples), n)
+    return samples[:n]
+
+
+class LatencyPredictor(nn.Module):
+    """Predicted onnxruntime milliseconds of a sub-network, differentiable in keep values and blocks."""
+
+    features_of_layer: torch.Tensor
+    coef: torch.Tensor
+    scale: torch.Tensor
+    stage_of: torch.Tensor
+    acts: torch.Tensor
+
+    def __init__(self, pg: PrunableGraph, stages: int = 3) -> None:
+        super().__init__()
+        self.flops = DifferentiableFlops(pg)
+        nodes = {n.name: n for n in pg.gm.graph.nodes}
+        spatial = []
+        for name in self.flops.layer_nodes:
+            spec = nodes[name].meta.get(META_KEY)
+            shape = spec.shape if isinstance(spec, TensorSpec) else ()
+            spatial.append(float(math.prod(shape[2:])) if len(shape) > 2 else 1.0)
+        n_layers = len(spatial)
+        self.stages = max(1, min(stages, n_layers))
+        stage = torch.tensor([i * self.stages // max(1, n_layers) for i in range(n_layers)])
+        # per-layer activation elements of its full output
+        acts = torch.tensor(spatial, dtype=torch.float64) * self.flops.out_channels
+        self.register_buffer("stage_of", stage, persistent=False)
+        self.register_buffer("acts", acts, persistent=False)
+        self.register_buffer("coef", torch.zeros(1 + 3 * self.stages, dtype=torch.float64))
+        self.register_buffer("scale", torch.ones(1 + 3 * self.stages, dtype=torch.float64))
+        self.key = ""
+        self.report: dict[str, Any] = {}
+
+    def features(
+        self, keep: Mapping[str, torch.Tensor] | None = None, blocks: Mapping[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """[1, per stage: kept MACs, kept output activations, alive layers] (scaled)."""
+        macs, out_share, alive = self.flops.layer_terms(keep, blocks)
+        parts = [macs, out_share * self.acts, alive]
+        per_stage = [
+            torch.zeros(self.stages, dtype=torch.float64, device=macs.device).index_add(0, self.stage_of, p)
+            for p in parts
+        ]
+        return torch.cat([macs.new_ones(1), *per_stage]) / self.scale
+
+    def forward(
+        self, keep: Mapping[str, torch.Tensor] | None = None, blocks: Mapping[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        return (self.features(keep, blocks) * self.coef).sum()
+
+    def sample_features(self, s: LatencySample) -> torch.Tensor:
+        keep = {gid: torch.tensor(float(k)) for gid, k in s.kept.items() if gid in self.flops.sizes}
+        blocks = {b: torch.tensor(0.0) for b in s.blocks}
+        with torch.no_grad():
+            return self.features(keep, blocks)
+
+    def predict_counts(self, kept: Mapping[str, int], blocks: Sequence[str] = ()) -> float:
+        return float((self.sample_features(LatencySample(dict(kept), list(blocks), 0.0)) * self.coef).sum())
+
+    def fit(self, samples: Sequence[LatencySample], holdout: float = 0.2, seed: int = 0) -> dict[str, Any]:
+        """Fit on all but a held-out share, report MAPE and Spearman rank correlation on the held-out
+        samples, then refit on all of them."""
+        from scipy.optimize import nnls
+        from scipy.stats import spearmanr
+
+        if len(samples) < 4:
+            raise LatencyModelError(f"need at least 4 latency samples to fit, got {len(samples)}")
+        self.scale.fill_(1.0)
+        X = torch.stack([self.sample_features(s) for s in samples]).numpy()
+        scale = np.maximum(np.abs(X).max(axis=0), 1e-12)
+        self.scale.copy_(torch.from_numpy(scale))
+        X = X / scale
+        y = np.array([s.ms for s in samples])
+        order = list(range(len(samples)))
+        random.Random(seed).shuffle(order)
+        n_test = max(1, int(round(holdout * len(samples)))) if len(samples) >= 8 else 0
+        test, train = order[:n_test], order[n_test:]
+        report: dict[str, Any] = {"samples": len(samples), "held_out": n_test}
+        if n_test:
+            coef, _ = nnls(X[train] / y[train, None], np.ones(len(train)))  # relative error least squares
+            pred = X[test] @ coef
+            report["mape"] = float(np.mean(np.abs(pred - y[test]) / y[test]))
+            report["spearman"] = float(spearmanr(pred, y[test]).statistic) if n_test > 2 else float("nan")
+        coef, _ = nnls(X / y[:, None], np.ones(len(samples)))
+        self.coef.copy_(torch.from_numpy(coef))
+        fitted = X @ coef
+        report["train_mape"] = float(np.mean(np.abs(fitted - y) / y))
+        self.report = report
+        return report
+
+    # ----- persistence
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": "graphprune.latency_model",
+            "key": self.key,
+            "stages": self.stages,
+            "coef": self.coef.tolist(),
+            "scale": self.scale.tolist(),
+            "report": self.report,
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        write_text(path, json.dumps(self.state(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, pg: PrunableGraph, path: str | os.PathLike[str], threads: int = 1) -> LatencyPredictor:
+        try:
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise LatencyModelError(f"cannot read latency model {path}: {exc}") from None
+        if not isinstance(d, dict) or d.get("format") != "graphprune.latency_model":
+            raise LatencyModelError(f"{path} is not a graphprune latency model")
+        if d.get("key") != cache_key(pg, threads):
+            raise LatencyModelError(
+                f"{path} was fitted for another model, input shape, thread count or onnxruntime version"
+            )
+        model = cls(pg, int(d["stages"]))
+        model.coef.copy_(torch.tensor(d["coef"], dtype=torch.float64))
+        model.scale.copy_(torch.tensor(d["scale"], dtype=torch.float64))
+        model.key, model.report = d["key"], dict(d.get("report") or {})
+        return model
+
+
+def build_latency_model(
+    pg: PrunableGraph,
+    *,
+    samples: int = 60,
+    threads: int = 1,
+    cache_dir: str | os.PathLike[str] | None = None,
+    stages: int = 3,
+    runs: int = 30,
+    on_sample: Callable[[int, int], None] | None = None,
+) -> LatencyPredictor:
+    """Collect (or reuse) `samples` measured sub-networks and fit a predictor; `.report` has its error."""
+    data = collect_samples(pg, samples, threads=threads, cache_dir=cache_dir, runs=runs, on_sample=on_sample)
+    model = LatencyPredictor(pg, stages)
+    model.key = cache_key(pg, threads)
+    model.fit(data)
+    model.report["threads"] = threads
+    return model

@@ -1,0 +1,44 @@
+"""A latency budget for W-Gates: the fitted LatencyPredictor for training, measured latency for repair."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from graphprune.efficiency.latency import LatencyPredictor, build_latency_model, measure_plan
+from graphprune.graph import PrunableGraph
+from graphprune.methods.base import MethodContext
+from graphprune.methods.wgates.method import CostModel
+from graphprune.plan import PruningPlan
+
+
+def default_cache_dir() -> Path:
+    """Where measured latency samples are kept between runs: $XDG_CACHE_HOME/graphprune/latency."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "graphprune" / "latency"
+
+
+def latency_cost(ctx: MethodContext, pg: PrunableGraph, groups: list[str], scale: float = 1.0) -> CostModel:
+    """Options: latency_model (a file from `graphprune latency-model`; otherwise one is fitted, reusing the
+    sample cache), latency_samples (60), latency_threads (1), latency_cache (directory)."""
+    opts = ctx.options
+    threads = int(opts.get("latency_threads", 1))
+    if opts.get("latency_model"):
+        predictor = LatencyPredictor.load(pg, opts["latency_model"], threads)
+    else:
+        predictor = build_latency_model(
+            pg,
+            samples=int(opts.get("latency_samples", 60)),
+            threads=threads,
+            cache_dir=opts.get("latency_cache") or default_cache_dir(),
+        )
+
+    def measure(plan: PruningPlan) -> float:
+        return measure_plan(pg, plan, threads=threads)
+
+    original = measure(PruningPlan.for_graph(pg))
+    b = ctx.budget
+    target = (
+        b.target_latency_ms if b.target_latency_ms is not None else (b.target_latency_ratio or 1.0) * original
+    )
+    return CostModel("ms", target * scale, lambda keep: predictor(keep), measure, original)

@@ -1,0 +1,242 @@
+"""The `wgates` method: train W-Gates jointly with the weights under a budget, read them off, repair.
+
+Schedule (one `fit` stage, "wgates"): gates are inserted into a copy of the model with every gate open;
+the task loss (KD from the teacher when there is one) plus `budget_loss(predicted cost)` trains weights
+and gates together (gates with their own learning rate, no weight decay). At the end the gates are read
+off into a plan, and the repair step moves the cheapest channels until the *measured* cost is within
+the target. The pipeline then applies the plan and fine-tunes.
+
+Options (`ctx.options`): gate_hidden (16), gate_lr (0.01), budget_weight (lambda, 2.0),
+budget_form ("hinge"), max_ratio (0.9), epochs (the --epochs list; wgates' gate stage is its first
+entry, abp+wgates' its third; 0 reads the gates off untrained).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from graphprune.efficiency import DifferentiableFlops, FlopsModel
+from graphprune.efficiency.loss import budget_loss
+from graphprune.fileio import write_text
+from graphprune.graph import PrunableGraph
+from graphprune.methods.base import MethodContext, MethodError, MethodResult
+from graphprune.methods.wgates.gates import WeightGate, build_gates
+from graphprune.methods.wgates.readoff import gate_scores, read_off
+from graphprune.methods.wgates.repair import repair
+from graphprune.passes.channel_gates import InsertChannelGates, RemoveChannelGates, gate_slots
+from graphprune.plan import PruningPlan
+from graphprune.train import TrainConfig, fit
+
+Predictor = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+
+
+@dataclasses.dataclass
+class CostModel:
+    """A budget in one unit: a differentiable prediction for training, a measurement for repair."""
+
+    unit: str  # "MACs" or "ms"
+    target: float
+    predict: Predictor  # gate vectors by group id -> predicted cost (torch scalar)
+    measure: Callable[[PruningPlan], float]
+    original: float
+
+
+def flops_cost(pg: PrunableGraph, ratio: float, groups: list[str]) -> CostModel:
+    """MACs: DifferentiableFlops for training, FlopsModel (== count_flops of the applied plan) for repair."""
+    diff = DifferentiableFlops(pg, groups)
+    exact = FlopsModel(pg)
+    return CostModel(
+        "MACs",
+        ratio * pg.flops,
+        lambda keep: diff(keep),
+        lambda plan: float(exact.flops(plan.channels, plan.blocks)),
+        float(pg.flops),
+    )
+
+
+def stage_config(ctx: MethodContext, index: int = 0) -> TrainConfig | None:
+    """The training config of the method's `index`-th stage: `options["epochs"][index]` (the --epochs
+    list) overrides its epochs; None when that is 0 (the gates are read off untrained)."""
+    cfg = ctx.train_cfg or TrainConfig()
+    epochs = ctx.options.get("epochs")
+    if epochs and index < len(epochs):
+        if int(epochs[index]) == 0:
+            return None
+        cfg = dataclasses.replace(cfg, epochs=int(epochs[index]))
+    return cfg
+
+
+def trained_copy(model: nn.Module, trained: nn.Module) -> nn.Module:
+    """A copy of the user's `model` holding the trained parameters (the user's model is not touched)."""
+    out = copy.deepcopy(model)
+    result = out.load_state_dict(trained.state_dict(), strict=False)
+    if result.unexpected_keys:
+        raise MethodError(f"trained weights do not fit the model: unexpected {result.unexpected_keys[0]}")
+    return out
+
+
+def gate_channels(
+    ctx: MethodContext,
+    pg: PrunableGraph,
+    cost: CostModel,
+    *,
+    stage: str = "wgates",
+    stage_index: int = 0,
+    fixed_blocks: list[str] | None = None,
+) -> tuple[PruningPlan, nn.Module, dict[str, Any], list[Path]]:
+    """Train gates on `pg`'s model toward `cost.target`, read off and repair. `fixed_blocks` are already
+    removed from `pg`'s model (abp+wgates) and are only recorded in the plan."""
+    opts = ctx.options
+    groups = [g for g in pg.prunable_groups]
+    gates = build_gates(
+        pg.gm,
+        groups,
+        hidden=int(opts.get("gate_hidden", 16)),
+        init_score=float(opts.get("gate_init", 0.5)),
+        prior_weight=float(opts.get("gate_prior", 1.0)),
+    )
+    if not gates:
+        raise MethodError("wgates: the model has no prunable channel group with a conv / linear producer")
+    gm = InsertChannelGates(groups, gates)(pg.gm).graph_module
+    slots = gate_slots(gm)
+    weight = float(opts.get("budget_weight", 2.0))
+    form = opts.get("budget_form", "hinge")
+    history: list[dict[str, float]] = []
+
+    def extra_loss(model: nn.Module, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        keep = _last_gates(slots)
+        predicted = cost.predict(keep)
+        total = sum(v.numel() for v in keep.values())
+        opened = sum(float(v.detach().sum()) for v in keep.values()) / max(1, total)
+        history.append({"step": len(history), "open_ratio": opened, "predicted": float(predicted.detach())})
+        return budget_loss(predicted, cost.target, weight, form).to(logits.device, logits.dtype)
+
+    gate_params = [p for s in slots.values() for p in s.gate.parameters()]
+    cfg = stage_config(ctx, stage_index)
+    if ctx.data is None:
+        raise MethodError("wgates trains its gates: it needs --data")
+    if cfg is not None:
+        fit(
+            gm,
+            ctx.data,
+            cfg,
+            teacher=ctx.teacher,
+            extra_loss=extra_loss,
+            extra_params=[
+                {"params": gate_params, "lr": float(opts.get("gate_lr", 0.01)), "weight_decay": 0.0}
+            ],
+            run_dir=ctx.run_dir,
+            stage=stage,
+            resume=ctx.resume,
+        )
+    gm.cpu().eval()
+    scores = gate_scores(gm)
+    keep = {gid: torch.from_numpy((s > 0).astype(np.float64)) for gid, s in scores.items()}
+    predicted = float(cost.predict(keep))
+    max_ratio = float(opts.get("max_ratio", 0.9))
+    plan = read_off(pg, scores, max_ratio)
+    for b in fixed_blocks or ():
+        plan.remove_block(b)
+    plan, done = repair(pg, plan, scores, cost.measure, cost.target, max_ratio=max_ratio)
+    trained = RemoveChannelGates()(gm).graph_module
+    kept = {gid: (pg.group(gid).size - len(plan.channels.get(gid, ())), pg.group(gid).size) for gid in scores}
+    opened = [h["open_ratio"] for h in history]
+    report: dict[str, Any] = {
+        "budget": f"{cost.target:.6g} {cost.unit} ({cost.target / cost.original:.3f} of {cost.original:.6g})",
+        "budget_target": cost.target,
+        "predicted_cost_at_readoff": predicted,
+        "measured_cost_before_repair": done["cost_before_repair"],
+        "measured_cost": done["cost_after_repair"],
+        "repair_moves": done["repair_moves"],
+        "kept_channels": ", ".join(f"{gid} {k}/{n}" for gid, (k, n) in kept.items()),
+        "gate_open_ratio": (
+            f"{opened[0]:.3f} -> {opened[-1]:.3f} over {len(opened)} steps" if opened else "untrained"
+        ),
+    }
+    plots = []
+    if ctx.run_dir is not None:
+        details = {
+            "unit": cost.unit,
+            "target": cost.target,
+            "original": cost.original,
+            "kept_channels": {gid: list(v) for gid, v in kept.items()},
+            "open_ratio_history": _thin(history, 500),
+            **{k: v for k, v in report.items() if isinstance(v, (int, float))},
+        }
+        write_text(Path(ctx.run_dir) / f"{stage}.json", json.dumps(details, indent=1) + "\n")
+        if history:
+            plots.append(_plot_open_ratio(history, Path(ctx.run_dir) / f"{stage}_open_ratio.png"))
+    return plan, trained, report, plots
+
+
+def _last_gates(slots: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The gate vectors of the last forward, on the CPU (where the cost models live)."""
+    out: dict[str, torch.Tensor] = {}
+    for gid, slot in slots.items():
+        gate = getattr(slot.gate, "last_gate", None)
+        if isinstance(gate, torch.Tensor):
+            out[gid] = gate.cpu()
+    return out
+
+
+def _thin(history: list[dict[str, float]], n: int) -> list[dict[str, float]]:
+    """At most about `n` evenly spaced entries, always with the last."""
+    if len(history) <= n:
+        return history
+    step = len(history) / n
+    picked = [history[int(i * step)] for i in range(n)]
+    return picked + [history[-1]]
+
+
+def _plot_open_ratio(history: list[dict[str, float]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from graphprune.fileio import atomic_path
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot([h["step"] for h in history], [h["open_ratio"] for h in history])
+    ax.set_xlabel("step")
+    ax.set_ylabel("open gates")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("W-Gates: share of open gates")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def decide(ctx: MethodContext) -> MethodResult:
+    """`--method wgates`: channels only, under a FLOPs (or latency) budget."""
+    cost = budget_cost(ctx, ctx.pg)
+    plan, trained, report, plots = gate_channels(ctx, ctx.pg, cost)
+    plan.meta.update(method="wgates", target=cost.target, unit=cost.unit)
+    return MethodResult(plan=plan, model=trained_copy(ctx.model, trained), report=report, plots=plots)
+
+
+def budget_cost(ctx: MethodContext, pg: PrunableGraph, scale: float = 1.0) -> CostModel:
+    """The cost model of `ctx.budget`; `scale` multiplies the target (for a share of a joint budget)."""
+    groups = [g.id for g in pg.prunable_groups]
+    b = ctx.budget
+    if b.target_flops is not None:
+        return flops_cost(pg, b.target_flops * scale, groups)
+    if b.target_latency_ms is not None or b.target_latency_ratio is not None:
+        from graphprune.methods.wgates.latency_budget import latency_cost
+
+        return latency_cost(ctx, pg, groups, scale)
+    raise MethodError("wgates needs a budget: --target-flops or --target-latency")
+
+
+__all__ = ["CostModel", "WeightGate", "budget_cost", "decide", "flops_cost", "gate_channels"]

@@ -1,0 +1,74 @@
+"""TrainConfig: every knob of a training run, in one typed, serialisable place."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from graphprune.errors import GraphpruneError
+
+Schedule = Literal["cosine", "onecycle"]
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of `fit`. The defaults are the recipe of the shared CIFAR baselines.
+
+    `max_steps` stops a run early (smoke runs, CI) without changing its learning-rate schedule, which
+    always spans `epochs`. `kd_*` apply only when `fit` is given a teacher. `threads` defaults to every
+    CPU core (shared among the processes of a distributed run on one machine).
+    """
+
+    epochs: int = 1
+    max_steps: int | None = None
+    lr: float = 0.02
+    batch_size: int = 128
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    schedule: Schedule = "onecycle"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    kd_temperature: float = 4.0
+    kd_alpha: float = 0.9
+    seed: int = 0
+    bf16: bool = False
+    channels_last: bool = False
+    augment: bool = True
+    log_every: int = 50
+    verbose: bool = True
+    eval_every_epoch: bool = True
+    eval_batch_size: int = 512
+    device: str = "auto"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (
+                self.schedule in ("cosine", "onecycle"),
+                f"schedule must be cosine or onecycle, got {self.schedule!r}",
+            ),
+            (
+                0 <= self.warmup_epochs <= self.epochs,
+                f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}",
+            ),
+            (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.kd_temperature > 0, f"kd_temperature must be > 0, got {self.kd_temperature}"),
+            (0 <= self.kd_alpha <= 1, f"kd_alpha must be in [0, 1], got {self.kd_alpha}"),
+            (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise GraphpruneError(f"bad training config: {message}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

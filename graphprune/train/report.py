@@ -1,0 +1,136 @@
+"""`report.md` of a run: original vs pruned (accuracy, FLOPs, params, ONNX size, latency) and PNG plots.
+
+Every number comes from the run's own measurements, passed in as a dict; nothing is computed here
+but formatting and plots.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from graphprune.fileio import atomic_path, write_text
+
+CURVES_PNG = "training_curves.png"
+CHANNELS_PNG = "kept_channels.png"
+
+
+def _fmt(value: Any, kind: str) -> str:
+    if value is None:
+        return "-"
+    if kind == "pct":
+        return f"{value:.2f}%"
+    if kind == "mmacs":
+        return f"{value / 1e6:.2f} M"
+    if kind == "int":
+        return f"{int(value):,}"
+    if kind == "kb":
+        return f"{value / 1024:.1f} KiB"
+    if kind == "ms":
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _ratio(after: Any, before: Any) -> str:
+    if isinstance(after, (int, float)) and isinstance(before, (int, float)) and before:
+        return f"{after / before:.3f}"
+    return "-"
+
+
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Write `fig` as a PNG at `path` atomically and free it."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_training_curves(history: list[dict[str, Any]], path: Path) -> Path | None:
+    """Train loss and train/test accuracy per epoch; None if there is no epoch to plot."""
+    epochs = [r for r in history if r.get("kind") == "epoch"]
+    if not epochs:
+        return None
+    plt = _pyplot()
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
+    stages = sorted({r["stage"] for r in epochs}, key=[r["stage"] for r in epochs].index)
+    x0 = 0
+    for stage in stages:
+        rows = [r for r in epochs if r["stage"] == stage]
+        xs = list(range(x0 + 1, x0 + len(rows) + 1))
+        loss_ax.plot(xs, [r["train_loss"] for r in rows], marker="o", label=f"{stage} train")
+        acc_ax.plot(xs, [r["train_acc"] for r in rows], marker="o", label=f"{stage} train")
+        if all("test_top1" in r for r in rows):
+            acc_ax.plot(xs, [r["test_top1"] for r in rows], marker="s", label=f"{stage} test top-1")
+        x0 += len(rows)
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="training loss")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_kept_channels(channels: list[tuple[str, int, int]], path: Path) -> Path | None:
+    """Bars of kept vs original channels per prunable group (`(group id, size, kept)`)."""
+    if not channels:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(channels)), 3.8))
+    xs = range(len(channels))
+    ax.bar(xs, [c[1] for c in channels], color="#ddd", label="original")
+    ax.bar(xs, [c[2] for c in channels], color="#3a7", label="kept")
+    ax.set_xticks(list(xs), [c[0] for c in channels], rotation=90, fontsize=7)
+    ax.set(ylabel="channels", title="kept channels per group")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def write_report_md(run_dir: Path, report: dict[str, Any], plots: list[Path]) -> Path:
+    """The markdown report of `report` (the dict written as report.json)."""
+    orig, pruned = report["original"], report["pruned"]
+    rows: list[tuple[str, str, str]] = [
+        ("test top-1", "top1", "pct"),
+        ("test top-5", "top5", "pct"),
+        ("FLOPs (MACs)", "flops", "mmacs"),
+        ("params", "params", "int"),
+        ("ONNX size", "onnx_bytes", "kb"),
+    ]
+    for batch in (1, 32):
+        for q in ("p50", "p90"):
+            rows.append((f"onnxruntime latency batch {batch} {q} (ms)", f"latency_b{batch}_{q}_ms", "ms"))
+    lines = [
+        f"# {report['model']}: {report.get('method') or 'no pruning'}",
+        "",
+        f"Data: `{report.get('data')}`. Budget: {report.get('budget')}. "
+        f"Fine-tuning: {report.get('finetune_summary', 'none')}.",
+        "",
+        "| metric | original | pruned | pruned / original |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, key, kind in rows:
+        lines.append(f"| {label} | {_fmt(orig.get(key), kind)} | {_fmt(pruned.get(key), kind)} | "
+                     f"{_ratio(pruned.get(key), orig.get(key))} |")  # fmt: skip
+    method_numbers = report.get("method_report") or {}
+    if method_numbers:
+        lines += ["", "## Method", ""] + [f"- {k}: {v}" for k, v in method_numbers.items()]
+    lines += [
+        "",
+        "Latency: onnxruntime on this machine, 1 intra-op thread, median (p50) and 90th percentile of "
+        "timed runs after warm-up. Accuracy: the run's own evaluation of the test split.",
+        "",
+    ]
+    lines += [f"![{p.stem}]({p.name})" for p in plots]
+    path = run_dir / "report.md"
+    write_text(path, "\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from support.archs import random_toynet
+
+import graphprune as gp
+from graphprune.efficiency.latency import (
+    LatencyModelError,
+    LatencyPredictor,
+    LatencySample,
+    SampleCache,
+    cache_key,
+    collect_samples,
+    random_sample_plan,
+)
+from graphprune.models import get_model
+
+
+@pytest.fixture(scope="module")
+def resnet20() -> gp.PrunableGraph:
+    torch.manual_seed(0)
+    return gp.trace(get_model("cifar_resnet20").eval(), torch.randn(1, 3, 32, 32))
+
+
+def synthetic_ms(pg: gp.PrunableGraph, kept: dict[str, int], blocks: list[str]) -> float:
+    """A known function of the channel counts: fixed overhead + MACs + per-layer cost of live layers."""
+    plan = gp.PruningPlan.for_graph(pg)
+    for gid, k in kept.items():
+        plan.remove_channels(gid, range(k, pg.group(gid).size))
+    for b in blocks:
+        plan.remove_block(b)
+    from graphprune.efficiency import FlopsModel
+
+    macs = FlopsModel(pg).flops(plan.channels, plan.blocks)
+    return 0.2 + 3e-8 * macs + 0.01 * (len(pg.blocks) - len(blocks))
+
+
+def test_the_predictor_fits_a_known_function_of_the_channel_counts(resnet20: gp.PrunableGraph) -> None:
+    pg = resnet20
+    rng = random.Random(0)
+    samples = [LatencySample(*random_sample_plan(pg, rng), ms=0.0) for _ in range(60)]
+    samples = [LatencySample(s.kept, s.blocks, synthetic_ms(pg, s.kept, s.blocks)) for s in samples]
+    model = LatencyPredictor(pg)
+    report = model.fit(samples)
+    assert report["mape"] <= 0.02 and report["spearman"] > 0.95
+    kept, blocks = random_sample_plan(pg, random.Random(99))
+    assert model.predict_counts(kept, blocks) == pytest.approx(synthetic_ms(pg, kept, blocks), rel=0.02)
+    # differentiable in the keep values
+    keep = {g.id: torch.tensor(float(g.size), requires_grad=True) for g in pg.prunable_groups}
+    model(keep).backward()
+    assert any(float(v.grad) > 0 for v in keep.values() if v.grad is not None)
+
+
+def test_a_saved_model_reloads_and_refuses_another_architecture(
+    resnet20: gp.PrunableGraph, tmp_path: Path
+) -> None:
+    pg = resnet20
+    rng = random.Random(1)
+    samples = []
+    for _ in range(12):
+        kept, blocks = random_sample_plan(pg, rng)
+        samples.append(LatencySample(kept, blocks, synthetic_ms(pg, kept, blocks)))
+    model = LatencyPredictor(pg)
+    model.key = cache_key(pg, 1)
+    model.fit(samples)
+    model.save(tmp_path / "lat.json")
+    again = LatencyPredictor.load(pg, tmp_path / "lat.json")
+    kept, blocks = samples[0].kept, samples[0].blocks
+    assert again.predict_counts(kept, blocks) == pytest.approx(model.predict_counts(kept, blocks))
+    other = gp.trace(random_toynet(2, 3), torch.randn(1, 3, 16, 16))
+    with pytest.raises(LatencyModelError, match="another model"):
+        LatencyPredictor.load(other, tmp_path / "lat.json")
+
+
+def test_collection_measures_and_reuses_the_cache(tmp_path: Path) -> None:
+    pg = gp.trace(random_toynet(1, 2).eval(), torch.randn(1, 3, 16, 16))
+    first = collect_samples(pg, 2, cache_dir=tmp_path, runs=3)
+    assert len(first) == 2 and all(s.ms > 0 for s in first)
+    calls: list[int] = []
+    again = collect_samples(pg, 2, cache_dir=tmp_path, runs=3, on_sample=lambda i, n: calls.append(i))
+    assert again == first and not calls  # nothing measured twice
+    cache = SampleCache(tmp_path, cache_key(pg, 1))
+    cache.path.write_text("{not json\n")
+    with pytest.raises(LatencyModelError, match="line 1"):
+        cache.load()

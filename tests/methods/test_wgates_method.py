@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import graphprune as gp
+from graphprune.efficiency import FlopsModel
+from graphprune.methods import Budget, MethodContext, get_method
+from graphprune.methods.wgates.readoff import read_off
+from graphprune.methods.wgates.repair import BudgetError, repair
+from graphprune.models import get_model
+from graphprune.train import TrainConfig
+from graphprune.train.data import DataBundle, ImageTensors
+
+
+def tiny_data(n: int = 64, classes: int = 10) -> DataBundle:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    split = ImageTensors(images, labels)
+    return DataBundle("tiny", split, split, classes, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+@pytest.fixture(scope="module")
+def resnet20() -> gp.PrunableGraph:
+    torch.manual_seed(0)
+    return gp.trace(get_model("cifar_resnet20").eval(), torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.8])
+def test_repair_meets_the_target_from_above_and_below(resnet20: gp.PrunableGraph, target: float) -> None:
+    pg = resnet20
+    rng = np.random.default_rng(0)
+    scores = {g.id: rng.standard_normal(g.size) for g in pg.prunable_groups}
+    fm = FlopsModel(pg)
+
+    def cost(plan: gp.PruningPlan) -> float:
+        return float(fm.flops(plan.channels, plan.blocks))
+
+    budget = target * pg.flops
+    plan, done = repair(pg, read_off(pg, scores), scores, cost, budget)
+    plan.validate(pg)
+    measured = gp.count_flops(gp.apply(pg, plan, verify=False), pg.example_inputs)
+    assert measured <= budget
+    assert done["cost_after_repair"] == measured
+    # it is close: channels came back (or went) until the next one in the ranking would cross the target
+    assert done["repair_moves"] != 0
+    assert measured > budget * 0.9
+
+
+def test_repair_names_an_unreachable_target(resnet20: gp.PrunableGraph) -> None:
+    pg = resnet20
+    scores = {g.id: np.ones(g.size) for g in pg.prunable_groups}
+    fm = FlopsModel(pg)
+    with pytest.raises(BudgetError, match="out of reach"):
+        repair(pg, read_off(pg, scores), scores, lambda p: float(fm.flops(p.channels)), 0.001 * pg.flops)
+
+
+def test_wgates_method_trains_gates_and_meets_the_flops_budget(
+    resnet20: gp.PrunableGraph, tmp_path: Path
+) -> None:
+    pg = resnet20
+    model = get_model("cifar_resnet20").eval()
+    model.load_state_dict(pg.gm.state_dict(), strict=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ctx = MethodContext(
+        model=model,
+        example_inputs=pg.example_inputs,
+        pg=pg,
+        budget=Budget(target_flops=0.5),
+        data=tiny_data(),
+        train_cfg=TrainConfig(
+            epochs=1, max_steps=3, batch_size=16, verbose=False, eval_every_epoch=False, device="cpu"
+        ),
+        run_dir=tmp_path,
+    )
+    result = get_method("wgates")(ctx)
+    result.plan.validate(pg)
+    slim = gp.apply(gp.trace(result.model.eval(), pg.example_inputs), result.plan)
+    assert gp.count_flops(slim, pg.example_inputs) <= 0.5 * pg.flops
+    assert result.report["measured_cost"] <= 0.5 * pg.flops
+    assert "over 3 steps" in result.report["gate_open_ratio"]
+    assert all(p.exists() for p in result.plots)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the user's model
+    assert any(not torch.equal(before[k], v) for k, v in result.model.state_dict().items())  # trained
+
+
+@pytest.mark.slow  # fits a latency model and measures every repair step (minutes on a loaded machine)
+def test_wgates_meets_a_latency_budget_by_measurement(tmp_path: Path) -> None:
+    from support.archs import random_toynet
+
+    x = torch.randn(1, 3, 32, 32)
+    model = random_toynet(1, 3).eval()
+    pg = gp.trace(model, x)
+    ctx = MethodContext(
+        model=model,
+        example_inputs=(x,),
+        pg=pg,
+        budget=Budget(target_latency_ratio=0.7),
+        data=tiny_data(classes=5),
+        train_cfg=TrainConfig(
+            epochs=1, max_steps=2, batch_size=16, verbose=False, eval_every_epoch=False, device="cpu"
+        ),
+        run_dir=tmp_path,
+        options={"latency_samples": 8, "latency_cache": str(tmp_path / "cache")},
+    )
+    result = get_method("wgates")(ctx)
+    report = result.report
+    assert "ms" in report["budget"]
+    assert report["measured_cost"] <= report["budget_target"]
+    assert list((tmp_path / "cache").glob("latency-*.jsonl"))
+    result.plan.validate(pg)

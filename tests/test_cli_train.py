@@ -1,0 +1,108 @@
+"""`graphprune finetune`, `eval` and `prune --data` end to end on a tiny model and dataset (seconds)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from train.test_data import write_tree
+
+from graphprune.checkpoint import load_run
+from graphprune.cli import cli
+from graphprune.train import evaluate, load_data
+from graphprune.train.evaluate import evaluate_onnx
+
+NET = """
+import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+    )
+"""
+
+
+def run(*args: object) -> Result:
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("tiny")
+    (root / "net.py").write_text(NET)
+    write_tree(root / "tree", per_class=8)
+    return {"model": f"{root / 'net.py'}:build", "data": f"imagefolder:{root / 'tree'}", "root": str(root)}
+
+
+def test_prune_finetune_then_eval_from_the_run_directory(tiny: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = run(
+        "prune", tiny["model"], "--input-shape", "1,3,8,8", "--method", "l1", "--target-flops", "0.5",
+        "--round-to", "1", "--data", tiny["data"], "--finetune-epochs", "2", "--batch-size", "8",
+        "--out", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for name in ("plan.json", "model.safetensors", "model.json", "model.onnx", "metrics.jsonl", "report.md",
+                 "report.json", "training_curves.png", "kept_channels.png"):  # fmt: skip
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert report["pruned"]["flops"] < report["original"]["flops"]
+    assert report["finetune"]["steps"] == 6 and len(report["finetune"]["history"]) == 2
+    md = (out / "report.md").read_text()
+    assert f"{report['pruned']['top1']:.2f}%" in md and "training_curves.png" in md
+
+    loaded = load_run(out)  # the run directory alone rebuilds the fine-tuned pruned model
+    data = load_data(tiny["data"])
+    assert evaluate(loaded.model, data).top1 == pytest.approx(report["pruned"]["top1"])
+    onnx_result = evaluate_onnx(out / "model.onnx", data)
+    assert abs(onnx_result.top1 - report["pruned"]["top1"]) <= 0.1
+
+    shown = run("eval", out, "--onnx", out / "model.onnx")
+    assert shown.exit_code == 0, shown.output
+    assert f"{report['pruned']['top1']:.2f}" in shown.stdout and "onnxruntime top-1" in shown.stdout
+
+    exported = run("export", out, "--out", tmp_path / "again.onnx")  # from the run directory alone
+    assert exported.exit_code == 0, exported.output
+    assert abs(evaluate_onnx(tmp_path / "again.onnx", data).top1 - report["pruned"]["top1"]) <= 0.1
+
+    again = run("finetune", tiny["model"], "--input-shape", "1,3,8,8", "--plan", out / "plan.json",
+                "--data", tiny["data"], "--epochs", "1", "--max-steps", "2", "--batch-size", "8",
+                "--no-export", "--out", tmp_path / "ft")  # fmt: skip
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "ft" / "report.json").read_text())["finetune"]["steps"] == 2
+
+
+def test_eval_rejects_a_class_count_mismatch(tiny: dict[str, str]) -> None:
+    result = run("eval", "graphprune:cifar_resnet20", "--data", tiny["data"])
+    assert result.exit_code == 2
+    assert (
+        "error: imagefolder:" in result.stderr
+        and "has 3 classes but graphprune:cifar_resnet20 has 10" in result.stderr
+    )
+
+
+def test_onnx_eval_disagreeing_with_pytorch_is_an_error(
+    tiny: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from graphprune.export import export_onnx
+    from graphprune.modelspec import resolve_model
+    from graphprune.train import EvalResult
+
+    evaluate_module = sys.modules["graphprune.train.evaluate"]  # the module, not the function of that name
+
+    rm = resolve_model(tiny["model"], input_shape=(1, 3, 8, 8))
+    export_onnx(rm.model, rm.example_inputs, tmp_path / "net.onnx")
+    truth = evaluate(rm.model, load_data(tiny["data"]))
+    off = EvalResult(top1=truth.top1 + 0.2, top5=truth.top5, loss=truth.loss, n=truth.n)
+    monkeypatch.setattr(evaluate_module, "evaluate_onnx", lambda *a, **k: off)
+    result = run("eval", tiny["model"], "--input-shape", "1,3,8,8", "--data", tiny["data"],
+                 "--onnx", tmp_path / "net.onnx")  # fmt: skip
+    assert result.exit_code == 2 and "differs from PyTorch" in result.stderr

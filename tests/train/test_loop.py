@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from support.tiny_data import tiny_bundle, tiny_net
+
+from graphprune.train import TrainConfig, evaluate, fit
+from graphprune.train.loop import lr_factor, param_groups
+
+
+def quiet(**kw: object) -> TrainConfig:
+    base: dict[str, object] = {"epochs": 2, "batch_size": 16, "lr": 0.1, "verbose": False, "threads": 1}
+    return TrainConfig(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_one_step_changes_the_weights_and_lowers_the_loss() -> None:
+    data = tiny_bundle(n_train=16)
+    model = tiny_net()
+    before = copy.deepcopy(model)
+    x, y = next(iter(data.loader("train", 16, shuffle=False, augment=False)))
+    loss_before = F.cross_entropy(before.train()(x), y).item()
+    cfg = quiet(epochs=1, max_steps=1, augment=False, schedule="cosine", eval_every_epoch=False, lr=0.05)
+    fit(model, data, cfg)
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before.state_dict()[k])]
+    assert "0.weight" in changed and "5.weight" in changed
+    assert F.cross_entropy(model.train()(x), y).item() < loss_before
+
+
+def test_no_weight_decay_on_norms_and_biases_and_extra_groups_kept_apart() -> None:
+    model = tiny_net()
+    gate = torch.nn.Parameter(torch.ones(8))
+    groups = param_groups(model, TrainConfig(weight_decay=0.01), [{"params": [gate], "lr": 0.5}])
+    decayed = {id(p) for p in groups[0]["params"]}
+    assert groups[0]["weight_decay"] == 0.01
+    assert decayed == {id(model[0].weight), id(model[5].weight)}
+    assert groups[1]["weight_decay"] == 0.0 and id(model[1].weight) in {id(p) for p in groups[1]["params"]}
+    assert groups[2] == {"params": [gate], "lr": 0.5, "weight_decay": 0.0}
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
+def test_schedule_warms_up_then_decays_to_zero(schedule: str) -> None:
+    factors = [lr_factor(s, 100, 10, schedule) for s in range(100)]
+    peak = factors.index(max(factors))
+    assert 8 <= peak <= 10 and max(factors) == pytest.approx(1.0, abs=0.02)
+    assert all(a <= b for a, b in zip(factors[:peak], factors[1 : peak + 1], strict=True))
+    assert all(a >= b for a, b in zip(factors[peak:], factors[peak + 1 :], strict=False))
+    assert factors[-1] < 0.01
+
+
+def test_training_learns_and_is_deterministic(tmp_path: Path) -> None:
+    data = tiny_bundle()
+    a, b = tiny_net(), tiny_net()
+    result = fit(a, data, quiet(epochs=4), run_dir=tmp_path)
+    fit(b, data, quiet(epochs=4))
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert result.steps == 16 and len(result.history) == 4 and result.finished
+    assert result.test is not None and result.test.top1 > 40.0 and result.test.loss < 1.0  # chance: 25%, 1.39
+    assert result.test == evaluate(a, data)
+    lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {r["kind"] for r in lines} == {"step", "epoch"} and all(r["stage"] == "finetune" for r in lines)
+    done = json.loads((tmp_path / "stages" / "finetune" / "done.json").read_text())
+    assert done["steps"] == 16 and done["test"]["top1"] == result.test.top1
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    data = tiny_bundle()
+    cfg = quiet(epochs=3)
+    reference = tiny_net()
+    fit(reference, data, cfg)
+
+    calls = {"n": 0}
+
+    def ctrl_c_in_step_7(model: torch.nn.Module, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 7:
+            os.kill(os.getpid(), signal.SIGINT)  # mid-step: fit finishes the step, saves, then stops
+        return logits.sum() * 0.0
+
+    killed = tiny_net()
+    with pytest.raises(KeyboardInterrupt):
+        fit(killed, data, cfg, extra_loss=ctrl_c_in_step_7, run_dir=tmp_path)
+    assert not (tmp_path / "stages" / "finetune" / "done.json").exists()
+    resumed = tiny_net(seed=1)  # a fresh process: different weights until the checkpoint is loaded
+    result = fit(resumed, data, cfg, run_dir=tmp_path, resume=True)
+    assert result.resumed_at == 7 and result.steps == 12
+    for k, v in reference.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+    again = tiny_net(seed=2)
+    finished = fit(again, data, cfg, run_dir=tmp_path, resume=True)
+    assert finished.steps == 12 and finished.test == result.test
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in reference.state_dict().items())
+
+
+def test_distillation_and_extra_params_are_used() -> None:
+    data = tiny_bundle()
+    teacher = tiny_net(seed=3)
+    teacher_state = copy.deepcopy(teacher.state_dict())
+    gate = torch.nn.Parameter(torch.ones(4))
+
+    def gated_penalty(model: torch.nn.Module, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return gate.abs().sum() * 0.1
+
+    student = tiny_net()
+    fit(student, data, quiet(), teacher=teacher, extra_loss=gated_penalty, extra_params=[{"params": [gate]}])
+    assert torch.all(gate < 1.0)  # the L1 penalty shrank the gate through its own param group
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in teacher_state.items())
+    plain = tiny_net()
+    fit(plain, data, quiet())
+    assert not torch.equal(plain[0].weight, student[0].weight)
+
+
+def test_max_steps_stops_early() -> None:
+    result = fit(tiny_net(), tiny_bundle(), quiet(epochs=5, max_steps=3))
+    assert result.steps == 3 and len(result.history) == 1
