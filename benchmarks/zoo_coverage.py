@@ -47,7 +47,9 @@ def run_one(name: str) -> dict[str, object]:
         model = tv.models.get_model(name, weights=None)
         size = 299 if name == "inception_v3" else 224
         x = torch.randn(1, 3, size, size)
-    return check_model(name, model.eval(), x).to_dict()
+    from zoo_oracle import check_oracle
+
+    return {**check_model(name, model.eval(), x).to_dict(), **check_oracle(model.eval(), x)}
 
 
 def _fmt_reasons(reasons: list[str]) -> str:
@@ -84,6 +86,20 @@ def write_markdown(results: list[dict[str, object]]) -> str:
             f"{_fmt_reasons(list(r['unprunable_reasons']))} |"
         )
     failed = [r for r in results if r["stage"] != "done"]
+    oracle_failed = [r for r in results if "oracle_plans" in r and r.get("oracle_error")]
+    lines += [
+        "",
+        "## Lossless oracle",
+        "",
+        "Per model, random plans (30% of every prunable group, each block removed with probability 1/2),",
+        "each checked on the example, fresh random inputs and another batch size: producers zeroed,",
+        "consumers read zeros, the pruned model equals the zeroed one (`benchmarks/zoo_oracle.py`).",
+        "",
+        f"**{sum(1 for r in results if 'oracle_plans' in r and not r.get('oracle_error'))} of "
+        f"{sum(1 for r in results if 'oracle_plans' in r)} models pass.**",
+        "",
+    ]
+    lines += [f"- **{r['model']}**: {r['oracle_error']}" for r in oracle_failed]
     lines += ["", "## Failures", ""]
     lines += [f"- **{r['model']}** (at {r['stage']}): {r['error']}" for r in failed] or ["None."]
     lines += [

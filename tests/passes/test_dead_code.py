@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import torch
+from hypothesis import HealthCheck, given, settings
+from support.strategies import Arch, architectures
 from torch import nn
 
 import graphprune as gp
@@ -32,6 +34,17 @@ def test_dead_nodes_modules_and_parameters_are_dropped() -> None:
 def test_clean_graph_is_unchanged() -> None:
     pg = gp.trace(nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU()), torch.randn(1, 3, 8, 8))
     assert not EliminateDeadCode()(pg.gm).modified
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arch=architectures())
+def test_dead_code_elimination_keeps_the_output_on_composed_architectures(arch: Arch) -> None:
+    """Nothing a composed model computes is dead: its output is unchanged (in-place ops included)."""
+    xs = arch.example()
+    pg = gp.trace(arch.build(), xs)
+    gm = EliminateDeadCode()(pg.gm).graph_module
+    with torch.no_grad():
+        torch.testing.assert_close(gm(*xs), pg.gm(*xs))
 
 
 class InPlace(nn.Module):

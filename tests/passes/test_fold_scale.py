@@ -3,6 +3,8 @@ from __future__ import annotations
 import operator
 
 import torch
+from hypothesis import HealthCheck, given, settings
+from support.strategies import Arch, architectures
 from torch import nn
 
 import graphprune as gp
@@ -46,3 +48,13 @@ def test_scales_fold_into_producers_and_outputs_match() -> None:
 def test_nothing_to_fold_is_unmodified() -> None:
     pg = gp.trace(nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU()), torch.randn(1, 3, 8, 8))
     assert not FoldScale()(pg.gm).modified
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arch=architectures())
+def test_folding_keeps_the_output_on_composed_architectures(arch: Arch) -> None:
+    xs = arch.example()
+    pg = gp.trace(arch.build(), xs)
+    gm = FoldScale()(pg.gm).graph_module
+    with torch.no_grad():
+        torch.testing.assert_close(gm(*xs), pg.gm(*xs), rtol=1e-5, atol=1e-5)

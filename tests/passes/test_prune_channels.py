@@ -6,26 +6,21 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.archs import random_toynet
-from support.lossless import check_lossless, random_plan
+from support.lossless import check_lossless, check_plan_lossless, random_plan
+from support.strategies import Arch, architectures, plans
 
 import graphprune as gp
 from graphprune.models import get_model
 from graphprune.passes import PruneChannels
 from graphprune.rewrite import channel_removals
 
-X16 = torch.randn(2, 3, 16, 16)
 
-
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    arch=st.integers(0, 10_000),
-    plan_seed=st.integers(0, 10_000),
-    n_blocks=st.integers(1, 7),
-    ratio=st.floats(0.05, 0.8),
-)
-def test_lossless_on_random_architectures(arch: int, plan_seed: int, n_blocks: int, ratio: float) -> None:
-    check_lossless(random_toynet(arch, n_blocks).eval(), X16, plan_seed, ratio)
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arch=architectures(), data=st.data())
+def test_lossless_on_composed_architectures(arch: Arch, data: st.DataObject) -> None:
+    """Channel removal only: the pruned model equals the producer-zeroed one (shrinks to a minimal Arch)."""
+    pg = gp.trace(arch.build(), arch.example())
+    check_plan_lossless(pg, data.draw(plans(pg, blocks=False), label="plan"))
 
 
 @pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_resnet20_b", "cifar_mobilenetv2"])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.archs import random_toynet
-from support.lossless import check_lossless
+from support.lossless import check_plan_lossless
+from support.strategies import Arch, architectures, plans
 from torch import nn
 
 import graphprune as gp
@@ -14,10 +14,13 @@ from graphprune.models import get_model
 from graphprune.passes import EliminateDeadCode, MaskBlocks, RemoveBlocks
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(arch=st.integers(0, 10_000), seed=st.integers(0, 10_000))
-def test_lossless_block_and_channel_removal_on_random_architectures(arch: int, seed: int) -> None:
-    check_lossless(random_toynet(arch, 6).eval(), torch.randn(2, 3, 16, 16), seed, ratio=0.2, blocks=0.5)
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arch=architectures(), data=st.data())
+def test_lossless_block_and_channel_removal_on_composed_architectures(
+    arch: Arch, data: st.DataObject
+) -> None:
+    pg = gp.trace(arch.build(), arch.example())
+    check_plan_lossless(pg, data.draw(plans(pg, blocks=True), label="plan"))
 
 
 def test_removed_block_equals_zeroed_branch_and_drops_its_modules() -> None:

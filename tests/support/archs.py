@@ -222,3 +222,186 @@ def random_toynet(seed: int, n_blocks: int) -> ToyNet:
         else:
             blocks.append(LayerScale(c))
     return ToyNet(stem, blocks, c, rng.choice(["pool", "flatten"]))
+
+
+# ---- more block kinds for the hypothesis strategies (tests/support/strategies.py)
+
+
+class PlainNorm(nn.Module):
+    """conv -> a norm with no per-channel tensors (no affine, no running stats) -> relu."""
+
+    def __init__(self, c: int, kind: str) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, 1, 1)
+        self.norm = (
+            nn.InstanceNorm2d(c)
+            if kind == "in"
+            else nn.BatchNorm2d(c, affine=False, track_running_stats=kind == "bn_stats")
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.norm(self.conv(x)))
+
+
+class InPlace(nn.Module):
+    """In-place ops: h.add_(skip(x)), relu_, mul_ on a conv output; the result of add_ is unused."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, 1, 1)
+        self.skip = nn.Conv2d(c, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        h.add_(self.skip(x))
+        h = F.relu_(h)
+        return h.mul_(0.5)
+
+
+class Transposed(nn.Module):
+    """ConvTranspose2d up (stride 2), then a strided conv back down."""
+
+    def __init__(self, c: int, mid: int) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(c, mid, 2, stride=2)
+        self.bn = nn.BatchNorm2d(mid)
+        self.down = nn.Conv2d(mid, c, 3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.relu(self.bn(self.up(x))))
+
+
+class UnevenChunk(nn.Module):
+    """chunk / split into uneven parts on channels, each part transformed, concatenated back."""
+
+    def __init__(self, c: int, parts: int, use_split: bool) -> None:
+        super().__init__()
+        self.parts, self.use_split = parts, use_split
+        size = -(-c // parts)  # torch.chunk sizes: ceil(c / parts), the last one smaller
+        sizes = [min(size, c - k * size) for k in range(parts) if c - k * size > 0]
+        self.sizes = [1, c - 1] if use_split else sizes
+        self.convs = nn.ModuleList(cbr(s, s, 1) for s in self.sizes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pieces = torch.split(x, self.sizes, 1) if self.use_split else torch.chunk(x, self.parts, 1)
+        return torch.cat([f(pieces[i]) for i, f in enumerate(self.convs)], 1)
+
+
+class TensorOperand(nn.Module):
+    """A per-channel parameter or buffer as the tensor operand of an elementwise op."""
+
+    def __init__(self, c: int, op: str) -> None:
+        super().__init__()
+        self.op = op
+        self.conv = nn.Conv2d(c, c, 3, 1, 1)
+        self.p = nn.Parameter(torch.rand(c, 1, 1) - 0.5)
+        self.register_buffer("b", torch.rand(1, c, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        if self.op == "clamp":
+            return torch.clamp(h, min=self.p)
+        if self.op == "pow":  # times h: a zeroed channel stays zero (0 ** 0 is 1)
+            return h * h.abs().pow(self.p + 1)
+        if self.op == "buffer":
+            return h * self.b + self.b
+        return h * self.p
+
+
+class ChannelsLast(nn.Module):
+    """permute to NHWC, channelwise work on the last dim (linear, scale, op), permute back."""
+
+    def __init__(self, c: int, op: str) -> None:
+        super().__init__()
+        self.op = op
+        self.dw = nn.Conv2d(c, c, 3, 1, 1, groups=c)
+        self.fc1 = nn.Linear(c, 2 * c)
+        self.fc2 = nn.Linear(2 * c, c)
+        self.gamma = nn.Parameter(torch.rand(c) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.dw(x).permute(0, 2, 3, 1)
+        if self.op == "pool":
+            h = F.max_pool2d(h, 3, 1, 1)
+        h = self.gamma * self.fc2(F.gelu(self.fc1(h)))
+        return x + h.permute(0, 3, 1, 2)
+
+
+class Shared(nn.Module):
+    """The same conv module called twice."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.relu(self.conv(x)))
+
+
+class MultiSum(nn.Module):
+    """A multi-way sum of branches (RepVGG style), optionally with the identity."""
+
+    def __init__(self, c: int, ways: int, identity: bool) -> None:
+        super().__init__()
+        self.identity = identity
+        self.branches = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, c, k, 1, k // 2, bias=False), nn.BatchNorm2d(c))
+            for k in [3, 1, 3, 1][:ways]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.branches[0](x)
+        for b in self.branches[1:]:
+            out = out + b(x)
+        if self.identity:
+            out = out + x
+        return F.relu(out)
+
+
+class NestedSum(nn.Module):
+    """Sums nested inside sums: y = x + f(x); z = y + g(y) + x."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.f = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1), nn.BatchNorm2d(c))
+        self.g = nn.Sequential(nn.Conv2d(c, c, 1), nn.BatchNorm2d(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x + self.f(x)
+        return F.relu(y + self.g(F.relu(y)) + x)
+
+
+class Net(nn.Module):
+    """stem -> blocks -> head; with two outputs, an aux head on the last feature map."""
+
+    def __init__(self, stem: int, blocks: list[nn.Module], width: int, head: str, outputs: int) -> None:
+        super().__init__()
+        self.outputs = outputs
+        self.stem = cbr(3, stem)
+        self.blocks = nn.Sequential(*blocks)
+        self.head = head
+        self.fc = nn.Linear(width if head == "pool" else width * 16, 5)
+        self.aux = nn.Conv2d(width, 2, 1) if outputs == 2 else None
+
+    def body(self, h: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        h = self.blocks(h)
+        z = h.mean((2, 3)) if self.head == "pool" else torch.flatten(F.adaptive_avg_pool2d(h, 4), 1)
+        if self.aux is None:
+            return self.fc(z)
+        return self.fc(z), self.aux(h).mean((2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        return self.body(self.stem(x))
+
+
+class Net2(Net):
+    """Two image inputs, each with its own stem, summed."""
+
+    def __init__(self, stem: int, blocks: list[nn.Module], width: int, head: str, outputs: int) -> None:
+        super().__init__(stem, blocks, width, head, outputs)
+        self.stem2 = cbr(3, stem)
+
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        return self.body(self.stem(x) + self.stem2(y))

@@ -49,6 +49,9 @@ def zero_producers(pg: gp.PrunableGraph, plan: gp.PruningPlan) -> nn.Module:
                     t = getattr(m, name, None)
                     if t is not None:
                         t[idx] = 0
+                mean = getattr(m, "running_mean", None)
+                if getattr(m, "weight", None) is None and mean is not None:  # no affine: stats produce it
+                    mean[idx] = 0
             elif s.kind == SiteKind.PARAM:
                 path, _, name = s.target.rpartition(".")
                 t = getattr(gm.get_submodule(path) if path else gm, name)
@@ -56,7 +59,12 @@ def zero_producers(pg: gp.PrunableGraph, plan: gp.PruningPlan) -> nn.Module:
     return gm
 
 
-def consumer_leaks(model: nn.Module, pg: gp.PrunableGraph, plan: gp.PruningPlan) -> list[str]:
+def consumer_leaks(
+    model: nn.Module,
+    pg: gp.PrunableGraph,
+    plan: gp.PruningPlan,
+    inputs: tuple[torch.Tensor, ...] | None = None,
+) -> list[str]:
     """Consumers (conv / linear inputs) that read a non-zero value at a channel the plan removes."""
     removed = {
         r.site.target: r
@@ -83,21 +91,42 @@ def consumer_leaks(model: nn.Module, pg: gp.PrunableGraph, plan: gp.PruningPlan)
         hooks.append(m.register_forward_pre_hook(hook))
     try:
         with torch.no_grad():
-            model.eval()(*pg.example_inputs)
+            model.eval()(*(pg.example_inputs if inputs is None else inputs))
     finally:
         for h in hooks:
             h.remove()
     return leaks
 
 
-def check_lossless(
-    model: nn.Module, example: torch.Tensor, seed: int, ratio: float = 0.3, blocks: float = 0.0
-) -> tuple[gp.PrunableGraph, gp.PruningPlan]:
-    """Assert the lossless property for one random plan on `model`; returns the graph and the plan."""
-    pg = gp.trace(model, example)
-    plan = random_plan(pg, seed, ratio, blocks)
+def fresh_inputs(example: tuple[torch.Tensor, ...], seed: int = 0) -> list[tuple[torch.Tensor, ...]]:
+    """The example, new random values of its shape, and another batch size."""
+    g = torch.Generator().manual_seed(seed)
+    same = tuple(torch.randn(t.shape, generator=g) for t in example)
+    other = tuple(torch.randn((t.shape[0] + 1, *t.shape[1:]), generator=g) for t in example)
+    return [example, same, other]
+
+
+def _leaves(out: object) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _leaves(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in _leaves(o)]
+    return []
+
+
+def check_plan_lossless(
+    pg: gp.PrunableGraph, plan: gp.PruningPlan, inputs: list[tuple[torch.Tensor, ...]] | None = None
+) -> None:
+    """Assert the lossless property of `plan`: producers zeroed, consumers read zeros, and the pruned model
+    computes what the zeroed one does, on each input tuple of `inputs` (default: `fresh_inputs`)."""
+    example = pg.example_inputs
+    inputs = fresh_inputs(example) if inputs is None else inputs
     zeroed = zero_producers(pg, plan)
-    assert consumer_leaks(zeroed, pg, plan) == [], "analysis missed a producer: removed channels are non-zero"
+    for xs in inputs:
+        leaks = consumer_leaks(zeroed, pg, plan, xs)
+        assert leaks == [], f"analysis missed a producer: removed channels are non-zero at {leaks}"
     if plan.blocks:  # removed blocks: zero their branch output
         zeroed = gp.passes.MaskBlocks([pg.block(b) for b in plan.blocks])(zeroed).graph_module
     pg_zero = gp.trace(zeroed, example)
@@ -109,9 +138,26 @@ def check_lossless(
         modules = [(n.name in nodes, str(n.target)) for n in pg.gm.graph.nodes if n.op == "call_module"]
         only_in_branch = {t for inside, t in modules if inside} - {t for inside, t in modules if not inside}
         assert not only_in_branch & called, f"block {name} was not removed"
-    with torch.no_grad():
-        ref = zeroed.eval()(example)
-        out = slim.eval()(example)
-    err = float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
-    assert err <= 1e-5, f"pruned output differs from the zeroed model: relative error {err:.3g}"
+    for xs in inputs:
+        with torch.no_grad():
+            ref = _leaves(zeroed.eval()(*xs))
+            out = _leaves(slim.eval()(*xs))
+        assert len(ref) == len(out), f"pruned model returns {len(out)} tensors, the zeroed one {len(ref)}"
+        for i, (r, o) in enumerate(zip(ref, out, strict=True)):
+            assert r.shape == o.shape, f"output {i}: shape {tuple(o.shape)}, expected {tuple(r.shape)}"
+            err = float((o - r).abs().max() / r.abs().max().clamp_min(1e-12)) if r.numel() else 0.0
+            assert err <= 1e-5, f"output {i} differs from the zeroed model: relative error {err:.3g}"
+
+
+def check_lossless(
+    model: nn.Module,
+    example: torch.Tensor | tuple[torch.Tensor, ...],
+    seed: int,
+    ratio: float = 0.3,
+    blocks: float = 0.0,
+) -> tuple[gp.PrunableGraph, gp.PruningPlan]:
+    """Assert the lossless property for one random plan on `model`; returns the graph and the plan."""
+    pg = gp.trace(model, example)
+    plan = random_plan(pg, seed, ratio, blocks)
+    check_plan_lossless(pg, plan)
     return pg, plan
