@@ -14,9 +14,9 @@ from graphprune.analysis.blocks import Block, find_blocks
 from graphprune.analysis.depgraph import DependencyGraph
 from graphprune.analysis.groups import ChannelGroup, derive_groups
 from graphprune.analysis.rules import build_dependency_graph
-from graphprune.costs import LayerCost, count_params, layer_costs
+from graphprune.costs import LayerCost, count_params, layer_costs, record_values_and_macs
 from graphprune.errors import PlanError
-from graphprune.trace import arch_hash, as_input_tuple, record_values, symbolic_trace
+from graphprune.trace import arch_hash, as_input_tuple, symbolic_trace
 
 
 @dataclass
@@ -87,7 +87,7 @@ def trace(
     """Trace `model` with torch.fx and analyse it. The model itself is never modified."""
     inputs = as_input_tuple(example_inputs)
     gm = symbolic_trace(model, leaf_modules)
-    record_values(gm, inputs)
+    record_values_and_macs(gm, inputs)
     dg = build_dependency_graph(gm)
     groups = derive_groups(dg)
     costs = layer_costs(gm)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,6 +131,10 @@ def _summarize(value: Any) -> Any:
 class _Recorder(fx.Interpreter):
     """Runs the graph once and stores each node's value summary in node.meta[META_KEY]."""
 
+    def __init__(self, gm: fx.GraphModule, after_node: Callable[[fx.Node], None] | None) -> None:
+        super().__init__(gm)
+        self.after_node = after_node
+
     def run_node(self, n: fx.Node) -> Any:
         try:
             result = super().run_node(n)
@@ -141,11 +145,20 @@ class _Recorder(fx.Interpreter):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise TraceError(f"example input does not fit the model at {where}: {first}") from None
         n.meta[META_KEY] = _summarize(result)
+        if self.after_node is not None:
+            self.after_node(n)
         return result
 
 
-def record_values(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> Any:
-    """Run `gm` (in eval mode, no grad) on `inputs`, annotating each node; returns the output."""
+def record_values(
+    gm: fx.GraphModule,
+    inputs: tuple[torch.Tensor, ...],
+    after_node: Callable[[fx.Node], None] | None = None,
+) -> Any:
+    """Run `gm` (in eval mode, no grad) on `inputs`, annotating each node; returns the output.
+
+    `after_node` is called with each node once its value is recorded (costs.py counts MACs with it).
+    """
     n_placeholders = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
     if n_placeholders != len(inputs):
         raise TraceError(
@@ -155,7 +168,7 @@ def record_values(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> Any:
     gm.eval()
     try:
         with torch.no_grad():
-            return _Recorder(gm).run(*inputs)
+            return _Recorder(gm, after_node).run(*inputs)
     finally:
         gm.train(was_training)
 
