@@ -17,7 +17,7 @@ their products are seen (same maths), and the CPU flash-attention kernel gets th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -51,7 +51,8 @@ class LayerCost:
 
 
 def record_values_and_macs(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> object:
-    """`trace.record_values`, also storing each node's MACs per sample in node.meta[MACS_KEY]."""
+    """`trace.record_values` (shapes only: on the meta device where it can), also storing each node's
+    MACs per sample in node.meta[MACS_KEY]."""
     batch = int(inputs[0].shape[0]) if inputs[0].dim() else 1
     counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
     seen = 0
@@ -66,7 +67,7 @@ def record_values_and_macs(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...])
     torch.backends.mha.set_fastpath_enabled(False)
     try:
         with counter:
-            return record_values(gm, inputs, after_node=store)
+            return record_values(gm, inputs, after_node=store, shapes_only=True)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
@@ -102,11 +103,17 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_flops(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> int:
+def count_flops(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    leaf_modules: Iterable[str | type] = (),
+) -> int:
     """MACs per sample of `model` on inputs shaped like `example_inputs`; the model is not modified.
 
-    Works on the meta device too (a model built under `torch.device("meta")`, meta inputs).
+    `leaf_modules` are kept opaque while tracing, as in `graphprune.trace`. Works on the meta device too
+    (a model built under `torch.device("meta")`, meta inputs).
     """
-    gm = symbolic_trace(model)
+    gm = symbolic_trace(model, leaf_modules)
     record_values_and_macs(gm, as_input_tuple(example_inputs))
     return sum(c.flops for c in layer_costs(gm))

@@ -150,14 +150,38 @@ class _Recorder(fx.Interpreter):
         return result
 
 
+class _Recording(nn.Module):
+    """Holds `gm` as a submodule so torch.func.functional_call can swap its tensors for meta ones."""
+
+    def __init__(self, gm: fx.GraphModule, after_node: Callable[[fx.Node], None] | None) -> None:
+        super().__init__()
+        self.gm = gm
+        self.after_node = after_node
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        return _Recorder(self.gm, self.after_node).run(*inputs)
+
+
+def _on_meta(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], after: Any) -> Any:
+    """Run the recorder with every parameter, buffer and input on the meta device: shapes, no arithmetic."""
+    state = {f"gm.{k}": v.to("meta") for k, v in gm.state_dict(keep_vars=True).items()}
+    meta_inputs = tuple(t.to("meta") for t in inputs)
+    return torch.func.functional_call(_Recording(gm, after), state, meta_inputs, strict=False)
+
+
 def record_values(
     gm: fx.GraphModule,
     inputs: tuple[torch.Tensor, ...],
     after_node: Callable[[fx.Node], None] | None = None,
+    *,
+    shapes_only: bool = False,
 ) -> Any:
     """Run `gm` (in eval mode, no grad) on `inputs`, annotating each node; returns the output.
 
     `after_node` is called with each node once its value is recorded (costs.py counts MACs with it).
+    With `shapes_only` the run is first tried on the meta device (no arithmetic: the analysis needs only
+    shapes, dtypes and Python values); a model that needs real values there (`.item()`, data-dependent
+    control flow, constants on another device) is run for real instead. The output is then meta.
     """
     n_placeholders = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
     if n_placeholders != len(inputs):
@@ -168,6 +192,11 @@ def record_values(
     gm.eval()
     try:
         with torch.no_grad():
+            if shapes_only:
+                try:
+                    return _on_meta(gm, inputs, after_node)
+                except Exception:  # noqa: BLE001 - anything meta cannot do is done for real below
+                    pass
             return _Recorder(gm, after_node).run(*inputs)
     finally:
         gm.train(was_training)

@@ -1,0 +1,246 @@
+"""Tool speed: graphprune's trace + plan + apply against Torch-Pruning's build + step, at the same FLOPs.
+
+    python benchmarks/tool_speed.py            # 10 torchvision models, 3 interleaved rounds (~30 min here)
+    python benchmarks/tool_speed.py --smoke --out DIR  # resnet18 at 64x64, 1 round, no memory (CI)
+
+Per model and round, in one process, alternating which tool goes first:
+- Torch-Pruning 1.6, set up as its README says: `MagnitudeImportance(p=1)`, the classifier ignored, the
+  same example input; timed: `MagnitudePruner(...)` (its `DependencyGraph().build_dependency` and the
+  forward inside it) plus `pruner.step()` on a fresh copy of the model (the copy is not timed).
+- graphprune, at the FLOPs Torch-Pruning reached: `gp.trace` + `plan_by_criterion("l1")` + `gp.apply`,
+  timed once without verification (analysis + apply) and once with it (the default path).
+Times are medians over rounds (pytest-benchmark's timer); ratios are graphprune / Torch-Pruning from the
+same run. Peak memory is the growth of the process's peak RSS over a run of each tool alone, in a
+fresh subprocess. Graph size is fx nodes x channels (the sum of every channel group's size).
+Writes docs/results/tool_speed.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+from pytest_benchmark.timers import default_timer
+
+import graphprune as gp
+from graphprune.criteria import plan_by_criterion
+from graphprune.fileio import atomic_path, write_text
+from graphprune.torchvision_compat import import_torchvision
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = [
+    "resnet18",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "densenet121",
+    "densenet201",
+    "efficientnet_b0",
+    "convnext_tiny",
+    "regnet_y_16gf",
+    "vit_b_16",
+]
+TP_RATIO = 0.3  # Torch-Pruning's per-layer pruning ratio; graphprune then targets the FLOPs it reached
+
+
+def build(name: str, size: int = 224) -> tuple[torch.nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = import_torchvision().models.get_model(name, weights=None).eval()
+    return model, torch.randn(1, 3, size, size)
+
+
+def classifier(model: torch.nn.Module) -> torch.nn.Module:
+    """The last Linear: Torch-Pruning's README leaves the classifier out."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+
+
+def run_tp(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
+    """Torch-Pruning's documented MagnitudePruner, built and stepped once; prunes `model` in place."""
+    import torch_pruning as tp
+
+    pruner = tp.pruner.MagnitudePruner(
+        model,
+        x,
+        importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=TP_RATIO,
+        ignored_layers=[classifier(model)],
+    )
+    pruner.step()
+    return model
+
+
+def run_gp(model: torch.nn.Module, x: torch.Tensor, target: float, verify: bool) -> torch.nn.Module:
+    """graphprune's default path: trace, L1 plan at the target FLOPs, apply."""
+    pg = gp.trace(model, x)
+    plan = plan_by_criterion(pg, "l1", target)
+    return gp.apply(pg, plan, verify=verify)
+
+
+def timed(fn: Any) -> tuple[float, Any]:
+    start = default_timer()
+    out = fn()
+    return default_timer() - start, out
+
+
+def measure(name: str, rounds: int, size: int = 224) -> dict[str, Any]:
+    """Interleaved timings of both tools on one model, and its graph size."""
+    model, x = build(name, size)
+    tp_model = run_tp(copy.deepcopy(model), x)
+    target = gp.count_flops(tp_model, x) / gp.count_flops(model, x)
+    pg = gp.trace(model, x)
+    times: dict[str, list[float]] = {"tp": [], "gp": [], "gp_verify": []}
+    runs = {
+        "tp": lambda fresh: run_tp(fresh, x),
+        "gp": lambda _: run_gp(model, x, target, verify=False),
+        "gp_verify": lambda _: run_gp(model, x, target, verify=True),
+    }
+    for r in range(rounds):
+        order = ["tp", "gp", "gp_verify"] if r % 2 == 0 else ["gp_verify", "gp", "tp"]
+        for tool in order:
+            fresh = copy.deepcopy(model) if tool == "tp" else None  # TP prunes in place; not timed
+            seconds, slim = timed(lambda run=runs[tool], m=fresh: run(m))
+            times[tool].append(seconds)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    channels = sum(g.size for g in pg.groups)
+    return {
+        "model": name,
+        "nodes": len(pg.gm.graph.nodes),
+        "channels": channels,
+        "graph_size": len(pg.gm.graph.nodes) * channels,
+        "flops": pg.flops,
+        "tp_flops": int(target * pg.flops),
+        "gp_flops": gp.count_flops(slim, x),
+        "rounds": rounds,
+        "seconds": times,
+        "median_s": med,
+        "ratio_analysis_apply": med["gp"] / med["tp"],
+        "ratio_with_verify": med["gp_verify"] / med["tp"],
+    }
+
+
+def peak_rss_mb(name: str, tool: str) -> float:
+    """Peak RSS growth (MiB) of one run of `tool` on `name`, alone in a fresh subprocess."""
+    code = (
+        "import sys, resource; sys.path.insert(0, sys.argv[1]); import benchmarks.tool_speed as b, copy;"
+        "m, x = b.build(sys.argv[2]); t = b.gp.count_flops(b.run_tp(copy.deepcopy(m), x), x) / "
+        "b.gp.count_flops(m, x) if sys.argv[3] != 'tp' else 0; import gc; gc.collect();"
+        "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+        "b.run_tp(m, x) if sys.argv[3] == 'tp' else b.run_gp(m, x, t, True);"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0) / 1024)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT), name, tool], capture_output=True, text=True, check=True
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def environment() -> dict[str, str]:
+    import torch_pruning as tp
+
+    tv = import_torchvision()
+    return {
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"{resource.getpagesize()}-byte pages, {platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": tv.__version__,
+        "torch_pruning": tp.__version__,
+        "graphprune": gp.__version__,
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def write_plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    rows = sorted(results, key=lambda r: r["graph_size"])
+    sizes = [r["graph_size"] for r in rows]
+    for key, label in (("tp", "Torch-Pruning build + step"), ("gp", "graphprune trace + plan + apply")):
+        ax.plot(sizes, [r["median_s"][key] for r in rows], "o-", label=label)
+    ax.plot(sizes, [r["median_s"]["gp_verify"] for r in rows], "s--", label="graphprune, verified apply")
+    for r in rows:
+        ax.annotate(r["model"], (r["graph_size"], r["median_s"]["gp"]), fontsize=7)
+    ax.set(xscale="log", yscale="log", xlabel="graph size (fx nodes x channels)", ylabel="seconds (median)")
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def markdown(results: list[dict[str, Any]], env: dict[str, str], command: str) -> str:
+    lines = [
+        "# Tool speed: graphprune vs Torch-Pruning",
+        "",
+        f"Generated by `{command}` (do not edit by hand) on {env['date']}.",
+        f"Machine: {env['machine']}. Python {env['python']}, torch {env['torch']}, torchvision "
+        f"{env['torchvision']}, Torch-Pruning {env['torch_pruning']}, graphprune {env['graphprune']}.",
+        "",
+        "Torch-Pruning: `MagnitudePruner` (its dependency graph build, forward included) + `step()`,",
+        f"pruning ratio {TP_RATIO}, classifier ignored. graphprune: `trace` + L1 `plan_by_criterion` at the",
+        "FLOPs Torch-Pruning reached + `apply`, without and with verification. Input 1x3x224x224, random",
+        "weights. Medians of interleaved rounds in one run; ratio = graphprune / Torch-Pruning (< 1 faster).",
+        "Peak memory: growth of peak RSS over one run of each tool alone in a fresh process.",
+        "",
+        "| model | nodes x channels | TP (s) | gp (s) | gp verified (s) | gp / TP | gp verified / TP |"
+        " GMACs after TP / gp | peak MiB TP / gp |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        m = r["median_s"]
+        lines.append(
+            f"| {r['model']} | {r['nodes']} x {r['channels']} | {m['tp']:.2f} | {m['gp']:.2f} | "
+            f"{m['gp_verify']:.2f} | {r['ratio_analysis_apply']:.2f} | {r['ratio_with_verify']:.2f} | "
+            f"{r['tp_flops'] / 1e9:.2f} / {r['gp_flops'] / 1e9:.2f} | "
+            f"{r.get('peak_mb_tp', float('nan')):.0f} / {r.get('peak_mb_gp', float('nan')):.0f} |"
+        )
+    lines += ["", "![time vs graph size](tool_speed.png)", ""]
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("names", nargs=-1)
+@click.option("--rounds", default=3, show_default=True, help="Interleaved rounds per model.")
+@click.option("--smoke", is_flag=True, help="resnet18 at 64x64, 1 round, no memory subprocesses.")
+@click.option("--out", type=click.Path(path_type=Path), default=ROOT / "docs" / "results")
+def main(names: tuple[str, ...], rounds: int, smoke: bool, out: Path) -> None:
+    """Time both tools on every model and write tool_speed.{json,md,png} under OUT."""
+    todo = ["resnet18"] if smoke else list(names) or MODELS
+    rounds = 1 if smoke else rounds
+    results = []
+    for name in todo:
+        t0 = time.perf_counter()
+        r = measure(name, rounds, 64 if smoke else 224)
+        if not smoke:
+            r["peak_mb_tp"], r["peak_mb_gp"] = peak_rss_mb(name, "tp"), peak_rss_mb(name, "gp")
+        results.append(r)
+        click.echo(
+            f"{name}: gp/TP {r['ratio_analysis_apply']:.2f}, verified {r['ratio_with_verify']:.2f} "
+            f"({time.perf_counter() - t0:.0f} s)"
+        )
+    command = "python benchmarks/tool_speed.py " + " ".join(sys.argv[1:])
+    env = environment()
+    write_text(
+        out / "tool_speed.json", json.dumps({"env": env, "command": command, "results": results}, indent=1)
+    )
+    write_text(out / "tool_speed.md", markdown(results, env, command.strip()))
+    write_plot(results, out / "tool_speed.png")
+
+
+if __name__ == "__main__":
+    main()
