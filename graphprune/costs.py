@@ -19,11 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry, sdpa_flop_count, shape_wrapper
 
 from graphprune.trace import as_input_tuple, record_values, symbolic_trace
 
@@ -35,8 +37,31 @@ def _cpu_attention_flops(query: object, key: object, value: object, *_: object, 
     return int(sdpa_flop_count(query, key, value))
 
 
-# aten kernels torch's counter does not know, with the formula of the op they implement (shapes in).
-_EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
+# torch's formulas, plus aten kernels it does not know with the formula of the op they implement.
+_FORMULAS = {
+    **flop_registry,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: shape_wrapper(_cpu_attention_flops),
+}
+
+
+class _FlopCounter(TorchDispatchMode):
+    """FLOPs of every aten op with a formula in torch.utils.flop_counter's registry.
+
+    `FlopCounterMode` minus what a count does not need: module tracking, and decomposing every other op
+    in Python first (slow, and no op it decomposes in a forward has a formula).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = _FORMULAS.get(func._overloadpacket)
+        if formula is not None:
+            self.total += int(formula(*args, **kwargs, out_val=out))
+        return out
 
 
 @dataclass(frozen=True)
@@ -54,12 +79,12 @@ def record_values_and_macs(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...])
     """`trace.record_values` (shapes only: on the meta device where it can), also storing each node's
     MACs per sample in node.meta[MACS_KEY]."""
     batch = int(inputs[0].shape[0]) if inputs[0].dim() else 1
-    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
+    counter = _FlopCounter()
     seen = 0
 
     def store(node: fx.Node) -> None:
         nonlocal seen
-        total = counter.get_total_flops()
+        total = counter.total
         node.meta[MACS_KEY] = (total - seen) // (2 * max(batch, 1))
         seen = total
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 
-import torch
 import torch.fx as fx
 from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
@@ -17,6 +16,7 @@ from torch.fx.passes.infra.pass_base import PassResult
 from graphprune.analysis.blocks import Block
 from graphprune.analysis.sites import SiteKind, SiteRemoval
 from graphprune.passes.base import GraphPass
+from graphprune.passes.param_surgery import replace_tensor
 
 
 class MaskChannels(GraphPass):
@@ -27,14 +27,14 @@ class MaskChannels(GraphPass):
         ]
 
     def call(self, gm: fx.GraphModule) -> PassResult:
-        with torch.no_grad():
-            for r in self.removals:
-                m = gm.get_submodule(r.site.target)
-                if isinstance(m, nn.Linear):
-                    m.weight[:, list(r.removed)] = 0
-                    continue
-                assert isinstance(m, nn.modules.conv._ConvNd)
-                w = m.weight
+        # masked copies replace the weights: the input's tensors may be shared (PassManager(share_tensors))
+        for r in self.removals:
+            m = gm.get_submodule(r.site.target)
+            assert isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
+            w = m.weight.detach().clone()
+            if isinstance(m, nn.Linear):
+                w[:, list(r.removed)] = 0
+            else:
                 cin_g, cout_g = m.in_channels // m.groups, m.out_channels // m.groups
                 for p in r.removed:
                     if m.transposed:
@@ -42,6 +42,7 @@ class MaskChannels(GraphPass):
                     else:
                         g, local = divmod(p, cin_g)
                         w[g * cout_g : (g + 1) * cout_g, local] = 0
+            replace_tensor(m, "weight", w)
         return PassResult(gm, bool(self.removals))
 
 
