@@ -129,18 +129,19 @@ def measure(name: str, rounds: int, size: int = 224) -> dict[str, Any]:
     }
 
 
-def peak_rss_mb(name: str, tool: str) -> float:
-    """Peak RSS growth (MiB) of one run of `tool` on `name`, alone in a fresh subprocess."""
+def peak_rss_mb(name: str, tool: str, target: float) -> float:
+    """Peak RSS growth (MiB) of one run of `tool` on `name` (at `target` FLOPs), alone in a fresh process."""
     code = (
-        "import sys, resource; sys.path.insert(0, sys.argv[1]); import benchmarks.tool_speed as b, copy;"
-        "m, x = b.build(sys.argv[2]); t = b.gp.count_flops(b.run_tp(copy.deepcopy(m), x), x) / "
-        "b.gp.count_flops(m, x) if sys.argv[3] != 'tp' else 0; import gc; gc.collect();"
-        "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
-        "b.run_tp(m, x) if sys.argv[3] == 'tp' else b.run_gp(m, x, t, True);"
+        "import sys, gc, resource; sys.path.insert(0, sys.argv[1]); import benchmarks.tool_speed as b;"
+        "m, x = b.build(sys.argv[2]); gc.collect(); r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+        "b.run_tp(m, x) if sys.argv[3] == 'tp' else b.run_gp(m, x, float(sys.argv[4]), True);"
         "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0) / 1024)"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(ROOT), name, tool], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code, str(ROOT), name, tool, repr(target)],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -227,17 +228,21 @@ def main(names: tuple[str, ...], rounds: int, smoke: bool, out: Path) -> None:
         t0 = time.perf_counter()
         r = measure(name, rounds, 64 if smoke else 224)
         if not smoke:
-            r["peak_mb_tp"], r["peak_mb_gp"] = peak_rss_mb(name, "tp"), peak_rss_mb(name, "gp")
+            target = r["tp_flops"] / r["flops"]
+            r["peak_mb_tp"], r["peak_mb_gp"] = peak_rss_mb(name, "tp", 0.0), peak_rss_mb(name, "gp", target)
         results.append(r)
         click.echo(
             f"{name}: gp/TP {r['ratio_analysis_apply']:.2f}, verified {r['ratio_with_verify']:.2f} "
             f"({time.perf_counter() - t0:.0f} s)"
         )
+        write_outputs(results, out)  # after every model: a long run cut short keeps what it measured
+
+
+def write_outputs(results: list[dict[str, Any]], out: Path) -> None:
     command = "python benchmarks/tool_speed.py " + " ".join(sys.argv[1:])
     env = environment()
-    write_text(
-        out / "tool_speed.json", json.dumps({"env": env, "command": command, "results": results}, indent=1)
-    )
+    payload = {"env": env, "command": command.strip(), "results": results}
+    write_text(out / "tool_speed.json", json.dumps(payload, indent=1) + "\n")
     write_text(out / "tool_speed.md", markdown(results, env, command.strip()))
     write_plot(results, out / "tool_speed.png")
 
