@@ -155,6 +155,7 @@ def published_classifiers() -> list[str]:
     return [n for n in names if "_ops" in tv.models.get_model_weights(n).DEFAULT.meta]
 
 
+@pytest.mark.zoo
 @pytest.mark.filterwarnings("ignore:The default weight initialization")
 @pytest.mark.parametrize("name", published_classifiers())
 def test_flops_match_torchvision_published_ops(name: str) -> None:
