@@ -12,8 +12,9 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 
-from graphprune import cli as cli_module
 from graphprune.cli import cli
+from graphprune.cli import demo as demo_module
+from graphprune.cli import inspect as inspect_module
 from graphprune.errors import PlanError
 
 MODEL = "graphprune:cifar_resnet20"
@@ -140,7 +141,7 @@ def test_inspect_all_groups_lists_every_group() -> None:
     assert "more groups" not in result.stdout
     for group in pg.groups:
         assert str(group.id) in result.stdout
-    if len(pg.groups) > cli_module.DEFAULT_GROUP_ROWS:
+    if len(pg.groups) > inspect_module.DEFAULT_GROUP_ROWS:
         default = run("inspect", MODEL)
         assert "more groups" in default.stdout
 
@@ -252,11 +253,11 @@ def test_demo_runs_without_model_arguments(tmp_path: Path) -> None:
     result = run("demo", "--out", out, "--no-export")
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
-    assert report["model"] == cli_module.DEMO_MODEL
+    assert report["model"] == demo_module.DEMO_MODEL
     assert report["pruned"]["flops"] <= 0.55 * report["original"]["flops"]
     assert (out / "model.pt").is_file() and (out / "plan.json").is_file()
     assert "FLOPs (MMACs)" in result.stdout
-    weights = cli_module._demo_weights()
+    weights = demo_module._demo_weights()
     if weights is None:
         assert "random init" in result.stderr
     else:
@@ -354,7 +355,7 @@ def test_multi_line_error_messages_are_joined(monkeypatch: pytest.MonkeyPatch) -
     def fail(*_: object) -> None:
         raise PlanError("first line\n  second line")
 
-    monkeypatch.setattr(cli_module, "_resolve", fail)
+    monkeypatch.setattr("graphprune.cli.inspect.resolve", fail)
     line = assert_one_line_error(run("inspect", MODEL))
     assert line == "error: first line second line"
 
@@ -363,7 +364,7 @@ def test_keyboard_interrupt_exits_130_quietly(monkeypatch: pytest.MonkeyPatch) -
     def interrupt(*_: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_module, "_resolve", interrupt)
+    monkeypatch.setattr("graphprune.cli.inspect.resolve", interrupt)
     result = run("inspect", MODEL)
     assert result.exit_code == 130
     assert "Aborted" not in result.output and "Traceback" not in result.output
@@ -373,7 +374,7 @@ def test_unexpected_exceptions_are_not_swallowed(monkeypatch: pytest.MonkeyPatch
     def bug(*_: object) -> None:
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(cli_module, "_resolve", bug)
+    monkeypatch.setattr("graphprune.cli.inspect.resolve", bug)
     result = run("inspect", MODEL)
     assert result.exit_code == 1
     assert isinstance(result.exception, ZeroDivisionError)
