@@ -97,7 +97,11 @@ def measure(name: str, rounds: int, size: int = 224) -> dict[str, Any]:
     """Interleaved timings of both tools on one model, and its graph size."""
     model, x = build(name, size)
     tp_model = run_tp(copy.deepcopy(model), x)
-    target = gp.count_flops(tp_model, x) / gp.count_flops(model, x)
+    try:
+        tp_flops = gp.count_flops(tp_model, x)
+    except gp.GraphpruneError as exc:
+        return {"model": name, "error": f"Torch-Pruning's pruned model does not run: {exc}"}
+    target = tp_flops / gp.count_flops(model, x)
     pg = gp.trace(model, x)
     times: dict[str, list[float]] = {"tp": [], "gp": [], "gp_verify": []}
     runs = {
@@ -169,7 +173,7 @@ def write_plot(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    rows = sorted(results, key=lambda r: r["graph_size"])
+    rows = sorted((r for r in results if "error" not in r), key=lambda r: r["graph_size"])
     sizes = [r["graph_size"] for r in rows]
     for key, label in (("tp", "Torch-Pruning build + step"), ("gp", "graphprune trace + plan + apply")):
         ax.plot(sizes, [r["median_s"][key] for r in rows], "o-", label=label)
@@ -203,6 +207,9 @@ def markdown(results: list[dict[str, Any]], env: dict[str, str], command: str) -
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
+        if "error" in r:
+            lines.append(f"| {r['model']} | not measured: {r['error'].splitlines()[0]} |" + " |" * 7)
+            continue
         m = r["median_s"]
         lines.append(
             f"| {r['model']} | {r['nodes']} x {r['channels']} | {m['tp']:.2f} | {m['gp']:.2f} | "
@@ -210,6 +217,7 @@ def markdown(results: list[dict[str, Any]], env: dict[str, str], command: str) -
             f"{r['tp_flops'] / 1e9:.2f} / {r['gp_flops'] / 1e9:.2f} | "
             f"{r.get('peak_mb_tp', float('nan')):.0f} / {r.get('peak_mb_gp', float('nan')):.0f} |"
         )
+    results = [r for r in results if "error" not in r]
     slower = [r["model"] for r in results if r["ratio_with_verify"] > 1.0]
     lost = [r["model"] for r in results if r["ratio_analysis_apply"] > 0.5]
     lines += [
@@ -235,8 +243,9 @@ def markdown(results: list[dict[str, Any]], env: dict[str, str], command: str) -
 @click.option("--rounds", default=3, show_default=True, help="Interleaved rounds per model.")
 @click.option("--smoke", is_flag=True, help="resnet18 at 64x64, 1 round, no memory subprocesses.")
 @click.option("--out", type=click.Path(path_type=Path), default=ROOT / "docs" / "results")
+@click.option("--update", is_flag=True, help="Measure NAMES and merge them into OUT/tool_speed.json.")
 @click.option("--render", is_flag=True, help="Only re-render the page and plot from OUT/tool_speed.json.")
-def main(names: tuple[str, ...], rounds: int, smoke: bool, out: Path, render: bool) -> None:
+def main(names: tuple[str, ...], rounds: int, smoke: bool, out: Path, update: bool, render: bool) -> None:
     """Time both tools on every model and write tool_speed.{json,md,png} under OUT."""
     if render:
         data = json.loads((out / "tool_speed.json").read_text())
@@ -245,10 +254,19 @@ def main(names: tuple[str, ...], rounds: int, smoke: bool, out: Path, render: bo
         return
     todo = ["resnet18"] if smoke else list(names) or MODELS
     rounds = 1 if smoke else rounds
-    results = []
+    results: list[dict[str, Any]] = []
+    if update:
+        results = [
+            r for r in json.loads((out / "tool_speed.json").read_text())["results"] if r["model"] not in todo
+        ]
     for name in todo:
         t0 = time.perf_counter()
         r = measure(name, rounds, 64 if smoke else 224)
+        if "error" in r:
+            results.append(r)
+            click.echo(f"{name}: {r['error']}")
+            write_outputs(results, out)
+            continue
         if not smoke:
             target = r["tp_flops"] / r["flops"]
             r["peak_mb_tp"], r["peak_mb_gp"] = peak_rss_mb(name, "tp", 0.0), peak_rss_mb(name, "gp", target)
