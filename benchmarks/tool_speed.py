@@ -134,12 +134,15 @@ def measure(name: str, rounds: int, size: int = 224) -> dict[str, Any]:
 
 
 def peak_rss_mb(name: str, tool: str, target: float) -> float:
-    """Peak RSS growth (MiB) of one run of `tool` on `name` (at `target` FLOPs), alone in a fresh process."""
+    """Peak RSS (MiB) of a fresh process that builds `name` and runs `tool` once (at `target` FLOPs).
+
+    Absolute, not growth: building the model can peak higher than pruning it, which made growth 0.
+    """
     code = (
-        "import sys, gc, resource; sys.path.insert(0, sys.argv[1]); import benchmarks.tool_speed as b;"
-        "m, x = b.build(sys.argv[2]); gc.collect(); r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+        "import sys, resource; sys.path.insert(0, sys.argv[1]); import benchmarks.tool_speed as b;"
+        "m, x = b.build(sys.argv[2]);"
         "b.run_tp(m, x) if sys.argv[3] == 'tp' else b.run_gp(m, x, float(sys.argv[4]), True);"
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0) / 1024)"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, str(ROOT), name, tool, repr(target)],
@@ -200,7 +203,7 @@ def markdown(results: list[dict[str, Any]], env: dict[str, str], command: str) -
         f"pruning ratio {TP_RATIO}, classifier ignored. graphprune: `trace` + L1 `plan_by_criterion` at the",
         "FLOPs Torch-Pruning reached + `apply`, without and with verification. Input 1x3x224x224, random",
         "weights. Medians of interleaved rounds in one run; ratio = graphprune / Torch-Pruning (< 1 faster).",
-        "Peak memory: growth of peak RSS over one run of each tool alone in a fresh process.",
+        "Peak memory: peak RSS of a fresh process building the model and running one tool once.",
         "",
         "| model | nodes x channels | TP (s) | gp (s) | gp verified (s) | gp / TP | gp verified / TP |"
         " GMACs after TP / gp | peak MiB TP / gp |",
@@ -229,6 +232,14 @@ def markdown(results: list[dict[str, Any]], env: dict[str, str], command: str) -
         "  Verification runs two real forwards (the masked original and the pruned model) where",
         "  Torch-Pruning runs one, and the analysis itself none (values are recorded on the meta device).",
         "  The masked original already shares the original's tensors; the two forwards remain.",
+        *(
+            [
+                "- Peak memory of this run is not usable: it was measured as growth over the model build's",
+                "  own peak, which was higher (0 everywhere). The script now records the absolute peak.",
+            ]
+            if all(r.get("peak_mb_tp") == 0 and r.get("peak_mb_gp") == 0 for r in results)
+            else []
+        ),
         "- The machine is shared and was heavily loaded during the run: absolute times are noisy; the ratios",
         "  come from the same process with the tools interleaved.",
         "",
