@@ -3,6 +3,7 @@
     python benchmarks/zoo_coverage.py                 # all models, ~1 h on 2 cores
     python benchmarks/zoo_coverage.py resnet18 cifar_resnet56   # a subset, printed only
     python benchmarks/zoo_coverage.py --update vit_h_14          # re-run some, rewrite the docs
+    python benchmarks/zoo_coverage.py --flops-only               # recount the GMACs columns only (~minutes)
 
 Each model runs in its own subprocess (memory and a time limit are per model); nothing is hard-coded:
 every number in the table comes from this run.
@@ -52,6 +53,36 @@ def run_one(name: str) -> dict[str, object]:
     return {**check_model(name, model.eval(), x).to_dict(), **check_oracle(model.eval(), x)}
 
 
+def recount_flops(name: str) -> tuple[int, int]:
+    """GMACs before and after the zoo's 30% random plan, traced on the meta device (no compute).
+
+    The pruned count is `FlopsModel` on the same plan `check_model` applies: equal to counting the
+    rewritten model (tests/test_efficiency.py), without rewriting it.
+    """
+    import torch
+    from zoo_harness import random_channel_plan
+
+    from graphprune.efficiency import FlopsModel
+    from graphprune.graph import trace
+    from graphprune.models import get_model, list_models
+    from graphprune.torchvision_compat import import_torchvision
+
+    def build() -> tuple[torch.nn.Module, torch.Tensor]:
+        if name in list_models():
+            return get_model(name), torch.randn(1, 3, 32, 32)
+        size = 299 if name == "inception_v3" else 224
+        return import_torchvision().models.get_model(name, weights=None), torch.randn(1, 3, size, size)
+
+    try:
+        with torch.device("meta"):
+            model, x = build()
+    except NotImplementedError:  # builders that compute widths with real tensors (RegNet)
+        model, x = build()
+        model, x = model.to("meta"), x.to("meta")
+    pg = trace(model.eval(), x)
+    return pg.flops, FlopsModel(pg).flops(random_channel_plan(pg, 0.3).channels)
+
+
 def _fmt_reasons(reasons: list[str]) -> str:
     own = [r for r in reasons if r not in ("model input", "model output")]
     kinds = sorted({r.split(" '")[0].split(" at ")[0] for r in own})
@@ -68,7 +99,8 @@ def write_markdown(results: list[dict[str, object]]) -> str:
         "a random plan removing 30% of every prunable channel group, `apply` (verified against the original",
         "with those channels masked at every consumer), then ONNX export (dynamo, onnxsim) checked with",
         "onnxruntime. Random weights; input 1x3x224x224 (299 for inception_v3, 32 for the built-ins).",
-        "FLOPs are MACs per sample.",
+        "FLOPs are MACs per sample as defined in `graphprune/costs.py`; `--flops-only` recounts the GMACs",
+        "columns alone (the pruned count is `FlopsModel` on the same plan, no rewrite).",
         "",
         f"**{len(ok)} of {len(results)} models pass every stage.** "
         f"Summed time per model: {seconds / 60:.0f} min.",
@@ -115,7 +147,8 @@ def write_markdown(results: list[dict[str, object]]) -> str:
 @click.option("--one", "one", default=None, help="Internal: run a single model and print its JSON result.")
 @click.option("--timeout", default=1200, show_default=True, help="Seconds allowed per model.")
 @click.option("--update", is_flag=True, help="Re-run NAMES and merge them into docs/coverage.{json,md}.")
-def main(names: tuple[str, ...], one: str | None, timeout: int, update: bool) -> None:
+@click.option("--flops-only", is_flag=True, help="Recount the GMACs columns of docs/coverage.* only.")
+def main(names: tuple[str, ...], one: str | None, timeout: int, update: bool, flops_only: bool) -> None:
     """Write docs/coverage.md and docs/coverage.json."""
     if one:
         print(json.dumps(run_one(one)))
@@ -123,6 +156,15 @@ def main(names: tuple[str, ...], one: str | None, timeout: int, update: bool) ->
     from zoo_harness import CoverageResult
 
     from graphprune.fileio import write_text
+
+    if flops_only:
+        results = json.loads((DOCS / "coverage.json").read_text())
+        for r in tqdm([r for r in results if not names or r["model"] in names], desc="flops", unit="model"):
+            if r["stage"] == "done":
+                r["flops"], r["pruned_flops"] = recount_flops(str(r["model"]))
+        write_text(DOCS / "coverage.json", json.dumps(results, indent=1) + "\n")
+        write_text(DOCS / "coverage.md", write_markdown(results))
+        return
 
     todo = list(names) or all_models()
     results: list[dict[str, object]] = []

@@ -14,9 +14,9 @@ from graphprune.analysis.blocks import Block, find_blocks
 from graphprune.analysis.depgraph import DependencyGraph
 from graphprune.analysis.groups import ChannelGroup, derive_groups
 from graphprune.analysis.rules import build_dependency_graph
-from graphprune.costs import LayerCost, count_params, layer_costs
+from graphprune.costs import LayerCost, count_params, layer_costs, record_values_and_macs
 from graphprune.errors import EvalOnlyWarning, PlanError, did_you_mean
-from graphprune.trace import arch_hash, as_input_tuple, eval_only_parts, record_values, symbolic_trace
+from graphprune.trace import arch_hash, as_input_tuple, eval_only_parts, symbolic_trace
 
 
 @dataclass
@@ -98,7 +98,7 @@ def trace(
             EvalOnlyWarning,
             stacklevel=2,
         )
-    record_values(gm, inputs)
+    record_values_and_macs(gm, inputs)
     dg = build_dependency_graph(gm, prune_layernorm=prune_layernorm)
     groups = derive_groups(dg)
     costs = layer_costs(gm)

@@ -34,10 +34,14 @@ def channel_removals(pg: PrunableGraph, plan: PruningPlan) -> list[SiteRemoval]:
 
 
 def masked_reference(pg: PrunableGraph, plan: PruningPlan) -> fx.GraphModule:
-    """The original model with the plan's channels zeroed at every consumer and its blocks multiplied by 0."""
+    """The original model with the plan's channels zeroed at every consumer and its blocks multiplied by 0.
+
+    It shares the tensors of `pg.gm` it does not mask (no copy): read it, never write into it.
+    """
     plan.validate(pg)
     blocks = [pg.block(b) for b in plan.blocks]
-    return PassManager([MaskChannels(channel_removals(pg, plan)), MaskBlocks(blocks)])(pg.gm)
+    passes = [MaskChannels(channel_removals(pg, plan)), MaskBlocks(blocks)]
+    return PassManager(passes, share_tensors=True)(pg.gm)
 
 
 def apply(pg: PrunableGraph, plan: PruningPlan, *, verify: bool = True, rtol: float = 1e-5) -> fx.GraphModule:
@@ -50,7 +54,8 @@ def apply(pg: PrunableGraph, plan: PruningPlan, *, verify: bool = True, rtol: fl
     plan.validate(pg)
     removals = channel_removals(pg, plan)
     blocks = [pg.block(b) for b in plan.blocks]
-    slim = PassManager([PruneChannels(removals), RemoveBlocks(blocks), EliminateDeadCode()])(pg.gm)
+    passes = [PruneChannels(removals), RemoveBlocks(blocks), EliminateDeadCode()]
+    slim = PassManager(passes)(pg.gm)  # its own tensors: a pass that wrote into one cannot touch pg
     if verify:
         Verify(pg.example_inputs, masked_reference(pg, plan), rtol)(slim)
     slim.train(pg.gm.training)

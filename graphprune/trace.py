@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,6 +172,10 @@ def _summarize(value: Any) -> Any:
 class _Recorder(fx.Interpreter):
     """Runs the graph once and stores each node's value summary in node.meta[META_KEY]."""
 
+    def __init__(self, gm: fx.GraphModule, after_node: Callable[[fx.Node], None] | None) -> None:
+        super().__init__(gm)
+        self.after_node = after_node
+
     def run_node(self, n: fx.Node) -> Any:
         try:
             result = super().run_node(n)
@@ -181,11 +185,44 @@ class _Recorder(fx.Interpreter):
             )
             raise TraceError(f"example input does not fit the model at {where}: {first_line(exc)}") from None
         n.meta[META_KEY] = _summarize(result)
+        if self.after_node is not None:
+            self.after_node(n)
         return result
 
 
-def record_values(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> Any:
-    """Run `gm` (in eval mode, no grad) on `inputs`, annotating each node; returns the output."""
+class _Recording(nn.Module):
+    """Holds `gm` as a submodule so torch.func.functional_call can swap its tensors for meta ones."""
+
+    def __init__(self, gm: fx.GraphModule, after_node: Callable[[fx.Node], None] | None) -> None:
+        super().__init__()
+        self.gm = gm
+        self.after_node = after_node
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        return _Recorder(self.gm, self.after_node).run(*inputs)
+
+
+def _on_meta(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], after: Any) -> Any:
+    """Run the recorder with every parameter, buffer and input on the meta device: shapes, no arithmetic."""
+    state = {f"gm.{k}": v.to("meta") for k, v in gm.state_dict(keep_vars=True).items()}
+    meta_inputs = tuple(t.to("meta") for t in inputs)
+    return torch.func.functional_call(_Recording(gm, after), state, meta_inputs, strict=False)
+
+
+def record_values(
+    gm: fx.GraphModule,
+    inputs: tuple[torch.Tensor, ...],
+    after_node: Callable[[fx.Node], None] | None = None,
+    *,
+    shapes_only: bool = False,
+) -> Any:
+    """Run `gm` (in eval mode, no grad) on `inputs`, annotating each node; returns the output.
+
+    `after_node` is called with each node once its value is recorded (costs.py counts MACs with it).
+    With `shapes_only` the run is first tried on the meta device (no arithmetic: the analysis needs only
+    shapes, dtypes and Python values); a model that needs real values there (`.item()`, data-dependent
+    control flow, constants on another device) is run for real instead. The output is then meta.
+    """
     n_placeholders = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
     if n_placeholders != len(inputs):
         raise TraceError(
@@ -195,7 +232,12 @@ def record_values(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> Any:
     gm.eval()
     try:
         with torch.no_grad():
-            return _Recorder(gm).run(*inputs)
+            if shapes_only:
+                try:
+                    return _on_meta(gm, inputs, after_node)
+                except Exception:  # noqa: BLE001 - anything meta cannot do is done for real below
+                    pass
+            return _Recorder(gm, after_node).run(*inputs)
     finally:
         gm.train(was_training)
 

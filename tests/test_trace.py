@@ -6,6 +6,7 @@ from torch import nn
 
 import graphprune as gp
 from graphprune.models import get_model
+from graphprune.trace import META_KEY, record_values, symbolic_trace
 
 
 class DataDependent(nn.Module):
@@ -98,3 +99,31 @@ def test_what_eval_mode_tracing_leaves_out_is_said() -> None:
         "AuxHead.forward reads self.training: traced as training=False",
     )
     assert gp.trace(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1)), torch.randn(1, 3, 4, 4)).eval_only == ()
+
+
+def test_shapes_only_recording_equals_a_real_run() -> None:
+    """The meta-device recording gives every node the value summary a real run gives."""
+    model, x = get_model("cifar_resnet20"), torch.randn(2, 3, 32, 32)
+    meta_gm, real_gm = symbolic_trace(model), symbolic_trace(model)
+    out = record_values(meta_gm, (x,), shapes_only=True)
+    record_values(real_gm, (x,))
+    assert out.device.type == "meta"  # no arithmetic was done
+    assert [n.meta[META_KEY] for n in meta_gm.graph.nodes] == [n.meta[META_KEY] for n in real_gm.graph.nodes]
+
+
+class ValueDependent(nn.Module):
+    """Boolean-mask indexing: the output shape depends on values, which the meta device does not have."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        return h + h[h > 0].sum()
+
+
+def test_a_model_that_needs_values_is_recorded_for_real() -> None:
+    pg = gp.trace(ValueDependent(), torch.randn(1, 3, 8, 8))
+    assert pg.flops == 4 * 6 * 6 * 3 * 9
+    assert all(META_KEY in n.meta for n in pg.gm.graph.nodes)

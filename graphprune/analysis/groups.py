@@ -115,32 +115,57 @@ def derive_groups(dg: DependencyGraph) -> list[ChannelGroup]:
             for p in pos.tolist():
                 pinned.setdefault(root[base[key] + p], f"{reason} (at {key})")
 
-    # atom -> site index -> positions
-    touches: dict[int, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+    # Every (atom, site, position) touch as flat arrays, sorted by atom, then site, then position.
+    root_arr = np.asarray(root, dtype=np.int64)
+    chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for si, site in enumerate(dg.sites):
         b = base.get(site.tensor)
         if b is None:
             continue
         size = g.nodes[site.tensor]["size"]
-        for p in site.positions if site.positions is not None else range(size):
-            touches[root[b + p]][si].append(p)
+        pos = np.arange(size) if site.positions is None else np.asarray(site.positions, dtype=np.int64)
+        chunks.append((root_arr[b + pos], np.full(len(pos), si, dtype=np.int64), pos))
+    if not chunks:
+        return []
+    atom_of, site_of, pos_of = (np.concatenate(c) for c in zip(*chunks, strict=True))
+    order = np.lexsort((pos_of, site_of, atom_of))
+    atom_of, site_of, pos_of = atom_of[order], site_of[order], pos_of[order]
+    # runs of equal (atom, site): one per member position tuple
+    new_pair = np.ones(len(atom_of), dtype=bool)
+    new_pair[1:] = (atom_of[1:] != atom_of[:-1]) | (site_of[1:] != site_of[:-1])
+    pair_start = np.nonzero(new_pair)[0]
+    pair_end = np.append(pair_start[1:], len(atom_of))
+    pair_atom, pair_site = atom_of[pair_start], site_of[pair_start]
+    # runs of equal atom over the pairs: the atom's sorted site tuple is its bucket key
+    new_atom = np.ones(len(pair_atom), dtype=bool)
+    new_atom[1:] = pair_atom[1:] != pair_atom[:-1]
+    atom_start = np.nonzero(new_atom)[0]
+    atom_end = np.append(atom_start[1:], len(pair_atom))
 
     buckets: dict[tuple[tuple[int, ...], str | None], list[int]] = defaultdict(list)
-    for atom, by_site in touches.items():
-        atom_reason = next((pinned[a] for a in [atom] if a in pinned), None)
-        buckets[(tuple(sorted(by_site)), atom_reason)].append(atom)
+    for k, (lo, hi) in enumerate(zip(atom_start.tolist(), atom_end.tolist(), strict=True)):
+        reason = pinned.get(int(pair_atom[lo]))
+        buckets[(tuple(pair_site[lo:hi].tolist()), reason)].append(k)
+    first_pos = pos_of[pair_start[atom_start]]  # per atom: its smallest position at its first site
+    single = bool(np.all(pair_end - pair_start == 1))
+    pos_list = pos_of.tolist()
+
+    def positions(pairs: np.ndarray) -> tuple[tuple[int, ...], ...]:
+        if single:
+            return tuple((p,) for p in pos_of[pair_start[pairs]].tolist())
+        return tuple(
+            tuple(pos_list[a:b])
+            for a, b in zip(pair_start[pairs].tolist(), pair_end[pairs].tolist(), strict=True)
+        )
 
     groups: list[tuple[int, ChannelGroup]] = []
     used_ids: dict[str, int] = defaultdict(int)
-    ordered = sorted(
-        buckets.items(), key=lambda kv: (kv[0][0][0], min(touches[a][kv[0][0][0]][0] for a in kv[1]))
-    )
-    for (site_ids, reason), atoms in ordered:
+    ordered = sorted(buckets.items(), key=lambda kv: (kv[0][0][0], int(first_pos[kv[1]].min())))
+    for (site_ids, reason), atom_ks in ordered:
         first = site_ids[0]
-        atoms.sort(key=lambda a: min(touches[a][first]))
-        members = tuple(
-            Member(dg.sites[si], tuple(tuple(sorted(touches[a][si])) for a in atoms)) for si in site_ids
-        )
+        ks = np.asarray(atom_ks, dtype=np.int64)
+        ks = ks[np.argsort(first_pos[ks], kind="stable")]
+        members = tuple(Member(dg.sites[si], positions(atom_start[ks] + j)) for j, si in enumerate(site_ids))
         producer = next((dg.sites[si] for si in site_ids if dg.sites[si].kind in PRODUCER_KINDS), None)
         if producer is not None:
             name = producer.target or producer.node
@@ -149,5 +174,5 @@ def derive_groups(dg: DependencyGraph) -> list[ChannelGroup]:
         k = used_ids[name]
         used_ids[name] += 1
         gid = name if k == 0 else f"{name}#{k}"
-        groups.append((first, ChannelGroup(gid, len(atoms), members, reason is None, reason)))
+        groups.append((first, ChannelGroup(gid, len(ks), members, reason is None, reason)))
     return [grp for _, grp in groups]

@@ -33,7 +33,8 @@ class FlopsModel:
         self.total = pg.flops
         modules = dict(pg.gm.named_modules())
         self.layers: list[_CostedLayer] = []
-        self.fixed = 0
+        self.fixed = 0  # MACs no channel removal changes (attention products, matmul), per node below
+        self.fixed_by_node: dict[str, int] = {}
         for c in pg.layer_costs:
             m = modules.get(c.name)
             if isinstance(m, nn.modules.conv._ConvNd):
@@ -53,6 +54,7 @@ class FlopsModel:
                 )
             else:
                 self.fixed += c.flops
+                self.fixed_by_node[c.node] = c.flops
                 continue
             self.layers.append(layer)
         # group id -> site key -> per-index position counts
@@ -73,7 +75,7 @@ class FlopsModel:
         """MACs per sample after removing `channels` (group id -> indices) and `blocks`."""
         removed = self.removed_per_site(channels)
         dead = set().union(*(self.block_nodes[b] for b in blocks)) if blocks else set()
-        total = float(self.fixed)
+        total = float(self.fixed - sum(self.fixed_by_node.get(n, 0) for n in dead))
         for layer in self.layers:
             if layer.node in dead:
                 continue

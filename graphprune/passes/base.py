@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Callable, Sequence
 
 import torch.fx as fx
@@ -36,13 +37,23 @@ Check = Callable[[fx.GraphModule], None]
 class PassManager:
     """Runs passes in order; after each, runs every check (e.g. Verify) on the result."""
 
-    def __init__(self, passes: Sequence[PassBase], checks: Sequence[Check] = ()) -> None:
+    def __init__(
+        self, passes: Sequence[PassBase], checks: Sequence[Check] = (), *, share_tensors: bool = False
+    ) -> None:
         self.passes = list(passes)
         self.checks = list(checks)
+        self.share_tensors = share_tensors
 
     def __call__(self, gm: fx.GraphModule) -> fx.GraphModule:
-        """A new graph module; `gm` is copied once, then each pass owns the current one."""
-        gm = copy.deepcopy(gm)
+        """A new graph module; `gm` is copied once, then each pass owns the current one.
+
+        With `share_tensors` the copy's modules are new but its parameters and buffers are `gm`'s own
+        tensors (no clone): passes replace tensors (param_surgery), they never write into them.
+        """
+        memo: dict[int, object] = {}
+        if self.share_tensors:
+            memo = {id(t): t for t in itertools.chain(gm.parameters(), gm.buffers())}
+        gm = copy.deepcopy(gm, memo)
         for p in self.passes:
             res = p.run_owned(gm) if isinstance(p, GraphPass) else p(gm)
             if res is None:

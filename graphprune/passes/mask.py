@@ -18,6 +18,7 @@ from torch.fx.passes.infra.pass_base import PassResult
 from graphprune.analysis.blocks import Block
 from graphprune.analysis.sites import SiteKind, SiteRemoval
 from graphprune.passes.base import GraphPass
+from graphprune.passes.param_surgery import replace_tensor
 
 
 class KeptLayerNorm(nn.Module):
@@ -45,21 +46,21 @@ class MaskChannels(GraphPass):
         self.removals = [r for r in removals if r.removed and r.site.kind in kinds]
 
     def call(self, gm: fx.GraphModule) -> PassResult:
-        with torch.no_grad():
-            for r in self.removals:
-                m = gm.get_submodule(r.site.target)
-                if r.site.kind == SiteKind.LAYER_NORM:
-                    assert isinstance(m, nn.LayerNorm)
-                    n = m.normalized_shape[0]
-                    owner, _, attr = r.site.target.rpartition(".")
-                    kept = KeptLayerNorm(m, [i for i in range(n) if i not in set(r.removed)])
-                    setattr(gm.get_submodule(owner) if owner else gm, attr, kept)
-                    continue
-                if isinstance(m, nn.Linear):
-                    m.weight[:, list(r.removed)] = 0
-                    continue
-                assert isinstance(m, nn.modules.conv._ConvNd)
-                w = m.weight
+        # masked copies replace the weights: the input's tensors may be shared (PassManager(share_tensors))
+        for r in self.removals:
+            m = gm.get_submodule(r.site.target)
+            if r.site.kind == SiteKind.LAYER_NORM:
+                assert isinstance(m, nn.LayerNorm)
+                n = m.normalized_shape[0]
+                owner, _, attr = r.site.target.rpartition(".")
+                kept = KeptLayerNorm(m, [i for i in range(n) if i not in set(r.removed)])
+                setattr(gm.get_submodule(owner) if owner else gm, attr, kept)
+                continue
+            assert isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
+            w = m.weight.detach().clone()
+            if isinstance(m, nn.Linear):
+                w[:, list(r.removed)] = 0
+            else:
                 cin_g, cout_g = m.in_channels // m.groups, m.out_channels // m.groups
                 for p in r.removed:
                     if m.transposed:
@@ -67,6 +68,7 @@ class MaskChannels(GraphPass):
                     else:
                         g, local = divmod(p, cin_g)
                         w[g * cout_g : (g + 1) * cout_g, local] = 0
+            replace_tensor(m, "weight", w)
         return PassResult(gm, bool(self.removals))
 
 

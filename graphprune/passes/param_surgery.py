@@ -9,9 +9,8 @@ from torch import nn
 
 
 def index_select(t: torch.Tensor, dim: int, keep: Sequence[int]) -> torch.Tensor:
-    return (
-        t.detach().index_select(dim, torch.as_tensor(list(keep), dtype=torch.long, device=t.device)).clone()
-    )
+    """A new tensor (index_select copies) holding the `keep` entries of `t` along `dim`."""
+    return t.detach().index_select(dim, torch.as_tensor(list(keep), dtype=torch.long, device=t.device))
 
 
 def replace_tensor(owner: nn.Module, name: str, value: torch.Tensor) -> None:
