@@ -57,22 +57,31 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def plot_training_curves(history: list[dict[str, Any]], path: Path) -> Path | None:
-    """Train loss and train/test accuracy per epoch; None if there is no epoch to plot."""
-    epochs = [r for r in history if r.get("kind") == "epoch"]
-    if not epochs:
+    """Train loss and accuracy over epochs (every logged step, so one epoch still shows a curve) and test
+    top-1 per epoch, stages one after another; None if nothing was logged."""
+    rows = [r for r in history if r.get("kind") in ("step", "epoch") and "train_loss" in r]
+    if not rows:
         return None
     plt = _pyplot()
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
-    stages = sorted({r["stage"] for r in epochs}, key=[r["stage"] for r in epochs].index)
-    x0 = 0
+    stages = list(dict.fromkeys(r["stage"] for r in rows))
+    offset = 0.0
     for stage in stages:
-        rows = [r for r in epochs if r["stage"] == stage]
-        xs = list(range(x0 + 1, x0 + len(rows) + 1))
-        loss_ax.plot(xs, [r["train_loss"] for r in rows], marker="o", label=f"{stage} train")
-        acc_ax.plot(xs, [r["train_acc"] for r in rows], marker="o", label=f"{stage} train")
-        if all("test_top1" in r for r in rows):
-            acc_ax.plot(xs, [r["test_top1"] for r in rows], marker="s", label=f"{stage} test top-1")
-        x0 += len(rows)
+        steps = [r for r in rows if r["stage"] == stage and r["kind"] == "step"]
+        epochs = [r for r in rows if r["stage"] == stage and r["kind"] == "epoch"]
+        curve = steps or epochs
+        xs = [offset + float(r["epoch"]) for r in curve]
+        (line,) = loss_ax.plot(xs, [r["train_loss"] for r in curve], lw=1.2, label=f"{stage} train")
+        acc_ax.plot(
+            xs, [r["train_acc"] for r in curve], lw=1.2, color=line.get_color(), label=f"{stage} train"
+        )
+        tested = [r for r in epochs if "test_top1" in r]
+        if tested:
+            acc_ax.plot(
+                [offset + float(r["epoch"]) for r in tested], [r["test_top1"] for r in tested],
+                "s", color=line.get_color(), label=f"{stage} test top-1",
+            )  # fmt: skip
+        offset += max(float(r["epoch"]) for r in curve)
     loss_ax.set(xlabel="epoch", ylabel="loss", title="training loss")
     acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (loss_ax, acc_ax):
