@@ -14,7 +14,7 @@ from graphprune.cli import cli
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _image_folder(tmp_path_factory.mktemp("data"))
+    return _image_folder(tmp_path_factory.mktemp("data"), size=32)  # ResNet-20 takes 32x32
 
 
 @pytest.mark.parametrize(("method", "epochs"), [("wgates", "1"), ("abp+wgates", "1,1,1")])
