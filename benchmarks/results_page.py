@@ -148,6 +148,14 @@ def generic_section(data: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def suite_page_section(md: Path) -> list[str]:
+    """A suite that writes its own generated page: that page's body, headings one level down."""
+    body = md.read_text().splitlines()
+    if body and body[0].startswith("# "):
+        body = body[1:]
+    return [("#" + line) if line.startswith("#") else line for line in body] + [""]
+
+
 def page(results: dict[str, dict[str, Any]], folder: Path) -> str:
     """The whole docs/results/README.md."""
     lines = [
@@ -172,12 +180,16 @@ def page(results: dict[str, dict[str, Any]], folder: Path) -> str:
         lines += ["No suite has been run yet.", ""]
     for name, data in results.items():
         lines += [f"## {KNOWN.get(name, name)}", "", f"Source: [{name}]({name})", ""]
-        lines += _meta_lines(data.get("meta"))
+        own_page = folder / f"{Path(name).stem}.md"
+        if not own_page.is_file():  # a suite's own page says its command, date and machine itself
+            lines += _meta_lines(data.get("meta"))
         try:
             if name == "accuracy.json":
                 lines += accuracy_section(data)
             elif name == "latency.json":
                 lines += latency_section(data)
+            elif own_page.is_file():
+                lines += suite_page_section(own_page)
             else:
                 lines += generic_section(data)
                 pngs = sorted(folder.glob(f"{Path(name).stem}*.png"))
