@@ -223,6 +223,18 @@ def summary(results: dict[str, dict[str, Any]]) -> list[str]:
     lat = real.get("latency.json")
     if lat:
         out += [f"Latency: {line}" for line in latency_answers(lat)]
+    thr = results.get("train_throughput.json")
+    if thr and thr.get("rows") and all("epoch_seconds_50k" in r for r in thr["rows"]):
+        epochs = ", ".join(f"{r['model']} {r['epoch_seconds_50k']:.0f} s" for r in thr["rows"])
+        ratios = ", ".join(f"{r['ratio']:.2f}" for r in thr["rows"])
+        out.append(f"Training on this machine: a CIFAR epoch takes {epochs}; `fit` / minimal loop {ratios}.")
+    ft = results.get("finetune_l1.json")
+    if ft and ft.get("config", {}).get("max_steps") is None and ft.get("limit") is None:
+        arms = ", ".join(f"{k} {v['top1']:.2f}%" for k, v in ft["arms"].items())
+        out.append(
+            f"L1 to {ft['flops_ratio']:.2f} of ResNet-20's FLOPs from {ft['baseline_top1']:.2f}%, "
+            f"{ft['config'].get('epochs')} fine-tune epochs: {arms}."
+        )
     out = out[:4]
     if not out:
         out.append("No full benchmark run has been committed yet; suites and commands are in docs/results.")
