@@ -181,14 +181,15 @@ def page(results: dict[str, dict[str, Any]], folder: Path) -> str:
     for name, data in results.items():
         lines += [f"## {KNOWN.get(name, name)}", "", f"Source: [{name}]({name})", ""]
         own_page = folder / f"{Path(name).stem}.md"
-        if not own_page.is_file():  # a suite's own page says its command, date and machine itself
+        embed = name not in ("accuracy.json", "latency.json") and own_page.is_file()
+        if not embed:  # an embedded page says its command, date and machine itself
             lines += _meta_lines(data.get("meta"))
         try:
             if name == "accuracy.json":
                 lines += accuracy_section(data)
             elif name == "latency.json":
                 lines += latency_section(data)
-            elif own_page.is_file():
+            elif embed:
                 lines += suite_page_section(own_page)
             else:
                 lines += generic_section(data)
