@@ -23,6 +23,7 @@ from typing import Any
 
 import click
 import torch
+from gp_arms import jpeg_baseline
 
 import graphprune as gp
 from graphprune import shared
@@ -30,9 +31,7 @@ from graphprune.export import export_onnx
 from graphprune.fileio import write_text
 from graphprune.latency import paired_latency
 from graphprune.methods import Budget, MethodContext, get_method
-from graphprune.models import get_model
 from graphprune.train import TrainConfig, evaluate, fit, load_data
-from graphprune.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,11 +43,6 @@ MODES: dict[str, dict[str, Any]] = {
     "smoke": {"model": "cifar_resnet20", "targets": (0.6,), "epochs": (1, 1, 1), "limit": 64,
               "max_steps": 2, "rounds": 1, "control_latency": False},
 }  # fmt: skip
-
-
-def _model(name: str) -> torch.nn.Module:
-    weights = shared.weights_file(f"cifar10jpeg_{name.removeprefix('cifar_')}")
-    return load_weights(get_model(name), weights).eval()
 
 
 def _measure(
@@ -71,7 +65,7 @@ def run_arm(
     arm: str, mode: dict[str, Any], data: Any, cfg: TrainConfig, run: Path, done: dict[str, Any]
 ) -> dict[str, Any]:
     """Train and measure one arm; `done` holds the arms finished before (L1 reads ABP's FLOPs)."""
-    original = _model(mode["model"])
+    original = jpeg_baseline(mode["model"])
     x = torch.randn(1, *data.input_shape)
     pg = gp.trace(original, x)
     e1, e2, e3 = mode["epochs"]

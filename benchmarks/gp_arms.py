@@ -82,3 +82,13 @@ def block_channel_arm(
     if rest >= 1.0 or math.isclose(rest, 1.0):
         return slim
     return channel_arm(slim, example_inputs, rest, round_to=round_to)
+
+
+def jpeg_baseline(name: str) -> nn.Module:
+    """Built-in `name` (e.g. cifar_resnet20) with the shared JPEG fine-tuned weights, in eval mode."""
+    from graphprune import shared
+    from graphprune.models import get_model
+    from graphprune.weights import load_weights
+
+    weights = shared.weights_file(f"cifar10jpeg_{name.removeprefix('cifar_')}")
+    return load_weights(get_model(name), weights).eval()

@@ -26,6 +26,7 @@ from typing import Any
 
 import click
 import torch
+from gp_arms import jpeg_baseline
 
 import graphprune as gp
 from graphprune import shared
@@ -33,9 +34,7 @@ from graphprune.export import export_onnx
 from graphprune.fileio import write_text
 from graphprune.latency import paired_latency
 from graphprune.methods import Budget, MethodContext, get_method
-from graphprune.models import get_model
 from graphprune.train import TrainConfig, evaluate, fit, load_data
-from graphprune.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,11 +49,6 @@ MODES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-def _model(name: str) -> torch.nn.Module:
-    weights = shared.weights_file(f"cifar10jpeg_{name.removeprefix('cifar_')}")
-    return load_weights(get_model(name), weights).eval()
-
-
 def _measure(
     model: torch.nn.Module, data: Any, x: torch.Tensor, onnx: Path, cfg: TrainConfig
 ) -> dict[str, Any]:
@@ -65,7 +59,7 @@ def _measure(
 
 
 def run_arm(arm: str, mode: dict[str, Any], data: Any, cfg: TrainConfig, run: Path) -> dict[str, Any]:
-    original = _model(mode["model"])
+    original = jpeg_baseline(mode["model"])
     x = torch.randn(1, *data.input_shape)
     pg = gp.trace(original, x)
     e1, e2, eg, eft = mode["epochs"]
