@@ -1,7 +1,8 @@
 """Masking passes: the reference a rewrite must match. They keep every shape and only zero things.
 
-MaskChannels zeroes, in every consumer (conv / linear input), the weights that read removed channels:
-exactly what removing those channels means. MaskBlocks multiplies removed branches by zero.
+MaskChannels zeroes, in every consumer (conv / linear input), the weights that read removed channels, and
+zeroes the removed channels an op sums over (a REDUCE site: `(h * h).sum(1)`, `q^T k`): exactly what
+removing those channels means. MaskBlocks multiplies removed branches by zero.
 """
 
 from __future__ import annotations
@@ -39,15 +40,27 @@ class KeptLayerNorm(nn.Module):
         return y
 
 
+def zero_channels(x: torch.Tensor, dim: int, removed: tuple[int, ...]) -> torch.Tensor:
+    """`x` with positions `removed` of `dim` set to zero (the reference for a REDUCE site)."""
+    return x.index_fill(dim, torch.tensor(removed, dtype=torch.long, device=x.device), 0)
+
+
 class MaskChannels(GraphPass):
     def __init__(self, removals: Sequence[SiteRemoval]) -> None:
         super().__init__()
-        kinds = (SiteKind.CONV_IN, SiteKind.LINEAR_IN, SiteKind.LAYER_NORM)
+        kinds = (SiteKind.CONV_IN, SiteKind.LINEAR_IN, SiteKind.LAYER_NORM, SiteKind.REDUCE)
         self.removals = [r for r in removals if r.removed and r.site.kind in kinds]
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         # masked copies replace the weights: the input's tensors may be shared (PassManager(share_tensors))
+        nodes = {n.name: n for n in gm.graph.nodes}
         for r in self.removals:
+            if r.site.kind == SiteKind.REDUCE:  # the op reads its operand with the removed channels zeroed
+                op, operand = nodes[r.site.node], nodes[r.site.tensor]
+                with gm.graph.inserting_before(op):
+                    zeroed = gm.graph.call_function(zero_channels, (operand, r.site.dim, r.removed))
+                op.replace_input_with(operand, zeroed)
+                continue
             m = gm.get_submodule(r.site.target)
             if r.site.kind == SiteKind.LAYER_NORM:
                 assert isinstance(m, nn.LayerNorm)
@@ -69,6 +82,7 @@ class MaskChannels(GraphPass):
                         g, local = divmod(p, cin_g)
                         w[g * cout_g : (g + 1) * cout_g, local] = 0
             replace_tensor(m, "weight", w)
+        gm.recompile()
         return PassResult(gm, bool(self.removals))
 
 

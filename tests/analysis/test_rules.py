@@ -249,3 +249,88 @@ def test_layer_norm_over_channels_prunes_only_on_opt_in(affine: bool) -> None:
         torch.testing.assert_close(slim(x), expected)
     with torch.no_grad():  # and it is not lossless: the unpruned model differs
         assert not torch.allclose(slim(x), model(x), atol=1e-3)
+
+
+# ---- sums over the channels: a zeroed channel adds nothing, so the group stays prunable
+
+
+@pytest.mark.parametrize(
+    "reduce",
+    [
+        lambda h: (h * h).sum(1, keepdim=True),
+        lambda h: h.pow(2).sum(dim=1, keepdim=True),
+        lambda h: torch.linalg.vector_norm(h, dim=1, keepdim=True),
+        lambda h: h.norm(dim=1, keepdim=True),
+        lambda h: torch.norm(h, p=1, dim=1, keepdim=True),
+        lambda h: h.abs().sum(1, keepdim=True),
+        lambda h: torch.linalg.vector_norm(h.relu(), float("inf"), dim=1, keepdim=True),
+    ],
+)
+def test_a_sum_over_the_channels_stays_prunable(reduce: object) -> None:
+    prunable_and_lossless(Net(lambda s, h: s.b(h) + reduce(h)))  # type: ignore[operator]
+    prunable_and_lossless(Net(lambda s, h: s.b(h / (reduce(h) + 1.0))))  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    "reduce",
+    [
+        lambda h: h.mean(1, keepdim=True),
+        lambda h: h.relu().amax(1, keepdim=True),
+        lambda h: torch.linalg.vector_norm(h, -1, dim=1, keepdim=True),
+        lambda h: torch.logsumexp(h, 1, keepdim=True),
+    ],
+)
+def test_a_reduction_a_zero_channel_changes_pins(reduce: object) -> None:
+    pinned(Net(lambda s, h: s.b(h) + reduce(h)), "channel")  # type: ignore[operator]
+
+
+# ---- contractions over the channels (q^T k) couple both operands
+
+
+def _attention(contract: object) -> nn.Module:
+    def body(s: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        q, k = h.flatten(2), s.k(h).flatten(2)  # (n, 8, 64) each, channels on dim 1
+        a = contract(q, k)  # type: ignore[operator]
+        return s.b(h) + a.flatten(1).sum(1).view(-1, 1, 1, 1)
+
+    return Net(body, k=nn.Conv2d(8, 8, 1))
+
+
+@pytest.mark.parametrize(
+    "contract",
+    [
+        lambda q, k: torch.matmul(q.transpose(-1, -2), k),
+        lambda q, k: q.transpose(1, 2) @ k,
+        lambda q, k: torch.bmm(q.transpose(1, 2), k),
+        lambda q, k: torch.einsum("bci,bcj->bij", q, k),
+    ],
+)
+def test_a_contraction_over_the_channels_of_both_operands_prunes(contract: object) -> None:
+    model = _attention(contract)
+    prunable_and_lossless(model)
+    pg = gp.trace(model.eval(), X)
+    assert {m.target for m in a_group(pg).members} >= {"a", "k"}  # q's and k's channels go together
+    from graphprune.efficiency import FlopsModel
+
+    plan = _plan(pg, 0)
+    slim = gp.apply(pg, plan)
+    assert FlopsModel(pg).flops(plan.channels) == gp.count_flops(slim, X)  # the product shrinks too
+
+
+@pytest.mark.parametrize(
+    "contract",
+    [
+        lambda q, k: torch.matmul(q, k.transpose(1, 2)),  # over the pixels: channels stay in the result
+        lambda q, k: torch.einsum("bci,bdi->bcd", q, k),
+        lambda q, k: torch.matmul(q.transpose(1, 2), k.sum(1, keepdim=True).expand(-1, 8, -1)),  # no channels
+    ],
+)
+def test_a_contraction_not_over_shared_channels_pins(contract: object) -> None:
+    pinned(_attention(contract), "contract")
+
+
+def test_a_contraction_with_a_constant_operand_pins() -> None:
+    def body(s: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        return s.b(h) + torch.matmul(h.flatten(2).transpose(1, 2), s.w).sum(-1).view(-1, 1, 8, 8)
+
+    pinned(Net(body, w=torch.randn(8, 3)), "contract")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.fx as fx
 
-from graphprune.analysis.depgraph import DependencyGraph
+from graphprune.analysis.depgraph import DependencyGraph, TensorInfo
 from graphprune.analysis.rules.base import (
     Rule,
+    add_site,
     arg,
     new_tensor,
     norm_dim,
@@ -15,14 +18,23 @@ from graphprune.analysis.rules.base import (
     unknown,
 )
 from graphprune.analysis.rules.elementwise import identity
+from graphprune.analysis.sites import Site, SiteKind
 
 
-def reduction(dg: DependencyGraph, node: fx.Node) -> None:
+def reduce_site(dg: DependencyGraph, node: fx.Node, xi: TensorInfo) -> None:
+    """`node` sums over the channels of `xi` (one channel dim): a removed channel, zeroed in the reference,
+    adds nothing, and the op itself needs no rewrite (it sums over what is left)."""
+    add_site(
+        dg, node, Site(f"{node.name}:reduce:{xi.key}", SiteKind.REDUCE, xi.key, node.name, dim=xi.cdims[0])
+    )
+
+
+def _reduce(dg: DependencyGraph, node: fx.Node, dims: Any, keepdim: bool, zero_adds_nothing: bool) -> None:
+    """A reduction over `dims` (None: all). Over the channels it pins, unless a zero channel adds nothing
+    to its result (`zero_adds_nothing`: a sum of |x|^p with p >= 0, not a mean, max or count)."""
     x = node.args[0]
     xi = dg.info(x)
     spec = out_spec(node)
-    dims = dg.value(arg(node, 1, "dim", None))
-    keepdim = bool(dg.value(arg(node, 2, "keepdim", False)))
     if xi is None or not xi.size:
         new_tensor(dg, node, ())
         return
@@ -32,7 +44,10 @@ def reduction(dg: DependencyGraph, node: fx.Node) -> None:
     else:
         dims_t = tuple(norm_dim(int(d), nd) for d in (dims if isinstance(dims, (list, tuple)) else [dims]))
     if set(dims_t) & set(xi.cdims):
-        dg.pin(xi.key, f"{op_name(node, dg)} reduces over the channel dim")
+        if zero_adds_nothing and len(xi.cdims) == 1:
+            reduce_site(dg, node, xi)
+        else:
+            dg.pin(xi.key, f"{op_name(node, dg)} reduces over the channel dim")
         new_tensor(dg, node, ())
         return
     cdims = xi.cdims if keepdim else tuple(d - sum(1 for r in dims_t if r < d) for d in xi.cdims)
@@ -41,6 +56,39 @@ def reduction(dg: DependencyGraph, node: fx.Node) -> None:
         return
     out = new_tensor(dg, node, cdims)
     dg.identity(xi.key, out.key, node.name)
+
+
+def reduction(dg: DependencyGraph, node: fx.Node) -> None:
+    """mean, amax, amin, std, var: channelwise over other dims; over the channels a zero channel counts
+    (a mean divides by the count, a max of negatives is changed by a zero), so the channels pin."""
+    dims = dg.value(arg(node, 1, "dim", None))
+    _reduce(dg, node, dims, bool(dg.value(arg(node, 2, "keepdim", False))), zero_adds_nothing=False)
+
+
+def summation(dg: DependencyGraph, node: fx.Node) -> None:
+    """sum: over the channels, a zeroed channel adds 0, so removing it is exact (`(h * h).sum(1)`)."""
+    dims = dg.value(arg(node, 1, "dim", None))
+    _reduce(dg, node, dims, bool(dg.value(arg(node, 2, "keepdim", False))), zero_adds_nothing=True)
+
+
+def _sums_powers(p: Any) -> bool:
+    """Whether a p-norm is a function of sum |x|^p (or max |x|) with a zero entry adding nothing: p >= 0
+    (p = inf: max |x| >= 0; p = 0: the count of non-zeros; "fro": p = 2). Not p < 0 or "nuc"."""
+    return p == "fro" or (isinstance(p, (int, float)) and not isinstance(p, bool) and p >= 0)
+
+
+def vector_norm(dg: DependencyGraph, node: fx.Node) -> None:
+    """torch.linalg.vector_norm(x, ord=2, dim=None, keepdim=False)."""
+    p = dg.value(arg(node, 1, "ord", 2))
+    dims = dg.value(arg(node, 2, "dim", None))
+    _reduce(dg, node, dims, bool(dg.value(arg(node, 3, "keepdim", False))), zero_adds_nothing=_sums_powers(p))
+
+
+def p_norm(dg: DependencyGraph, node: fx.Node) -> None:
+    """torch.norm(x, p="fro", dim=None, keepdim=False) and Tensor.norm: a vector norm over `dim`."""
+    p = dg.value(arg(node, 1, "p", "fro"))
+    dims = dg.value(arg(node, 2, "dim", None))
+    _reduce(dg, node, dims, bool(dg.value(arg(node, 3, "keepdim", False))), zero_adds_nothing=_sums_powers(p))
 
 
 def windowed(spatial: int | None) -> Rule:
