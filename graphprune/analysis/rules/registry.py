@@ -286,8 +286,6 @@ METHOD_RULES: dict[str, Rule] = {
             "sqrt",
             "square",
             "pow",
-            "hardtanh",
-            "hardtanh_",
             "zero_",
         )
     },
