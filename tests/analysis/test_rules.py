@@ -334,3 +334,44 @@ def test_a_contraction_with_a_constant_operand_pins() -> None:
         return s.b(h) + torch.matmul(h.flatten(2).transpose(1, 2), s.w).sum(-1).view(-1, 1, 8, 8)
 
     pinned(Net(body, w=torch.randn(8, 3)), "contract")
+
+
+def test_functional_layer_norm_over_channels_prunes_only_on_opt_in() -> None:
+    """torchvision's LayerNorm2d (ConvNeXt's stem and downsampling) calls F.layer_norm between permutes."""
+    from graphprune.torchvision_compat import import_torchvision
+
+    model = Net(lambda s, h: s.b(s.ln(h)), ln=import_torchvision().models.convnext.LayerNorm2d(8)).eval()
+    with torch.no_grad():
+        model.ln.weight.uniform_(0.5, 1.5)
+        model.ln.bias.uniform_(-0.5, 0.5)
+    pinned(model, "--prune-layernorm opts in")
+    pg = gp.trace(model, X, prune_layernorm=True)
+    g = a_group(pg)
+    assert g.prunable and not g.lossless
+    slim = gp.apply(pg, gp.PruningPlan.for_graph(pg).remove_channels(g.id, [1, 4, 6]))  # verified
+    keep = [0, 2, 3, 5, 7]
+    w = {k: v.detach() for k, v in model.state_dict().items()}
+    h = F.conv2d(X, w["a.weight"][keep], w["a.bias"][keep], padding=1).permute(0, 2, 3, 1)
+    h = F.layer_norm(h, (5,), w["ln.weight"][keep], w["ln.bias"][keep], model.ln.eps).permute(0, 3, 1, 2)
+    expected = F.conv2d(h, w["b.weight"][:, keep], w["b.bias"], padding=1)
+    with torch.no_grad():
+        torch.testing.assert_close(slim(X), expected)
+        assert not torch.allclose(slim(X), model(X), atol=1e-3)  # not lossless
+
+
+def test_convnext_residual_streams_prune_on_opt_in() -> None:
+    """torchvision's ConvNeXt: every stage's residual stream passes LayerNorms (modules and LayerNorm2d)."""
+    from graphprune.torchvision_compat import import_torchvision
+
+    model = import_torchvision().models.convnext_tiny().eval()
+    x = torch.randn(1, 3, 32, 32)
+    assert sum(not g.prunable for g in gp.trace(model, x).groups) == 6  # 4 streams + model input, output
+    pg = gp.trace(model, x, prune_layernorm=True)
+    streams = [g for g in pg.groups if not g.lossless]
+    assert len(streams) == 4 and all(g.prunable for g in streams)
+    plan = gp.PruningPlan.for_graph(pg)
+    for g in streams:
+        plan.remove_channels(g.id, list(range(0, g.size, 4)))
+    slim = gp.apply(pg, plan)  # verified against the LayerNorms over the kept channels
+    assert pg.not_lossless_groups(plan) == [g.id for g in streams]
+    assert gp.count_flops(slim, x) < pg.flops

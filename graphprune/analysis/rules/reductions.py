@@ -129,11 +129,25 @@ def dim_sensitive(dim_arg: int, name: str) -> Rule:
 
 
 def layer_norm_fn(dg: DependencyGraph, node: fx.Node) -> None:
+    """F.layer_norm (torchvision's LayerNorm2d calls it between permutes): its weight and bias operands are
+    sliced like any per-channel operand; over the channels it pins, or with `prune_layernorm` it is a
+    LAYER_NORM site whose literal `normalized_shape` is rewritten (not lossless)."""
     xi = dg.info(node.args[0])
-    shape = dg.value(arg(node, 1, "normalized_shape"))
+    literal = arg(node, 1, "normalized_shape")
+    shape = dg.value(literal)
     identity(dg, node)
     n = len(shape) if isinstance(shape, (list, tuple)) else 1
+    out = dg.info(node)
     if xi is not None and xi.size and any(d >= len(xi.shape) - n for d in xi.cdims):
+        literal_int = isinstance(literal, int) or (
+            isinstance(literal, (list, tuple)) and all(isinstance(s, int) for s in literal)
+        )
+        supported = n == 1 and literal_int and xi.cdims == (len(xi.shape) - 1,) and out is not None
+        if dg.prune_layernorm and supported and out is not None:
+            add_site(dg, node, Site(f"{node.name}:layer_norm", SiteKind.LAYER_NORM, out.key, node.name))
+            return
         dg.pin(
-            xi.key, "layer_norm normalises over the channel dim; removing a channel changes its statistics"
+            xi.key,
+            "layer_norm normalises over the channel dim; removing a channel changes its statistics"
+            + (" (--prune-layernorm opts in, not lossless)" if supported else ""),
         )
