@@ -240,6 +240,13 @@ add(
     fn(lambda s, x: torch.norm(x, 1, dim=(1, 2))),
     fn(lambda s, x: torch.norm(x, "nuc", dim=(1, 2))),  # pins: a nuclear norm is not a sum over entries
 )
+add(
+    F.normalize,
+    fn(lambda s, x: F.normalize(x)),
+    fn(lambda s, x: F.normalize(x, p=1.0, dim=-1)),  # over another dim: channelwise
+    fn(lambda s, x: F.normalize(x.permute(0, 2, 3, 1), dim=-1)),
+    fn(lambda s, x: F.normalize(x, p=-1.0, dim=1)),  # pins
+)
 add("sum", fn(lambda s, x: (x * x).sum(1)), fn(lambda s, x: x.pow(2).sum(dim=1, keepdim=True)))
 add("norm", fn(lambda s, x: x.norm(dim=1)), fn(lambda s, x: x.norm(p=1, dim=1, keepdim=True)))
 add(operator.getitem, fn(lambda s, x: x[:, 1:4]), fn(lambda s, x: x[..., 1:]), fn(lambda s, x: x[:, 2]))
@@ -467,8 +474,8 @@ def test_the_probe_catches_a_reduction_claimed_to_be_a_sum(monkeypatch: pytest.M
 
     for op in (torch.mean, torch.amax, torch.logsumexp):
         monkeypatch.setitem(registry.FUNCTION_RULES, op, summation)
-    lies, _ = probe_rules(Fn(f), X4)
-    assert lies and "not zeroing" in lies[0].what
+    lies, _ = probe_rules(Fn(f), -X4.abs() - 0.1)  # all negative: a zero channel raises every max
+    assert lies and "not zeroing" in lies[0].what, lies
     monkeypatch.undo()
     lies, checked = probe_rules(Fn(lambda s, x: torch.sum(x * x, 1)), X4)
     assert not lies and checked >= C  # the true sum: each channel checked
@@ -488,4 +495,14 @@ def test_the_probe_catches_a_contraction_coupling_the_wrong_channels(monkeypatch
     assert probe_rules(case, X3, Y3)[0] == []
     monkeypatch.setitem(registry.FUNCTION_RULES, torch.matmul, shifted)
     lies, _ = probe_rules(case, X3, Y3)
+    assert lies and "not zeroing" in lies[0].what
+
+
+def test_the_probe_catches_a_normalisation_a_zero_channel_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """F.normalize with p = -1: |0|^-1 is infinite, so a zeroed channel is not a removed one."""
+    from graphprune.analysis.rules import reductions
+
+    case = Fn(lambda s, x: F.normalize(x, p=-1.0, dim=1))
+    monkeypatch.setattr(reductions, "_sums_powers", lambda p: True)
+    lies, _ = probe_rules(case, X4)
     assert lies and "not zeroing" in lies[0].what

@@ -271,6 +271,12 @@ def test_a_sum_over_the_channels_stays_prunable(reduce: object) -> None:
     prunable_and_lossless(Net(lambda s, h: s.b(h / (reduce(h) + 1.0))))  # type: ignore[operator]
 
 
+@pytest.mark.parametrize("p", [2.0, 1.0, float("inf")])
+def test_normalize_over_the_channels_stays_prunable(p: float) -> None:
+    prunable_and_lossless(Net(lambda s, h: s.b(F.normalize(h, p=p, dim=1))))
+    pinned(Net(lambda s, h: s.b(F.normalize(h, p=-p, dim=1))), "normalize over the channel dim")
+
+
 @pytest.mark.parametrize(
     "reduce",
     [

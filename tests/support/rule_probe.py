@@ -6,7 +6,8 @@ be one the rule maps from p. Output positions the rule leaves uncoupled, or maps
 must not move. Producer sites (conv/linear rows, norm and parameter slices) are probed the same way: changing
 the slice of position q may only change output position q. An op that sums over the channels of an operand
 (a REDUCE site: `(h * h).sum(1)`, `q^T k`) must give the same result with position p zeroed in that operand
-as with p's atom removed from all of its summed operands: the pruned op equals the masked one. Pins set by a
+as with p's atom removed from all of its summed operands (and from its output, where the op keeps the
+channels: F.normalize): the pruned op equals the masked one. Pins set by a
 rule make their channels exempt: a pinned channel is never removed. Only the boundary pins ("model input",
 "model output") are ignored, so that a one-op graph is probed at all.
 """
@@ -259,6 +260,11 @@ def _probe_reductions(
                 keep = torch.tensor([c for c in range(dg.tensors[other].size) if c not in gone])
                 removed[by_name[other]] = env.env[by_name[other]].index_select(s.dim, keep)
             pruned = env.rerun(node, removed)
+            for j, dst in _tensors(dg, node):  # an op keeping the channels (normalize): p's atom goes there
+                if dst.size and len(dst.cdims) == 1:
+                    gone_out = atom[dst.key] == atom[key][p]
+                    keep_out = torch.tensor(np.nonzero(~gone_out)[0].tolist())
+                    zeroed = _replace(zeroed, j, _pick(zeroed, j).index_select(dst.cdims[0], keep_out))
             checked += 1
             scale = float(zeroed.abs().max()) if zeroed.numel() else 0.0
             if pruned.shape != zeroed.shape or not torch.allclose(

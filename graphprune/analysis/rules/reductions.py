@@ -91,6 +91,22 @@ def p_norm(dg: DependencyGraph, node: fx.Node) -> None:
     _reduce(dg, node, dims, bool(dg.value(arg(node, 3, "keepdim", False))), zero_adds_nothing=_sums_powers(p))
 
 
+def normalize(dg: DependencyGraph, node: fx.Node) -> None:
+    """F.normalize(x, p=2, dim=1): x / ||x||_p over `dim`. Channelwise over other dims; over the channels
+    the norm is a sum a zeroed channel adds nothing to, so channel c stays channel c and the input gets a
+    REDUCE site (the reference zeroes the removed channels before normalising)."""
+    xi = dg.info(node.args[0])
+    p = dg.value(arg(node, 1, "p", 2.0))
+    d = dg.value(arg(node, 2, "dim", 1))
+    identity(dg, node)
+    if xi is None or not xi.size or not isinstance(d, int) or norm_dim(d, len(xi.shape)) not in xi.cdims:
+        return
+    if _sums_powers(p) and len(xi.cdims) == 1 and dg.info(node) is not None:
+        reduce_site(dg, node, xi)
+    else:
+        dg.pin(xi.key, f"normalize over the channel dim with p={p!r}")
+
+
 def windowed(spatial: int | None) -> Rule:
     """Pooling and resampling: they mix values over the last `spatial` dims (None: every dim after dim 1).
 

@@ -33,6 +33,7 @@ from graphprune.analysis.rules.offsets import cat, pad, split
 from graphprune.analysis.rules.reductions import (
     dim_sensitive,
     layer_norm_fn,
+    normalize,
     p_norm,
     reduction,
     summation,
@@ -238,6 +239,7 @@ FUNCTION_RULES: dict[Any, Rule] = {
     torch.sum: summation,
     torch.linalg.vector_norm: vector_norm,
     torch.norm: p_norm,
+    F.normalize: normalize,
     torch.matmul: matmul,
     torch.bmm: matmul,
     operator.matmul: matmul,
