@@ -14,6 +14,7 @@ from train.test_data import write_tree
 
 from graphprune.checkpoint import load_run
 from graphprune.cli import cli
+from graphprune.errors import PlanError
 
 NET = """
 import torch
@@ -112,6 +113,13 @@ def test_prune_pipeline_with_the_flag_prunes_the_stream_and_the_run_reloads(
     assert loaded.model.get_submodule("stem_norm").normalized_shape == (kept,)
     with torch.no_grad():
         assert loaded.model(torch.randn(2, 3, 8, 8)).shape == (2, 3)
+    exported = run("export", out, "--out", tmp_path / "again.onnx")  # from the run directory alone
+    assert exported.exit_code == 0, exported.output
+    assert (tmp_path / "again.onnx").is_file()
+    info = json.loads((out / "model.json").read_text())
+    (out / "model.json").write_text(json.dumps({**info, "prune_layernorm": False}))
+    with pytest.raises(PlanError, match="stem"):  # the record is what makes the plan valid
+        load_run(out)
 
     again = tmp_path / "again"  # apply needs the flag for this plan, and says which group it refuses
     refused = run("apply", tiny["model"], "--plan", out / "plan.json", "--no-export", "--out", again)
