@@ -74,11 +74,13 @@ def versions() -> dict[str, str]:
 
 
 def describe_run(mode: str) -> dict[str, Any]:
-    """The `meta` object of a results JSON."""
+    """The `meta` object of a results JSON. `load_average` (1, 5, 15 min) says how busy the machine was
+    when the run began: timings taken beside other work are noisier (ratios of interleaved runs less so)."""
     return {
         "command": command_line(),
         "mode": mode,
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "versions": versions(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }

@@ -13,7 +13,6 @@ import torch
 from click.testing import CliRunner, Result
 
 from graphprune.cli import cli
-from graphprune.cli import demo as demo_module
 from graphprune.cli import inspect as inspect_module
 from graphprune.errors import PlanError
 
@@ -248,22 +247,6 @@ def test_export_without_plan(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert target.is_file()
     assert "nodes" in result.stdout
-
-
-def test_demo_runs_without_model_arguments(tmp_path: Path) -> None:
-    out = tmp_path / "demo"
-    result = run("demo", "--out", out, "--no-export")
-    assert result.exit_code == 0, result.output
-    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
-    assert report["model"] == demo_module.DEMO_MODEL
-    assert report["pruned"]["flops"] <= 0.55 * report["original"]["flops"]
-    assert (out / "model.safetensors").is_file() and (out / "plan.json").is_file()
-    assert "FLOPs (MMACs)" in result.stdout
-    weights = demo_module._demo_weights()
-    if weights is None:
-        assert "random init" in result.stderr
-    else:
-        assert report["plan"]["weights"] == str(weights)
 
 
 # --- errors: one line, exit 2, no traceback --------------------------------------------------

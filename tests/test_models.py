@@ -13,18 +13,19 @@ from graphprune.weights import load_state_dict_file, load_weights
 
 EXPECTED_MODELS = [f"cifar_resnet{d}{s}" for d in (20, 32, 44, 56, 110) for s in ("", "_b")]
 EXPECTED_MODELS.append("cifar_mobilenetv2")
+INPUT_SHAPES = {name: (1, 3, 32, 32) for name in EXPECTED_MODELS} | {"fmnist_resnet20": (1, 1, 28, 28)}
 
 
 def test_registry_lists_all_builtins() -> None:
-    assert sorted(EXPECTED_MODELS) == list_models()
+    assert sorted(INPUT_SHAPES) == list_models()
 
 
-@pytest.mark.parametrize("name", EXPECTED_MODELS)
+@pytest.mark.parametrize("name", sorted(INPUT_SHAPES))
 def test_builtin_forward_and_trace(name: str) -> None:
     torch.manual_seed(0)
     model = get_model(name).eval()
-    assert default_input_shape(name) == (1, 3, 32, 32)
-    x = torch.randn(2, 3, 32, 32)
+    assert default_input_shape(name) == INPUT_SHAPES[name]
+    x = torch.randn(2, *INPUT_SHAPES[name][1:])
     with torch.no_grad():
         out = model(x)
         traced = torch.fx.symbolic_trace(model)

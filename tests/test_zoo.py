@@ -7,7 +7,7 @@ import torch
 from support.lossless import check_lossless
 from zoo_harness import check_model
 
-from graphprune.models import get_model, list_models
+from graphprune.models import default_input_shape, get_model, list_models
 from graphprune.torchvision_compat import import_torchvision
 
 CI_TORCHVISION = [
@@ -46,7 +46,7 @@ def test_torchvision_model(name: str) -> None:
 @pytest.mark.parametrize("name", list_models())
 def test_builtin_model(name: str) -> None:
     torch.manual_seed(0)
-    _assert_done(check_model(name, get_model(name).eval(), torch.randn(1, 3, 32, 32)))
+    _assert_done(check_model(name, get_model(name).eval(), torch.randn(default_input_shape(name))))
 
 
 @pytest.mark.zoo
@@ -59,4 +59,5 @@ def test_torchvision_model_is_lossless_with_block_and_channel_removal(name: str)
 @pytest.mark.parametrize("name", list_models())
 def test_builtin_model_is_lossless_with_block_and_channel_removal(name: str) -> None:
     torch.manual_seed(0)
-    check_lossless(get_model(name).eval(), torch.randn(2, 3, 32, 32), seed=2, ratio=0.3, blocks=0.5)
+    x = torch.randn(2, *default_input_shape(name)[1:])
+    check_lossless(get_model(name).eval(), x, seed=2, ratio=0.3, blocks=0.5)

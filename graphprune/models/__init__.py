@@ -30,6 +30,9 @@ for _depth in (20, 32, 44, 56, 110):
 _REGISTRY["cifar_mobilenetv2"] = cifar_mobilenetv2
 
 _INPUT_SHAPES: dict[str, tuple[int, ...]] = {name: _CIFAR_INPUT for name in _REGISTRY}
+# the CIFAR ResNet-20 on Fashion-MNIST's 28x28 grey images (the demo's fallback data)
+_REGISTRY["fmnist_resnet20"] = partial(cifar_resnet, 20, option="A", in_channels=1)
+_INPUT_SHAPES["fmnist_resnet20"] = (1, 1, 28, 28)
 
 
 def list_models() -> list[str]:

@@ -73,9 +73,12 @@ def _kaiming_init(module: nn.Module) -> None:
 
 
 class CifarResNet(nn.Module):
-    """Stem conv3x3(3->16)+BN+ReLU, layer1..3 of `depth // 6` blocks each, global avg pool, `linear`."""
+    """Stem conv3x3(in_channels->16)+BN+ReLU, layer1..3 of `depth // 6` blocks each, global avg pool,
+    `linear`."""
 
-    def __init__(self, depth: int, num_classes: int = 10, option: Shortcut = "A") -> None:
+    def __init__(
+        self, depth: int, num_classes: int = 10, option: Shortcut = "A", in_channels: int = 3
+    ) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {depth}")
@@ -85,7 +88,7 @@ class CifarResNet(nn.Module):
         self.depth = depth
         self.option = option
         self.in_planes = 16
-        self.conv1 = nn.Conv2d(3, 16, kernel_size=3, stride=1, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, 16, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.layer1 = self._make_layer(16, n, stride=1)
         self.layer2 = self._make_layer(32, n, stride=2)
@@ -110,6 +113,9 @@ class CifarResNet(nn.Module):
         return self.linear(out)
 
 
-def cifar_resnet(depth: int, num_classes: int = 10, option: Shortcut = "A") -> CifarResNet:
-    """Build a CIFAR ResNet of `depth` (20, 32, 44, 56, 110, ...) with shortcut `option` A or B."""
-    return CifarResNet(depth, num_classes=num_classes, option=option)
+def cifar_resnet(
+    depth: int, num_classes: int = 10, option: Shortcut = "A", in_channels: int = 3
+) -> CifarResNet:
+    """Build a CIFAR ResNet of `depth` (20, 32, 44, 56, 110, ...) with shortcut `option` A or B; one
+    input channel (`in_channels=1`) suits Fashion-MNIST's 28x28 grey images."""
+    return CifarResNet(depth, num_classes=num_classes, option=option, in_channels=in_channels)

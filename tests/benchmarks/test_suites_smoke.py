@@ -91,3 +91,13 @@ def test_predictor_suite_smoke(tmp_path: Path) -> None:
     script = _owned_elsewhere("*predictor*.py", "wgates")
     run_script(script, "--smoke", "--out", tmp_path)
     assert list(tmp_path.glob("*.json"))
+
+
+def test_predictor_error_smoke(tmp_path: Path) -> None:
+    run_script(BENCHMARKS / "predictor_error.py", "--smoke", "--out", tmp_path)
+    data = json.loads((tmp_path / "predictor_error.json").read_text())
+    (row,) = data["rows"]
+    assert row["model"] == "graphprune:cifar_resnet20" and row["samples"] == 8
+    assert row["held_out"] >= 1 and row["held_out_mape_pct"] >= 0 and row["fit_mape_pct"] >= 0
+    assert row["meets_goal"] == (row["held_out_mape_pct"] <= data["goal_mape_pct"])
+    assert "held-out MAPE" in (tmp_path / "predictor_error.md").read_text()

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,3 +45,27 @@ def tiny_net(classes: int = 4, bn: bool = True, seed: int = 0) -> nn.Module:
             layers.append(nn.BatchNorm2d(8))
         layers += [nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, classes)]
         return nn.Sequential(*layers)
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
+    """`array` as an IDX file (Fashion-MNIST's format), gzipped to `path.gz` when `gz`."""
+    raw = (
+        struct.pack(">HBB", 0, 0x08, array.ndim)
+        + struct.pack(f">{array.ndim}I", *array.shape)
+        + array.tobytes()
+    )
+    if gz:
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(raw))
+    else:
+        path.write_bytes(raw)
+
+
+def write_fashion_mnist(root: Path, n_train: int, n_test: int, gz: bool = True, seed: int = 0) -> Path:
+    """A Fashion-MNIST directory of random 28x28 images, labels cycling through the 10 classes."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for stem, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8)
+        write_idx(root / f"{stem}-images-idx3-ubyte", images, gz)
+        write_idx(root / f"{stem}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8), gz)
+    return root

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-import gzip
 import pickle
-import struct
 import zipfile
 from pathlib import Path
 
@@ -10,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support.tiny_data import write_fashion_mnist
 
 from graphprune.train import DataError, load_data
 from graphprune.train.datasets import FASHION_MNIST_CLASSES
@@ -82,27 +81,9 @@ def test_cifar10_zip_extracted_tree_and_python_batches(tmp_path: Path) -> None:
     assert py.test.labels.tolist() == [0, 1, 2, 9]
 
 
-def write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
-    raw = (
-        struct.pack(">HBB", 0, 0x08, array.ndim)
-        + struct.pack(f">{array.ndim}I", *array.shape)
-        + array.tobytes()
-    )
-    if gz:
-        path = path.with_name(path.name + ".gz")
-        path.write_bytes(gzip.compress(raw))
-    else:
-        path.write_bytes(raw)
-
-
 @pytest.mark.parametrize("gz", [True, False])
 def test_fashion_mnist_idx(tmp_path: Path, gz: bool) -> None:
-    rng = np.random.default_rng(0)
-    for stem, n in (("train", 12), ("t10k", 5)):
-        write_idx(
-            tmp_path / f"{stem}-images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28), dtype=np.uint8), gz
-        )
-        write_idx(tmp_path / f"{stem}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8), gz)
+    write_fashion_mnist(tmp_path, n_train=12, n_test=5, gz=gz)
     data = load_data(f"fashion-mnist:{tmp_path}")
     assert data.input_shape == (1, 28, 28) and len(data.train) == 12 and len(data.test) == 5
     assert data.classes == FASHION_MNIST_CLASSES and data.num_classes == 10

@@ -1,0 +1,128 @@
+"""Suite 4: the latency predictor's error on held-out sub-networks (the Efficiency Module's accuracy).
+
+    python benchmarks/predictor_error.py            # ResNet-56, ResNet-50 and MobileNetV2, 60 samples each
+    python benchmarks/predictor_error.py --smoke --out DIR   # ResNet-20, a few samples (CI)
+
+Per model: `graphprune.efficiency.build_latency_model` measures random sub-networks (kept channels per group
+and removed blocks; the unpruned model first) with onnxruntime at 1 thread and batch 1, fits the
+predictor on all but a held-out share, and reports the held-out MAPE and Spearman rank correlation, the
+fit's own MAPE, and how long collecting the samples took. Samples are measured afresh into a temporary
+cache (a cache from a busier hour would carry its noise into the fit). The goal is a held-out MAPE of at
+most 5%. Writes predictor_error.{json,md} under --out (docs/results by default).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+from run_meta import describe_run
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = (
+    ("graphprune:cifar_resnet56", (1, 3, 32, 32)),
+    ("torchvision:resnet50", (1, 3, 224, 224)),
+    ("torchvision:mobilenet_v2", (1, 3, 224, 224)),
+)
+GOAL_MAPE = 0.05
+
+
+def measure(spec: str, shape: tuple[int, ...], samples: int, runs: int, cache: Path) -> dict[str, Any]:
+    """Collect `samples` sub-networks of `spec`, fit, and return the predictor's report as one row."""
+    import graphprune as gp
+    from graphprune.efficiency.latency import build_latency_model
+    from graphprune.modelspec import resolve_model
+
+    torch.manual_seed(0)
+    rm = resolve_model(spec, input_shape=shape)
+    pg = gp.trace(rm.model.eval(), rm.example_inputs)
+    start = time.perf_counter()
+    predictor = build_latency_model(
+        pg,
+        samples=samples,
+        threads=1,
+        cache_dir=cache,
+        runs=runs,
+        on_sample=lambda i, n: click.echo(f"{spec}: sample {i}/{n}", err=True),
+    )
+    seconds = time.perf_counter() - start
+    r = predictor.report
+    return {
+        "model": spec,
+        "input": "x".join(map(str, shape)),
+        "samples": r["samples"],
+        "held_out": r["held_out"],
+        "held_out_mape_pct": 100 * r["mape"] if "mape" in r else None,
+        "spearman": r.get("spearman"),
+        "fit_mape_pct": 100 * r["train_mape"],
+        "collect_s": seconds,
+        "groups": len(pg.prunable_groups),
+        "blocks": len(pg.blocks),
+        "meets_goal": bool("mape" in r and r["mape"] <= GOAL_MAPE),
+    }
+
+
+def markdown(data: dict[str, Any]) -> str:
+    meta = data["meta"]
+    lines = [
+        "# Latency predictor error (suite 4)",
+        "",
+        f"Command: `{meta['command']}` on {meta['date']}; {meta['machine']['cpu']}, "
+        f"{meta['machine']['cores']} cores, load average (1/5/15 min) at start {meta['load_average']}.",
+        "",
+        "onnxruntime at 1 thread, batch 1; each sample is the 10th percentile of "
+        f"{data['runs']} runs; held-out share of the samples never seen by the fit. Goal: held-out MAPE "
+        f"<= {100 * GOAL_MAPE:.0f}%.",
+        "",
+        "| model | input | samples (held out) | held-out MAPE | Spearman | fit MAPE | collecting | goal |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        mape = "-" if r["held_out_mape_pct"] is None else f"{r['held_out_mape_pct']:.2f}%"
+        rho = "-" if r["spearman"] is None else f"{r['spearman']:.3f}"
+        lines.append(
+            f"| {r['model']} | {r['input']} | {r['samples']} ({r['held_out']}) | {mape} | {rho} | "
+            f"{r['fit_mape_pct']:.2f}% | {r['collect_s']:.0f} s | {'yes' if r['meets_goal'] else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+@click.command()
+@click.option("--smoke", is_flag=True, help="CIFAR ResNet-20, a few samples and runs (CI).")
+@click.option("--samples", type=int, default=60, show_default=True, help="Measured sub-networks per model.")
+@click.option("--runs", type=int, default=30, show_default=True, help="Timed onnxruntime runs per sample.")
+@click.option("--model", "only", multiple=True, help="Only these MODEL specs (repeatable).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=ROOT / "docs" / "results")
+def main(smoke: bool, samples: int, runs: int, only: tuple[str, ...], out: Path) -> None:
+    """Measure the held-out error of the latency predictor; write predictor_error.{json,md}."""
+    from graphprune.fileio import write_text
+
+    torch.set_num_threads(1)
+    models = [("graphprune:cifar_resnet20", (1, 3, 32, 32))] if smoke else list(MODELS)
+    if only:
+        models = [m for m in models if m[0] in only]
+    if smoke:
+        samples, runs = 8, 5
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="graphprune-latency-") as cache:
+        for spec, shape in models:
+            rows.append(measure(spec, shape, samples, runs, Path(cache)))
+    data = {
+        "meta": describe_run("smoke" if smoke else "full"),
+        "runs": runs,
+        "goal_mape_pct": 100 * GOAL_MAPE,
+        "rows": rows,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "predictor_error.json", json.dumps(data, indent=2) + "\n")
+    write_text(out / "predictor_error.md", markdown(data))
+    click.echo(markdown(data))
+
+
+if __name__ == "__main__":
+    main()
