@@ -151,7 +151,8 @@ def _run(gm: nn.Module, inputs: Sequence[torch.Tensor]) -> Any:
 
 
 class Verify(PassBase):
-    """Runs the graph on the inputs (every node's shape is re-derived) and compares it with `reference`.
+    """Runs the graph on the inputs (every node's shape is re-derived: on the meta device when
+    `reference` is a model, whose float64 run below checks the values) and compares it with `reference`.
 
     `reference` is the expected output on `inputs`, or a model computing it: then both models also run,
     in float64, on the example inputs batched together with fresh random ones (another batch size). A
