@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import inspect
 from collections.abc import Callable, Iterable, Sequence
@@ -15,6 +14,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from graphprune.errors import TraceError, first_line
+from graphprune.modcopy import deepcopy_module
 
 META_KEY = "gp_value"
 
@@ -85,12 +85,12 @@ def symbolic_trace(model: nn.Module, leaf_modules: Iterable[str | type] = ()) ->
     if isinstance(
         model, fx.GraphModule
     ):  # already a graph (e.g. a pruned model): keep it and its node metadata
-        gm = copy.deepcopy(model)
+        gm = deepcopy_module(model)
         gm.training = model.training
         return gm
     names = frozenset(x for x in leaf_modules if isinstance(x, str))
     types = tuple(x for x in leaf_modules if isinstance(x, type)) + _default_leaf_types()
-    root = copy.deepcopy(model).eval()
+    root = deepcopy_module(model).eval()
     tracer = _Tracer(types, names)
     try:
         graph = tracer.trace(root)
