@@ -203,25 +203,29 @@ class _Recording(nn.Module):
         return _Recorder(self.gm, self.after_node).run(*inputs)
 
 
-class _EvalBatchNormMeta(TorchDispatchMode):
-    """Eval-mode batch norm on the meta device without torch's Python meta kernel, which decomposes it
-    into a dozen elementwise meta ops (about 1 ms a call, most of a meta run of a BN-heavy model). The
-    output is the input's shape and dtype; the statistics are checked against the channels as the real
-    kernel checks them, so a mismatch still fails (and the recording falls back to a real run)."""
+class _NormsOnMeta(TorchDispatchMode):
+    """Eval-mode batch norm and layer norm on the meta device without torch's Python meta kernels, which
+    decompose them into a dozen elementwise meta ops (1-3 ms a call, most of a meta run of a model full
+    of norms). The output has the input's shape and dtype; the parameters' shapes are checked as the
+    real kernels check them, so a mismatch still fails (and the recording falls back to a real run)."""
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         x = args[0] if args else None
-        if (
-            func is torch.ops.aten.native_batch_norm.default
-            and not args[5]
-            and isinstance(x, torch.Tensor)
-            and x.device.type == "meta"
-            and x.ndim >= 2
-        ):
+        if not isinstance(x, torch.Tensor) or x.device.type != "meta" or kwargs:
+            return func(*args, **(kwargs or {}))
+        if func is torch.ops.aten.native_batch_norm.default and not args[5] and x.ndim >= 2:
             channels = x.shape[1]
             if any(t is not None and t.numel() != channels for t in args[1:5]):
                 raise RuntimeError(f"batch norm over {channels} channels with statistics of another size")
             return torch.empty_like(x), x.new_empty((0,)), x.new_empty((0,))
+        if func is torch.ops.aten.native_layer_norm.default:
+            shape, k = tuple(args[1]), len(args[1])
+            if x.ndim < k or tuple(x.shape[x.ndim - k :]) != shape:
+                raise RuntimeError(f"layer norm over {shape} of an input of shape {tuple(x.shape)}")
+            if any(t is not None and tuple(t.shape) != shape for t in args[2:4]):
+                raise RuntimeError(f"layer norm over {shape} with parameters of another shape")
+            stats = (*x.shape[: x.ndim - k], *(1,) * k)
+            return torch.empty_like(x), x.new_empty(stats), x.new_empty(stats)
         return func(*args, **(kwargs or {}))
 
 
@@ -229,7 +233,7 @@ def _on_meta(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], after: Any) -
     """Run the recorder with every parameter, buffer and input on the meta device: shapes, no arithmetic."""
     state = {f"gm.{k}": v.to("meta") for k, v in gm.state_dict(keep_vars=True).items()}
     meta_inputs = tuple(t.to("meta") for t in inputs)
-    with _EvalBatchNormMeta():
+    with _NormsOnMeta():
         return torch.func.functional_call(_Recording(gm, after), state, meta_inputs, strict=False)
 
 
