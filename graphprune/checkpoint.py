@@ -62,6 +62,7 @@ class RunInfo:
     data: str | None = None
     method: str | None = None
     num_classes: int | None = None
+    prune_layernorm: bool = False  # traced with LayerNorms over channels prunable: the plan may need it
 
     def save(self, run_dir: str | os.PathLike[str]) -> None:
         data = {
@@ -72,6 +73,7 @@ class RunInfo:
             "data": self.data,
             "method": self.method,
             "num_classes": self.num_classes,
+            "prune_layernorm": self.prune_layernorm,
         }
         write_text(Path(run_dir) / INFO_FILE, json.dumps(data, indent=2) + "\n")
 
@@ -88,6 +90,7 @@ class RunInfo:
                 data=data.get("data"),
                 method=data.get("method"),
                 num_classes=data.get("num_classes"),
+                prune_layernorm=bool(data.get("prune_layernorm", False)),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise GraphpruneError(f"{path} is malformed: {exc!r}") from None
@@ -123,7 +126,9 @@ def load_run(run_dir: str | os.PathLike[str]) -> LoadedRun:
     info = RunInfo.load(run_dir)
     rm = resolve_model(info.model, input_shape=info.input_shape)
     plan = PruningPlan.load(Path(run_dir) / PLAN_FILE)
-    slim = load_pruned(rm.model, plan, run_weights(run_dir), rm.example_inputs)
+    slim = load_pruned(
+        rm.model, plan, run_weights(run_dir), rm.example_inputs, prune_layernorm=info.prune_layernorm
+    )
     return LoadedRun(slim.eval(), rm.model, info, plan, rm.example_inputs)
 
 
@@ -147,11 +152,13 @@ def load_pruned(
     example_inputs: Sequence[torch.Tensor] | torch.Tensor | None = None,
     *,
     leaf_modules: Iterable[str | type] = (),
+    prune_layernorm: bool = False,
 ) -> fx.GraphModule:
     """Rebuild a pruned model from its architecture (`model`), its plan and a state_dict.
 
     The state_dict may be the original model's (it is loaded, then pruned) or the pruned one's (the
     architecture is pruned, then it is loaded). Example inputs default to the plan's input shapes.
+    `leaf_modules` and `prune_layernorm` must be those the plan was made with (see `graphprune.trace`).
     """
     if not isinstance(plan, PruningPlan):
         plan = PruningPlan.load(plan)
@@ -165,7 +172,7 @@ def load_pruned(
         model = copy.deepcopy(model)
         model.load_state_dict(state, strict=False)
         state = None
-    pg = trace(model, example_inputs, leaf_modules=leaf_modules)
+    pg = trace(model, example_inputs, leaf_modules=leaf_modules, prune_layernorm=prune_layernorm)
     slim = apply(pg, plan, verify=False)
     if state is not None:
         if not _fits(slim, state):

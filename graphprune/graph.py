@@ -16,6 +16,7 @@ from graphprune.analysis.groups import ChannelGroup, derive_groups
 from graphprune.analysis.rules import build_dependency_graph
 from graphprune.costs import LayerCost, count_params, layer_costs, record_values_and_macs
 from graphprune.errors import EvalOnlyWarning, PlanError, did_you_mean
+from graphprune.plan import PruningPlan
 from graphprune.trace import arch_hash, as_input_tuple, eval_only_parts, symbolic_trace
 
 
@@ -46,6 +47,15 @@ class PrunableGraph:
     def prunable_groups(self) -> list[ChannelGroup]:
         return [g for g in self.groups if g.prunable]
 
+    @property
+    def prune_layernorm(self) -> bool:
+        """Whether it was traced with `prune_layernorm` (a re-trace of the same model must say it too)."""
+        return self.depgraph.prune_layernorm
+
+    def not_lossless_groups(self, plan: PruningPlan) -> list[str]:
+        """The groups `plan` removes channels from whose pruning is not lossless (`ChannelGroup.lossless`)."""
+        return [gid for gid, idx in plan.channels.items() if idx and not self.group(gid).lossless]
+
     def group(self, group_id: str) -> ChannelGroup:
         """The group with this id; PlanError with close matches if there is none."""
         try:
@@ -75,6 +85,16 @@ class PrunableGraph:
             raise PlanError(f"no channel group holds the output of '{module}'")
         ids = ", ".join(g.id for g in found)
         raise PlanError(f"the output of '{module}' spans {len(found)} groups ({ids}); use groups_of()")
+
+
+def not_lossless_note(groups: Sequence[str]) -> str | None:
+    """What a report says about the groups of `PrunableGraph.not_lossless_groups` (None: lossless)."""
+    if not groups:
+        return None
+    return (
+        f"not lossless: the LayerNorms over the channels of {', '.join(groups)} now normalise over the kept "
+        "channels only (--prune-layernorm), so the pruned model differs from the original; fine-tune it"
+    )
 
 
 def trace(

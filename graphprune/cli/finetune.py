@@ -8,7 +8,13 @@ from typing import Any
 import click
 
 from graphprune.cli.console import step
-from graphprune.cli.options import MODEL_HELP, leaf_modules, model_options, out_dir_option
+from graphprune.cli.options import (
+    MODEL_HELP,
+    leaf_modules,
+    model_options,
+    out_dir_option,
+    prune_layernorm,
+)
 from graphprune.cli.pipeline import load_plan, opt_str
 from graphprune.cli.training import data_options, print_run_summary, train_config, train_options
 from graphprune.fileio import check_writable_dir
@@ -73,6 +79,6 @@ def finetune(
         model=model, out_dir=out_dir, weights=opt_str(weights), input_shape=shape, plan=plan, data=data_spec,
         image_size=image_size, finetune=cfg, kd=not no_kd and (plan is not None or kd_from is not None),
         teacher=kd_from, teacher_weights=opt_str(kd_weights), resume=resume, export=not no_export,
-        leaf_modules=leaf_modules(),
+        leaf_modules=leaf_modules(), prune_layernorm=prune_layernorm(),
     )  # fmt: skip
     print_run_summary(run(request, step), out_dir)

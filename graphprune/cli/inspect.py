@@ -63,7 +63,7 @@ def inspect(model: str, weights: Path | None, input_shape: str | None, all_group
         groups.add_row(
             escape(str(g.id)),
             str(g.size),
-            "yes" if g.prunable else "[red]no[/]",
+            ("yes" if g.lossless else "[yellow]yes, not lossless[/]") if g.prunable else "[red]no[/]",
             str(len(g.members)),
             escape(g.reason or ""),
         )

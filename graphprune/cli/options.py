@@ -1,4 +1,5 @@
-"""Options shared by the commands: MODEL with --weights/--input-shape/--leaf-module, and --out DIR."""
+"""Options shared by the commands: MODEL with --weights/--input-shape/--leaf-module/--prune-layernorm, and
+--out DIR."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import click
 F = TypeVar("F", bound=Callable[..., Any])
 
 LEAF_MODULES_KEY = "graphprune.leaf_modules"
+PRUNE_LAYERNORM_KEY = "graphprune.prune_layernorm"
 
 MODEL_HELP = """
 MODEL is torchvision:NAME (e.g. torchvision:resnet50), graphprune:NAME (built-in, e.g.
@@ -19,7 +21,16 @@ graphprune:cifar_resnet56) or path/to/file.py:factory (a function returning an n
 
 
 def model_options(fn: F) -> F:
-    """MODEL argument plus --weights, --input-shape and --leaf-module, shared by every model command."""
+    """MODEL argument plus --weights, --input-shape, --leaf-module and --prune-layernorm, shared by every
+    model command."""
+    fn = click.option(
+        "--prune-layernorm",
+        is_flag=True,
+        expose_value=False,
+        callback=lambda ctx, _param, value: ctx.meta.__setitem__(PRUNE_LAYERNORM_KEY, bool(value)),
+        help="Also prune channels a LayerNorm normalises over (ConvNeXt, ViT, Swin residual streams; "
+        "pinned otherwise). Not lossless: the pruned LayerNorm normalises over the kept channels only.",
+    )(fn)
     fn = click.option(
         "--leaf-module",
         "leaf_modules",
@@ -70,3 +81,8 @@ def leaf_modules() -> tuple[str, ...]:
     """The --leaf-module paths of the running command."""
     found: tuple[str, ...] = click.get_current_context().meta.get(LEAF_MODULES_KEY, ())
     return found
+
+
+def prune_layernorm() -> bool:
+    """Whether the running command was given --prune-layernorm."""
+    return bool(click.get_current_context().meta.get(PRUNE_LAYERNORM_KEY, False))

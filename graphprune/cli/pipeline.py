@@ -23,7 +23,7 @@ from graphprune.cli.console import (
     table,
 )
 from graphprune.cli.group import version
-from graphprune.cli.options import leaf_modules
+from graphprune.cli.options import leaf_modules, prune_layernorm
 from graphprune.errors import PlanError, WeightsError
 
 if TYPE_CHECKING:
@@ -116,7 +116,9 @@ def trace(rm: ResolvedModel) -> Any:
     import graphprune as gp
 
     with step(f"Tracing {rm.name} on input {shape_text(rm.input_shape)}"):
-        return gp.trace(rm.model, rm.example_inputs, leaf_modules=leaf_modules())
+        return gp.trace(
+            rm.model, rm.example_inputs, leaf_modules=leaf_modules(), prune_layernorm=prune_layernorm()
+        )
 
 
 def opt_str(path: Path | None) -> str | None:
@@ -208,7 +210,7 @@ def run_pipeline(
         elif (out_dir / ONNX_FILE).is_file():
             note(f"removing {out_dir / ONNX_FILE} from an earlier run: it would not match {MODEL_FILE}")
         report = _report(
-            rm, pg, plan_source, pruned_flops, pruned_params, original_export, pruned_export, timing
+            rm, pg, plan, plan_source, pruned_flops, pruned_params, original_export, pruned_export, timing
         )
         write_text(stage / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return report
@@ -217,6 +219,7 @@ def run_pipeline(
 def _report(
     rm: ResolvedModel,
     pg: Any,
+    plan: Any,
     plan_source: dict[str, Any],
     pruned_flops: int,
     pruned_params: int,
@@ -226,14 +229,19 @@ def _report(
 ) -> dict[str, Any]:
     """The report.json of one run."""
     from graphprune.checkpoint import MODEL_FILE
+    from graphprune.graph import not_lossless_note
 
     original_nodes = original_export.get("nodes") if original_export else None
     pruned_nodes = pruned_export.get("nodes") if pruned_export else None
+    lossy = pg.not_lossless_groups(plan)
     report: dict[str, Any] = {
         "graphprune_version": version(),
         "model": rm.name,
         "input_shape": list(rm.input_shape),
         "plan": plan_source,
+        "lossless": not lossy,
+        "not_lossless_groups": lossy,
+        "lossless_note": not_lossless_note(lossy),
         "original": {"flops": int(pg.flops), "params": int(pg.params), "onnx_nodes": original_nodes},
         "pruned": {"flops": pruned_flops, "params": pruned_params, "onnx_nodes": pruned_nodes},
         "ratios": {
@@ -291,5 +299,12 @@ def print_before_after(report: dict[str, Any], out_dir: Path) -> None:
         )
     out = stdout()
     out.print(summary)
+    print_lossless_note(report)
     files = [name for name in report["files"].values() if name is not None]
     out.print(f"wrote {escape(str(out_dir))}/{{{', '.join(files)}}}")
+
+
+def print_lossless_note(report: dict[str, Any]) -> None:
+    """Say under the summary when the pruning is not lossless (LayerNorms pruned with --prune-layernorm)."""
+    if report.get("lossless_note"):
+        stdout().print(f"[bold yellow]{escape(report['lossless_note'])}[/]")

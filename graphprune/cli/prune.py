@@ -13,6 +13,7 @@ from graphprune.cli.options import (
     leaf_modules,
     model_options,
     out_dir_option,
+    prune_layernorm,
     static_batch_option,
 )
 from graphprune.cli.pipeline import opt_str, print_before_after, resolve, run_pipeline, trace
@@ -131,6 +132,7 @@ def prune_and_train(
         model=model, out_dir=out_dir, weights=opt_str(weights), input_shape=shape, method=method,
         budget=budget, data=data_spec, image_size=image_size, finetune=finetune,
         method_train=method_train, kd=kd, resume=resume, export=export, leaf_modules=leaf_modules(),
+        prune_layernorm=prune_layernorm(),
         options={"scope": scope, "round_to": round_to, "epochs": epochs, **(method_kw or {})},
     )  # fmt: skip
     print_run_summary(run(request, step), out_dir)

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import click
 
 from graphprune.cli.console import stdout, table
+from graphprune.cli.pipeline import print_lossless_note
 from graphprune.train.config import TrainConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -86,4 +87,5 @@ def print_run_summary(report: dict[str, Any], out_dir: Any) -> None:
         shown = ["-" if v is None else fmt.format(v / 1e6 if key == "flops" else v) for v in cells]
         summary.add_row(label, *shown)
     stdout().print(summary)
+    print_lossless_note(report)
     stdout().print(f"wrote {out_dir}/report.md")

@@ -1,4 +1,5 @@
-"""Exact MACs of a plan without rewriting: every conv / linear cost scales with its kept in/out channels.
+"""Exact MACs of a plan without rewriting: every conv / linear cost scales with its kept in/out channels,
+a contraction over channels (`q^T k`, a REDUCE site) with its kept contracted channels.
 
 This is the FLOPs side of the Efficiency Module: the criteria use it to meet a FLOPs budget, and the
 gates can use it as a differentiable-free oracle.
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
+from graphprune.analysis.sites import SiteKind
 from graphprune.graph import PrunableGraph
 
 
@@ -36,6 +38,7 @@ class FlopsModel:
         self.layers: list[_CostedLayer] = []
         self.fixed = 0  # MACs no channel removal changes (attention products, matmul), per node below
         self.fixed_by_node: dict[str, int] = {}
+        contracted = {s.node: s for s in reversed(pg.depgraph.sites) if s.kind == SiteKind.REDUCE}
         for c in pg.layer_costs:
             m = modules.get(c.name)
             if isinstance(m, nn.modules.conv._ConvNd):
@@ -53,6 +56,10 @@ class FlopsModel:
                 layer = _CostedLayer(
                     c.node, c.flops, f"{c.name}:out", f"{c.name}:in", m.out_features, m.in_features, True
                 )
+            elif c.node in contracted:  # its operands lose the contracted channels together
+                site = contracted[c.node]
+                size = pg.depgraph.tensors[site.tensor].size
+                layer = _CostedLayer(c.node, c.flops, "", site.key, 1, size, True)
             else:
                 self.fixed += c.flops
                 self.fixed_by_node[c.node] = c.flops

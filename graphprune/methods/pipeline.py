@@ -21,7 +21,7 @@ from torch import nn
 from graphprune.checkpoint import RunInfo, save_pruned
 from graphprune.errors import GraphpruneError
 from graphprune.fileio import write_text
-from graphprune.graph import PrunableGraph, trace
+from graphprune.graph import PrunableGraph, not_lossless_note, trace
 from graphprune.methods.base import Budget, MethodContext, MethodResult, get_method
 from graphprune.plan import PruningPlan
 from graphprune.rewrite import apply
@@ -63,6 +63,7 @@ class PipelineRequest:
     options: dict[str, Any] = field(default_factory=dict)
     leaf_modules: tuple[str, ...] = ()
     data_limit: int | None = None
+    prune_layernorm: bool = False  # LayerNorms over channels prunable (not lossless); model.json records it
 
 
 def _null_step(message: str) -> Any:
@@ -124,7 +125,9 @@ def run(req: PipelineRequest, step: Step = _null_step) -> dict[str, Any]:
                 f"but {rm.name} takes {tuple(rm.input_shape[1:])}"
             )
     with step(f"Tracing {rm.name}"):
-        pg = trace(rm.model, rm.example_inputs, leaf_modules=req.leaf_modules)
+        pg = trace(
+            rm.model, rm.example_inputs, leaf_modules=req.leaf_modules, prune_layernorm=req.prune_layernorm
+        )
     original = rm.model
 
     # 1. decide
@@ -143,11 +146,16 @@ def run(req: PipelineRequest, step: Step = _null_step) -> dict[str, Any]:
             decided = method(ctx)
     plan = decided.plan
     plan.meta.setdefault("method", method_name)
-    RunInfo(rm.name, rm.input_shape, req.data, method_name, data.num_classes if data else None).save(out)
+    num_classes = data.num_classes if data else None
+    RunInfo(rm.name, rm.input_shape, req.data, method_name, num_classes, req.prune_layernorm).save(out)
 
     # 2. apply
     with step("Applying the plan"):
-        source_pg = pg if decided.model is original else trace(decided.model, rm.example_inputs)
+        source_pg = (
+            pg
+            if decided.model is original
+            else trace(decided.model, rm.example_inputs, prune_layernorm=req.prune_layernorm)
+        )
         slim: nn.Module = apply(source_pg, plan)
     save_pruned(out, slim, plan, pg)
 
@@ -176,6 +184,8 @@ def run(req: PipelineRequest, step: Step = _null_step) -> dict[str, Any]:
         "budget": {k: v for k, v in vars(req.budget).items() if v is not None}, "plan_meta": plan.meta,
         "method_report": decided.report,
     }  # fmt: skip
+    lossy = pg.not_lossless_groups(plan)
+    report.update(lossless=not lossy, not_lossless_groups=lossy, lossless_note=not_lossless_note(lossy))
     orig_row: dict[str, Any] = {"flops": int(pg.flops), "params": int(pg.params)}
     pruned_row: dict[str, Any] = {
         "flops": int(count_flops(slim, rm.example_inputs)),

@@ -1,7 +1,8 @@
 """Masking passes: the reference a rewrite must match. They keep every shape and only zero things.
 
-MaskChannels zeroes, in every consumer (conv / linear input), the weights that read removed channels:
-exactly what removing those channels means. MaskBlocks multiplies removed branches by zero.
+MaskChannels zeroes, in every consumer (conv / linear input), the weights that read removed channels, and
+zeroes the removed channels an op sums over (a REDUCE site: `(h * h).sum(1)`, `q^T k`): exactly what
+removing those channels means. MaskBlocks multiplies removed branches by zero.
 """
 
 from __future__ import annotations
@@ -31,23 +32,59 @@ class KeptLayerNorm(nn.Module):
         self.keep = list(keep)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k = torch.as_tensor(self.keep, device=x.device)
-        w = self.ln.weight[k] if self.ln.weight is not None else None
-        b = self.ln.bias[k] if self.ln.bias is not None else None
-        y = x.clone()
-        y[..., k] = F.layer_norm(x[..., k], (len(self.keep),), w, b, self.ln.eps)
-        return y
+        return kept_layer_norm(
+            x, tuple(self.keep), self.ln.normalized_shape, self.ln.weight, self.ln.bias, self.ln.eps
+        )
+
+
+def zero_channels(x: torch.Tensor, dim: int, removed: tuple[int, ...]) -> torch.Tensor:
+    """`x` with positions `removed` of `dim` set to zero (the reference for a REDUCE site)."""
+    return x.index_fill(dim, torch.tensor(removed, dtype=torch.long, device=x.device), 0)
+
+
+def kept_layer_norm(
+    x: torch.Tensor,
+    keep: tuple[int, ...],
+    normalized_shape: Sequence[int] | int,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """F.layer_norm over the last dim computed over the `keep` channels only (the others pass through):
+    the reference for an F.layer_norm pruned with `prune_layernorm`."""
+    k = torch.as_tensor(keep, device=x.device)
+    w = weight[k] if weight is not None else None
+    b = bias[k] if bias is not None else None
+    y = x.clone()
+    y[..., k] = F.layer_norm(x[..., k], (len(keep),), w, b, eps)
+    return y
 
 
 class MaskChannels(GraphPass):
     def __init__(self, removals: Sequence[SiteRemoval]) -> None:
         super().__init__()
-        kinds = (SiteKind.CONV_IN, SiteKind.LINEAR_IN, SiteKind.LAYER_NORM)
+        kinds = (SiteKind.CONV_IN, SiteKind.LINEAR_IN, SiteKind.LAYER_NORM, SiteKind.REDUCE)
         self.removals = [r for r in removals if r.removed and r.site.kind in kinds]
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         # masked copies replace the weights: the input's tensors may be shared (PassManager(share_tensors))
+        nodes = {n.name: n for n in gm.graph.nodes}
         for r in self.removals:
+            if r.site.kind == SiteKind.REDUCE:  # the op reads its operand with the removed channels zeroed
+                op, operand = nodes[r.site.node], nodes[r.site.tensor]
+                with gm.graph.inserting_before(op):
+                    zeroed = gm.graph.call_function(zero_channels, (operand, r.site.dim, r.removed))
+                op.replace_input_with(operand, zeroed)
+                continue
+            if r.site.kind == SiteKind.LAYER_NORM and not r.site.target:  # F.layer_norm
+                op = nodes[r.site.node]
+                shape = op.args[1] if len(op.args) > 1 else op.kwargs["normalized_shape"]
+                n = shape if isinstance(shape, int) else shape[0]  # type: ignore[index]
+                assert isinstance(n, int)
+                keep = tuple(i for i in range(n) if i not in set(r.removed))
+                op.target = kept_layer_norm
+                op.args = (op.args[0], keep, *op.args[1:])
+                continue
             m = gm.get_submodule(r.site.target)
             if r.site.kind == SiteKind.LAYER_NORM:
                 assert isinstance(m, nn.LayerNorm)
@@ -68,6 +105,7 @@ class MaskChannels(GraphPass):
                 cin_g, cout_g = m.in_channels // m.groups, m.out_channels // m.groups
                 w.unflatten(0, (m.groups, cout_g))[removed // cin_g, :, removed % cin_g] = 0
             replace_tensor(m, "weight", w)
+        gm.recompile()
         return PassResult(gm, bool(self.removals))
 
 

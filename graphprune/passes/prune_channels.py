@@ -37,7 +37,10 @@ class PruneChannels(GraphPass):
             if s.kind in (SiteKind.CONV_OUT, SiteKind.CONV_IN, SiteKind.LINEAR_OUT, SiteKind.LINEAR_IN):
                 by_module[s.target][s.kind] = r.removed
             elif s.kind == SiteKind.LAYER_NORM:
-                _prune_layer_norm(gm.get_submodule(s.target), r.removed)
+                if s.target:
+                    _prune_layer_norm(gm.get_submodule(s.target), r.removed)
+                else:  # F.layer_norm: its weight and bias are PARAM sites
+                    _rewrite_layer_norm_shape(nodes[s.node], len(r.removed))
             elif s.kind == SiteKind.NORM:
                 _prune_norm(gm.get_submodule(s.target), r.removed)
             elif s.kind == SiteKind.PARAM:
@@ -120,6 +123,17 @@ def _prune_layer_norm(m: nn.Module, removed: Sequence[int]) -> None:
     slice_tensor(m, "weight", 0, keep)
     slice_tensor(m, "bias", 0, keep)
     m.normalized_shape = (len(keep),)
+
+
+def _rewrite_layer_norm_shape(node: fx.Node, n_removed: int) -> None:
+    """Lower the literal `normalized_shape` of an F.layer_norm call by the channels removed."""
+    raw = node.args[1] if len(node.args) > 1 else node.kwargs["normalized_shape"]
+    n = raw if isinstance(raw, int) else raw[0]  # type: ignore[index]
+    assert isinstance(n, int)
+    if len(node.args) > 1:
+        node.args = (node.args[0], (n - n_removed,), *node.args[2:])
+    else:
+        node.kwargs = {**node.kwargs, "normalized_shape": (n - n_removed,)}
 
 
 def _rewrite_pad(node: fx.Node, zeros: Sequence[int], info: tuple[int, ...], removed: Sequence[int]) -> None:

@@ -130,6 +130,8 @@ def write_report_md(run_dir: Path, report: dict[str, Any], plots: list[Path]) ->
     for label, key, kind in rows:
         lines.append(f"| {label} | {_fmt(orig.get(key), kind)} | {_fmt(pruned.get(key), kind)} | "
                      f"{_ratio(pruned.get(key), orig.get(key))} |")  # fmt: skip
+    if report.get("lossless_note"):
+        lines += ["", f"**{report['lossless_note'][0].upper()}{report['lossless_note'][1:]}.**"]
     method_numbers = report.get("method_report") or {}
     if method_numbers:
         lines += ["", "## Method", ""] + [f"- {k}: {v}" for k, v in method_numbers.items()]

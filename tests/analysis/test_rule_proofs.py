@@ -29,6 +29,7 @@ X1 = torch.randn(3, C)
 X3 = torch.randn(2, C, 7)
 X4 = torch.randn(2, C, 5, 5)
 X5 = torch.randn(2, C, 3, 4, 4)
+Y3 = torch.randn(2, C, 4)  # a second operand with the same channels as X3
 
 
 class Fn(nn.Module):
@@ -214,8 +215,40 @@ for f in registry._LAYOUT_FUNCTIONS:
     }
     add(f, fn(layout[f]))
 add(torch.reshape, fn(lambda s, x: torch.reshape(x, (2, 2, 3, 25))))
-for f in registry._REDUCTIONS:
+for f in registry._REDUCTIONS:  # over the channels these pin: a zero channel changes a mean or a max
     add(f, fn(lambda s, x, f=f: f(x, (2, 3))), fn(lambda s, x, f=f: f(x, 1, keepdim=True)))
+# sums over the channels: a zeroed channel adds nothing, so removing it is exact (REDUCE sites)
+add(
+    torch.sum,
+    fn(lambda s, x: torch.sum(x, (2, 3))),
+    fn(lambda s, x: torch.sum(x * x, 1, keepdim=True)),
+    fn(lambda s, x: torch.sum(x.abs(), dim=(1, 3))),
+    fn(lambda s, x: torch.sum(x)),
+)
+add(
+    torch.linalg.vector_norm,
+    fn(lambda s, x: torch.linalg.vector_norm(x, dim=(2, 3))),
+    fn(lambda s, x: torch.linalg.vector_norm(x, dim=1)),
+    fn(lambda s, x: torch.linalg.vector_norm(x, 3, dim=1, keepdim=True)),
+    fn(lambda s, x: torch.linalg.vector_norm(x, float("inf"), 1)),
+    fn(lambda s, x: torch.linalg.vector_norm(x, 0, 1)),
+    fn(lambda s, x: torch.linalg.vector_norm(x, -1, 1)),  # pins: |0|^-1 is not nothing
+)
+add(
+    torch.norm,
+    fn(lambda s, x: torch.norm(x, dim=1)),
+    fn(lambda s, x: torch.norm(x, 1, dim=(1, 2))),
+    fn(lambda s, x: torch.norm(x, "nuc", dim=(1, 2))),  # pins: a nuclear norm is not a sum over entries
+)
+add(
+    F.normalize,
+    fn(lambda s, x: F.normalize(x)),
+    fn(lambda s, x: F.normalize(x, p=1.0, dim=-1)),  # over another dim: channelwise
+    fn(lambda s, x: F.normalize(x.permute(0, 2, 3, 1), dim=-1)),
+    fn(lambda s, x: F.normalize(x, p=-1.0, dim=1)),  # pins
+)
+add("sum", fn(lambda s, x: (x * x).sum(1)), fn(lambda s, x: x.pow(2).sum(dim=1, keepdim=True)))
+add("norm", fn(lambda s, x: x.norm(dim=1)), fn(lambda s, x: x.norm(p=1, dim=1, keepdim=True)))
 add(operator.getitem, fn(lambda s, x: x[:, 1:4]), fn(lambda s, x: x[..., 1:]), fn(lambda s, x: x[:, 2]))
 add(operator.getitem, fn(lambda s, x: torch.chunk(x, 2, 1)[1]))
 for f in (torch.cat, torch.concat, torch.concatenate):
@@ -239,11 +272,26 @@ add(
 )
 for f in (F.softmax, F.log_softmax, torch.softmax):
     add(f, fn(lambda s, x, f=f: f(x, 1)), fn(lambda s, x, f=f: f(x, -1)))
+# contractions over the channels of both operands (q^T k) couple them; any other layout pins
+for f in (torch.matmul, torch.bmm, operator.matmul):
+    add(
+        f,
+        fn(lambda s, x, y, f=f: f(x.transpose(1, 2), y), X3, Y3),
+        fn(lambda s, x, f=f: f(x.transpose(1, 2), x), X3),  # a Gram matrix
+        fn(lambda s, x, y, f=f: f(x, y.transpose(1, 2)), X3, torch.randn(2, 4, 7)),  # pins: contracts over 7
+    )
+add(operator.matmul, fn(lambda s, x: x.flatten(2).transpose(1, 2) @ x.flatten(2)))
+add(
+    torch.einsum,
+    fn(lambda s, x, y: torch.einsum("bci,bcj->bij", x, y), X3, Y3),
+    fn(lambda s, x, y: torch.einsum("bci,bcj->bij", [x, y]), X3, Y3),
+    fn(lambda s, x: torch.einsum("bchw,bcij->bhwij", x, x)),
+    fn(lambda s, x, y: torch.einsum("bci,bdi->bcd", x, y), X3, torch.randn(2, 4, 7)),  # pins: over i
+    fn(lambda s, x: torch.einsum("bci->bc", x), X3),  # pins: the channels stay
+)
 add(F.layer_norm, fn(lambda s, x: F.layer_norm(x, (5,))), fn(lambda s, x: F.layer_norm(x, (C,)), X1))
 
 # ---- methods
-# Registered method names that torch.Tensor does not have: no graph can contain them.
-_NOT_TENSOR_METHODS = frozenset(m for m in registry.METHOD_RULES if not hasattr(torch.Tensor, m))
 _METHOD_ARGS: dict[str, tuple[Any, ...]] = {
     "to": (torch.float32,),
     "type": (torch.float32,),
@@ -281,8 +329,8 @@ for m in registry.METHOD_RULES:
             fn(lambda s, x, y, m=m: getattr(x, m)(y), X4, torch.rand(2, C, 5, 5) + 0.5),
             fn(lambda s, x, m=m: getattr(x, m)(s.p), p=P),
         )
-    elif m in _NOT_TENSOR_METHODS:
-        continue
+    elif m in ("matmul", "bmm"):
+        add(m, fn(lambda s, x, y, m=m: getattr(x.transpose(1, 2), m)(y), X3, Y3))
     elif m in ("maximum", "minimum"):
         add(m, fn(lambda s, x, y, m=m: getattr(x, m)(y), X4, torch.randn(2, C, 5, 5)))
     elif m == "masked_fill":
@@ -355,8 +403,14 @@ def _params() -> list[Any]:
 
 
 def test_every_registered_rule_has_a_case() -> None:
-    missing = [_name(k) for k in _registered() if k not in CASES and k not in _NOT_TENSOR_METHODS]
+    missing = [_name(k) for k in _registered() if k not in CASES]
     assert not missing, f"registered rules without a proof case in CASES: {missing}"
+
+
+def test_every_registered_method_is_a_tensor_method() -> None:
+    """A method name torch.Tensor does not have (`hardtanh`) is a dead entry: no graph can call it."""
+    dead = [m for m in [*registry.METHOD_RULES, *registry.META_METHODS] if not hasattr(torch.Tensor, m)]
+    assert not dead, f"registered methods that torch.Tensor does not have: {dead}"
 
 
 @functools.cache
@@ -405,3 +459,50 @@ def test_the_probe_catches_a_lying_rule(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setitem(registry.FUNCTION_RULES, torch.relu, shifted)
     lies, _ = probe_rules(Fn(lambda s, x: torch.relu(x)), X4)
     assert lies
+
+
+@pytest.mark.parametrize(
+    "f",
+    [
+        lambda s, x: torch.mean(x, 1),  # a zero channel still counts in the mean
+        lambda s, x: torch.amax(x, 1),  # ... and raises a max of negatives to 0
+        lambda s, x: torch.logsumexp(x, 1),  # ... and adds exp(0) = 1
+    ],
+)
+def test_the_probe_catches_a_reduction_claimed_to_be_a_sum(monkeypatch: pytest.MonkeyPatch, f: Any) -> None:
+    from graphprune.analysis.rules.reductions import summation
+
+    for op in (torch.mean, torch.amax, torch.logsumexp):
+        monkeypatch.setitem(registry.FUNCTION_RULES, op, summation)
+    lies, _ = probe_rules(Fn(f), -X4.abs() - 0.1)  # all negative: a zero channel raises every max
+    assert lies and "not zeroing" in lies[0].what, lies
+    monkeypatch.undo()
+    lies, checked = probe_rules(Fn(lambda s, x: torch.sum(x * x, 1)), X4)
+    assert not lies and checked >= C  # the true sum: each channel checked
+
+
+def test_the_probe_catches_a_contraction_coupling_the_wrong_channels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """q^T k coupling channel c of q with channel c + 1 of k: removing both is not zeroing one."""
+    from graphprune.analysis.rules.contractions import matmul
+
+    def shifted(dg: Any, node: Any) -> None:
+        matmul(dg, node)
+        q, k = (dg.info(a) for a in node.args[:2])
+        edge = next(d for _, t, d in dg.g.out_edges(q.key, data=True) if t == k.key)
+        edge["index_map"] = (edge["index_map"] + 1) % k.size
+
+    case = Fn2(lambda s, x, y: torch.matmul(x.transpose(1, 2), y))
+    assert probe_rules(case, X3, Y3)[0] == []
+    monkeypatch.setitem(registry.FUNCTION_RULES, torch.matmul, shifted)
+    lies, _ = probe_rules(case, X3, Y3)
+    assert lies and "not zeroing" in lies[0].what
+
+
+def test_the_probe_catches_a_normalisation_a_zero_channel_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """F.normalize with p = -1: |0|^-1 is infinite, so a zeroed channel is not a removed one."""
+    from graphprune.analysis.rules import reductions
+
+    case = Fn(lambda s, x: F.normalize(x, p=-1.0, dim=1))
+    monkeypatch.setattr(reductions, "_sums_powers", lambda p: True)
+    lies, _ = probe_rules(case, X4)
+    assert lies and "not zeroing" in lies[0].what

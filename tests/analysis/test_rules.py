@@ -249,3 +249,135 @@ def test_layer_norm_over_channels_prunes_only_on_opt_in(affine: bool) -> None:
         torch.testing.assert_close(slim(x), expected)
     with torch.no_grad():  # and it is not lossless: the unpruned model differs
         assert not torch.allclose(slim(x), model(x), atol=1e-3)
+
+
+# ---- sums over the channels: a zeroed channel adds nothing, so the group stays prunable
+
+
+@pytest.mark.parametrize(
+    "reduce",
+    [
+        lambda h: (h * h).sum(1, keepdim=True),
+        lambda h: h.pow(2).sum(dim=1, keepdim=True),
+        lambda h: torch.linalg.vector_norm(h, dim=1, keepdim=True),
+        lambda h: h.norm(dim=1, keepdim=True),
+        lambda h: torch.norm(h, p=1, dim=1, keepdim=True),
+        lambda h: h.abs().sum(1, keepdim=True),
+        lambda h: torch.linalg.vector_norm(h.relu(), float("inf"), dim=1, keepdim=True),
+    ],
+)
+def test_a_sum_over_the_channels_stays_prunable(reduce: object) -> None:
+    prunable_and_lossless(Net(lambda s, h: s.b(h) + reduce(h)))  # type: ignore[operator]
+    prunable_and_lossless(Net(lambda s, h: s.b(h / (reduce(h) + 1.0))))  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("p", [2.0, 1.0, float("inf")])
+def test_normalize_over_the_channels_stays_prunable(p: float) -> None:
+    prunable_and_lossless(Net(lambda s, h: s.b(F.normalize(h, p=p, dim=1))))
+    pinned(Net(lambda s, h: s.b(F.normalize(h, p=-p, dim=1))), "normalize over the channel dim")
+
+
+@pytest.mark.parametrize(
+    "reduce",
+    [
+        lambda h: h.mean(1, keepdim=True),
+        lambda h: h.relu().amax(1, keepdim=True),
+        lambda h: torch.linalg.vector_norm(h, -1, dim=1, keepdim=True),
+        lambda h: torch.logsumexp(h, 1, keepdim=True),
+    ],
+)
+def test_a_reduction_a_zero_channel_changes_pins(reduce: object) -> None:
+    pinned(Net(lambda s, h: s.b(h) + reduce(h)), "channel")  # type: ignore[operator]
+
+
+# ---- contractions over the channels (q^T k) couple both operands
+
+
+def _attention(contract: object) -> nn.Module:
+    def body(s: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        q, k = h.flatten(2), s.k(h).flatten(2)  # (n, 8, 64) each, channels on dim 1
+        a = contract(q, k)  # type: ignore[operator]
+        return s.b(h) + a.flatten(1).sum(1).view(-1, 1, 1, 1)
+
+    return Net(body, k=nn.Conv2d(8, 8, 1))
+
+
+@pytest.mark.parametrize(
+    "contract",
+    [
+        lambda q, k: torch.matmul(q.transpose(-1, -2), k),
+        lambda q, k: q.transpose(1, 2) @ k,
+        lambda q, k: torch.bmm(q.transpose(1, 2), k),
+        lambda q, k: torch.einsum("bci,bcj->bij", q, k),
+    ],
+)
+def test_a_contraction_over_the_channels_of_both_operands_prunes(contract: object) -> None:
+    model = _attention(contract)
+    prunable_and_lossless(model)
+    pg = gp.trace(model.eval(), X)
+    assert {m.target for m in a_group(pg).members} >= {"a", "k"}  # q's and k's channels go together
+    from graphprune.efficiency import FlopsModel
+
+    plan = _plan(pg, 0)
+    slim = gp.apply(pg, plan)
+    assert FlopsModel(pg).flops(plan.channels) == gp.count_flops(slim, X)  # the product shrinks too
+
+
+@pytest.mark.parametrize(
+    "contract",
+    [
+        lambda q, k: torch.matmul(q, k.transpose(1, 2)),  # over the pixels: channels stay in the result
+        lambda q, k: torch.einsum("bci,bdi->bcd", q, k),
+        lambda q, k: torch.matmul(q.transpose(1, 2), k.sum(1, keepdim=True).expand(-1, 8, -1)),  # no channels
+    ],
+)
+def test_a_contraction_not_over_shared_channels_pins(contract: object) -> None:
+    pinned(_attention(contract), "contract")
+
+
+def test_a_contraction_with_a_constant_operand_pins() -> None:
+    def body(s: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        return s.b(h) + torch.matmul(h.flatten(2).transpose(1, 2), s.w).sum(-1).view(-1, 1, 8, 8)
+
+    pinned(Net(body, w=torch.randn(8, 3)), "contract")
+
+
+def test_functional_layer_norm_over_channels_prunes_only_on_opt_in() -> None:
+    """torchvision's LayerNorm2d (ConvNeXt's stem and downsampling) calls F.layer_norm between permutes."""
+    from graphprune.torchvision_compat import import_torchvision
+
+    model = Net(lambda s, h: s.b(s.ln(h)), ln=import_torchvision().models.convnext.LayerNorm2d(8)).eval()
+    with torch.no_grad():
+        model.ln.weight.uniform_(0.5, 1.5)
+        model.ln.bias.uniform_(-0.5, 0.5)
+    pinned(model, "--prune-layernorm opts in")
+    pg = gp.trace(model, X, prune_layernorm=True)
+    g = a_group(pg)
+    assert g.prunable and not g.lossless
+    slim = gp.apply(pg, gp.PruningPlan.for_graph(pg).remove_channels(g.id, [1, 4, 6]))  # verified
+    keep = [0, 2, 3, 5, 7]
+    w = {k: v.detach() for k, v in model.state_dict().items()}
+    h = F.conv2d(X, w["a.weight"][keep], w["a.bias"][keep], padding=1).permute(0, 2, 3, 1)
+    h = F.layer_norm(h, (5,), w["ln.weight"][keep], w["ln.bias"][keep], model.ln.eps).permute(0, 3, 1, 2)
+    expected = F.conv2d(h, w["b.weight"][:, keep], w["b.bias"], padding=1)
+    with torch.no_grad():
+        torch.testing.assert_close(slim(X), expected)
+        assert not torch.allclose(slim(X), model(X), atol=1e-3)  # not lossless
+
+
+def test_convnext_residual_streams_prune_on_opt_in() -> None:
+    """torchvision's ConvNeXt: every stage's residual stream passes LayerNorms (modules and LayerNorm2d)."""
+    from graphprune.torchvision_compat import import_torchvision
+
+    model = import_torchvision().models.convnext_tiny().eval()
+    x = torch.randn(1, 3, 32, 32)
+    assert sum(not g.prunable for g in gp.trace(model, x).groups) == 6  # 4 streams + model input, output
+    pg = gp.trace(model, x, prune_layernorm=True)
+    streams = [g for g in pg.groups if not g.lossless]
+    assert len(streams) == 4 and all(g.prunable for g in streams)
+    plan = gp.PruningPlan.for_graph(pg)
+    for g in streams:
+        plan.remove_channels(g.id, list(range(0, g.size, 4)))
+    slim = gp.apply(pg, plan)  # verified against the LayerNorms over the kept channels
+    assert pg.not_lossless_groups(plan) == [g.id for g in streams]
+    assert gp.count_flops(slim, x) < pg.flops

@@ -10,6 +10,7 @@ from support.lossless import check_lossless, check_plan_lossless, random_plan
 from support.strategies import Arch, architectures, plans
 
 import graphprune as gp
+from graphprune.efficiency import FlopsModel
 from graphprune.models import get_model
 from graphprune.passes import PruneChannels
 from graphprune.rewrite import channel_removals
@@ -46,3 +47,18 @@ def test_pad_amounts_are_rewritten() -> None:
     slim = gp.apply(pg, plan)
     pads = [n.args[1] for n in slim.graph.nodes if n.op == "call_function" and "pad" in str(n.target)]
     assert (0, 0, 0, 0, 5, 7) in pads
+
+
+@pytest.mark.parametrize(("kind", "k"), [("channel_sum", 0), ("channel_sum", 1), ("contraction", 1)])
+def test_sums_and_contractions_over_channels_prune_losslessly(kind: str, k: int) -> None:
+    """The stream summed over (energy gate, F.normalize) and q^T k's coupled q/k channels all prune."""
+    arch = Arch(stem=6, blocks=((kind, k), ("res", 0)))
+    pg = gp.trace(arch.build(), arch.example())
+    module = "blocks.0.q" if kind == "contraction" else "blocks.0.conv"
+    assert pg.group_of(module).prunable and pg.group_of("stem.0").prunable
+    for seed in range(3):
+        plan = random_plan(pg, seed, ratio=0.4)
+        assert plan.channels.get(pg.group_of(module).id)
+        check_plan_lossless(pg, plan)
+        slim = gp.apply(pg, plan)
+        assert FlopsModel(pg).flops(plan.channels) == gp.count_flops(slim, arch.example())

@@ -371,6 +371,35 @@ class NestedSum(nn.Module):
         return F.relu(y + self.g(F.relu(y)) + x)
 
 
+class ChannelSum(nn.Module):
+    """A sum over the channels: the stream L2-normalised (`norm`) or gated by its energy (`energy`)."""
+
+    def __init__(self, c: int, how: str) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, 1, 1)
+        self.how = how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        if self.how == "norm":
+            return x + F.normalize(h, dim=1)
+        return x + h * torch.sigmoid((h * h).sum(1, keepdim=True))
+
+
+class Contraction(nn.Module):
+    """q^T k over the channels of two 1x1 convs (coupled into one group) as a spatial gate."""
+
+    def __init__(self, c: int, inner: int) -> None:
+        super().__init__()
+        self.q = nn.Conv2d(c, inner, 1)
+        self.k = nn.Conv2d(c, inner, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k = self.q(x).flatten(2), self.k(x).flatten(2)
+        a = torch.softmax(torch.matmul(q.transpose(1, 2), k), -1)  # (n, hw, hw)
+        return x * a.mean(-1).view(x.shape[0], 1, x.shape[2], x.shape[3])
+
+
 class Net(nn.Module):
     """stem -> blocks -> head; with two outputs, an aux head on the last feature map."""
 

@@ -4,9 +4,12 @@ For each op of a small traced graph and each free (unpinned) channel position p 
 probe zeroes, then randomises, channel p and re-runs the op alone. Every output position that changes must
 be one the rule maps from p. Output positions the rule leaves uncoupled, or maps from another input channel,
 must not move. Producer sites (conv/linear rows, norm and parameter slices) are probed the same way: changing
-the slice of position q may only change output position q. Pins set by a rule make their channels exempt:
-a pinned channel is never removed. Only the boundary pins ("model input", "model output") are ignored, so
-that a one-op graph is probed at all.
+the slice of position q may only change output position q. An op that sums over the channels of an operand
+(a REDUCE site: `(h * h).sum(1)`, `q^T k`) must give the same result with position p zeroed in that operand
+as with p's atom removed from all of its summed operands (and from its output, where the op keeps the
+channels: F.normalize): the pruned op equals the masked one. Pins set by a
+rule make their channels exempt: a pinned channel is never removed. Only the boundary pins ("model input",
+"model output") are ignored, so that a one-op graph is probed at all.
 """
 
 from __future__ import annotations
@@ -188,9 +191,10 @@ def probe_rules(model: nn.Module, *inputs: torch.Tensor) -> tuple[list[Lie], int
                 continue
             ref = env.rerun(node, {})
             outs = _tensors(dg, node)
+            summed = _reduce_sites(dg, node)
             for a in node.all_input_nodes:
                 for i, src in _tensors(dg, a):
-                    if not src.size or src.key not in free:
+                    if not src.size or src.key not in free or src.key in summed:
                         continue
                     value = _pick(env.env[a], i)
                     for p in np.nonzero(free[src.key])[0].tolist():
@@ -218,9 +222,56 @@ def probe_rules(model: nn.Module, *inputs: torch.Tensor) -> tuple[list[Lie], int
                                         )
                                     )
             checked += _probe_producer_sites(dg, node, env, ref, free, lies, gen)
+            checked += _probe_reductions(dg, node, env, atom, free, lies)
             checked += _probe_operands(dg, node, free, lies)
             checked += _probe_metadata(dg, node, env, ref, free, lies)
     return lies, checked
+
+
+def _reduce_sites(dg: DependencyGraph, node: fx.Node) -> dict[str, Any]:
+    """The operands `node` sums over the channels of: tensor key -> its REDUCE site."""
+    return {s.tensor: s for s in dg.g.nodes[f"op:{node.name}"]["sites"] if s.kind == SiteKind.REDUCE}
+
+
+def _probe_reductions(
+    dg: DependencyGraph,
+    node: fx.Node,
+    env: _Env,
+    atom: dict[str, np.ndarray],
+    free: dict[str, np.ndarray],
+    lies: list[Lie],
+) -> int:
+    """Zeroing position p of one summed operand (the reference) equals removing p's atom from every summed
+    operand (the pruned op)."""
+    sites = _reduce_sites(dg, node)
+    by_name = {a.name: a for a in node.all_input_nodes}
+    checked = 0
+    for key in sites:
+        info = dg.tensors[key]
+        a = by_name[key]
+        for p in np.nonzero(free[key])[0].tolist():
+            value = env.env[a]
+            for q in np.nonzero(atom[key] == atom[key][p])[0].tolist():  # p and channels removed with it
+                value = _set_channel(value, info, q, None)
+            zeroed = env.rerun(node, {a: value})
+            removed: dict[fx.Node, Any] = {}
+            for other, s in sites.items():
+                gone = set(np.nonzero(atom[other] == atom[key][p])[0].tolist())
+                keep = torch.tensor([c for c in range(dg.tensors[other].size) if c not in gone])
+                removed[by_name[other]] = env.env[by_name[other]].index_select(s.dim, keep)
+            pruned = env.rerun(node, removed)
+            for j, dst in _tensors(dg, node):  # an op keeping the channels (normalize): p's atom goes there
+                if dst.size and len(dst.cdims) == 1:
+                    gone_out = atom[dst.key] == atom[key][p]
+                    keep_out = torch.tensor(np.nonzero(~gone_out)[0].tolist())
+                    zeroed = _replace(zeroed, j, _pick(zeroed, j).index_select(dst.cdims[0], keep_out))
+            checked += 1
+            scale = float(zeroed.abs().max()) if zeroed.numel() else 0.0
+            if pruned.shape != zeroed.shape or not torch.allclose(
+                pruned, zeroed, rtol=1e-5, atol=1e-5 * scale
+            ):
+                lies.append(Lie(node.name, f"removing channel {p} of {key} is not zeroing it"))
+    return checked
 
 
 def _in_weight_slice(m: nn.Module, p: int) -> tuple[Any, ...] | None:

@@ -49,6 +49,8 @@ BLOCKS: dict[str, Callable[[int, int], tuple[nn.Module, int]]] = {
     "shared": lambda c, k: (A.Shared(c), c),
     "multisum": lambda c, k: (A.MultiSum(c, 2 + k % 3, k >= 2), c),
     "nested": lambda c, k: (A.NestedSum(c), c),
+    "channel_sum": lambda c, k: (A.ChannelSum(c, "norm" if k % 2 else "energy"), c),
+    "contraction": lambda c, k: (A.Contraction(c, 2 + k), c),
 }
 
 # Block kinds that hit a known bug (issue 6 section 2, fixed on the analysis branch): left out of the

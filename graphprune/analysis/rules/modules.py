@@ -85,14 +85,15 @@ def layer_norm(dg: DependencyGraph, node: fx.Node, m: nn.Module) -> None:
     n = len(m.normalized_shape)
     out = dg.info(node)
     if xi is not None and xi.size and any(d >= len(xi.shape) - n for d in xi.cdims):
-        if dg.prune_layernorm and n == 1 and xi.cdims == (len(xi.shape) - 1,) and out is not None:
+        supported = n == 1 and xi.cdims == (len(xi.shape) - 1,) and out is not None
+        if dg.prune_layernorm and supported and out is not None:
             name = str(node.target)
             add_site(dg, node, Site(f"{name}:layer_norm", SiteKind.LAYER_NORM, out.key, node.name, name))
             return
         dg.pin(
             xi.key,
             f"LayerNorm '{node.target}' normalises over the channel dim; removing a channel changes "
-            "its statistics",
+            "its statistics" + (" (--prune-layernorm opts in, not lossless)" if supported else ""),
         )
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.fx as fx
 
-from graphprune.analysis.depgraph import DependencyGraph
+from graphprune.analysis.depgraph import DependencyGraph, TensorInfo
 from graphprune.analysis.rules.base import (
     Rule,
+    add_site,
     arg,
     new_tensor,
     norm_dim,
@@ -15,14 +18,23 @@ from graphprune.analysis.rules.base import (
     unknown,
 )
 from graphprune.analysis.rules.elementwise import identity
+from graphprune.analysis.sites import Site, SiteKind
 
 
-def reduction(dg: DependencyGraph, node: fx.Node) -> None:
+def reduce_site(dg: DependencyGraph, node: fx.Node, xi: TensorInfo) -> None:
+    """`node` sums over the channels of `xi` (one channel dim): a removed channel, zeroed in the reference,
+    adds nothing, and the op itself needs no rewrite (it sums over what is left)."""
+    add_site(
+        dg, node, Site(f"{node.name}:reduce:{xi.key}", SiteKind.REDUCE, xi.key, node.name, dim=xi.cdims[0])
+    )
+
+
+def _reduce(dg: DependencyGraph, node: fx.Node, dims: Any, keepdim: bool, zero_adds_nothing: bool) -> None:
+    """A reduction over `dims` (None: all). Over the channels it pins, unless a zero channel adds nothing
+    to its result (`zero_adds_nothing`: a sum of |x|^p with p >= 0, not a mean, max or count)."""
     x = node.args[0]
     xi = dg.info(x)
     spec = out_spec(node)
-    dims = dg.value(arg(node, 1, "dim", None))
-    keepdim = bool(dg.value(arg(node, 2, "keepdim", False)))
     if xi is None or not xi.size:
         new_tensor(dg, node, ())
         return
@@ -32,7 +44,10 @@ def reduction(dg: DependencyGraph, node: fx.Node) -> None:
     else:
         dims_t = tuple(norm_dim(int(d), nd) for d in (dims if isinstance(dims, (list, tuple)) else [dims]))
     if set(dims_t) & set(xi.cdims):
-        dg.pin(xi.key, f"{op_name(node, dg)} reduces over the channel dim")
+        if zero_adds_nothing and len(xi.cdims) == 1:
+            reduce_site(dg, node, xi)
+        else:
+            dg.pin(xi.key, f"{op_name(node, dg)} reduces over the channel dim")
         new_tensor(dg, node, ())
         return
     cdims = xi.cdims if keepdim else tuple(d - sum(1 for r in dims_t if r < d) for d in xi.cdims)
@@ -41,6 +56,55 @@ def reduction(dg: DependencyGraph, node: fx.Node) -> None:
         return
     out = new_tensor(dg, node, cdims)
     dg.identity(xi.key, out.key, node.name)
+
+
+def reduction(dg: DependencyGraph, node: fx.Node) -> None:
+    """mean, amax, amin, std, var: channelwise over other dims; over the channels a zero channel counts
+    (a mean divides by the count, a max of negatives is changed by a zero), so the channels pin."""
+    dims = dg.value(arg(node, 1, "dim", None))
+    _reduce(dg, node, dims, bool(dg.value(arg(node, 2, "keepdim", False))), zero_adds_nothing=False)
+
+
+def summation(dg: DependencyGraph, node: fx.Node) -> None:
+    """sum: over the channels, a zeroed channel adds 0, so removing it is exact (`(h * h).sum(1)`)."""
+    dims = dg.value(arg(node, 1, "dim", None))
+    _reduce(dg, node, dims, bool(dg.value(arg(node, 2, "keepdim", False))), zero_adds_nothing=True)
+
+
+def _sums_powers(p: Any) -> bool:
+    """Whether a p-norm is a function of sum |x|^p (or max |x|) with a zero entry adding nothing: p >= 0
+    (p = inf: max |x| >= 0; p = 0: the count of non-zeros; "fro": p = 2). Not p < 0 or "nuc"."""
+    return p == "fro" or (isinstance(p, (int, float)) and not isinstance(p, bool) and p >= 0)
+
+
+def vector_norm(dg: DependencyGraph, node: fx.Node) -> None:
+    """torch.linalg.vector_norm(x, ord=2, dim=None, keepdim=False)."""
+    p = dg.value(arg(node, 1, "ord", 2))
+    dims = dg.value(arg(node, 2, "dim", None))
+    _reduce(dg, node, dims, bool(dg.value(arg(node, 3, "keepdim", False))), zero_adds_nothing=_sums_powers(p))
+
+
+def p_norm(dg: DependencyGraph, node: fx.Node) -> None:
+    """torch.norm(x, p="fro", dim=None, keepdim=False) and Tensor.norm: a vector norm over `dim`."""
+    p = dg.value(arg(node, 1, "p", "fro"))
+    dims = dg.value(arg(node, 2, "dim", None))
+    _reduce(dg, node, dims, bool(dg.value(arg(node, 3, "keepdim", False))), zero_adds_nothing=_sums_powers(p))
+
+
+def normalize(dg: DependencyGraph, node: fx.Node) -> None:
+    """F.normalize(x, p=2, dim=1): x / ||x||_p over `dim`. Channelwise over other dims; over the channels
+    the norm is a sum a zeroed channel adds nothing to, so channel c stays channel c and the input gets a
+    REDUCE site (the reference zeroes the removed channels before normalising)."""
+    xi = dg.info(node.args[0])
+    p = dg.value(arg(node, 1, "p", 2.0))
+    d = dg.value(arg(node, 2, "dim", 1))
+    identity(dg, node)
+    if xi is None or not xi.size or not isinstance(d, int) or norm_dim(d, len(xi.shape)) not in xi.cdims:
+        return
+    if _sums_powers(p) and len(xi.cdims) == 1 and dg.info(node) is not None:
+        reduce_site(dg, node, xi)
+    else:
+        dg.pin(xi.key, f"normalize over the channel dim with p={p!r}")
 
 
 def windowed(spatial: int | None) -> Rule:
@@ -81,11 +145,25 @@ def dim_sensitive(dim_arg: int, name: str) -> Rule:
 
 
 def layer_norm_fn(dg: DependencyGraph, node: fx.Node) -> None:
+    """F.layer_norm (torchvision's LayerNorm2d calls it between permutes): its weight and bias operands are
+    sliced like any per-channel operand; over the channels it pins, or with `prune_layernorm` it is a
+    LAYER_NORM site whose literal `normalized_shape` is rewritten (not lossless)."""
     xi = dg.info(node.args[0])
-    shape = dg.value(arg(node, 1, "normalized_shape"))
+    literal = arg(node, 1, "normalized_shape")
+    shape = dg.value(literal)
     identity(dg, node)
     n = len(shape) if isinstance(shape, (list, tuple)) else 1
+    out = dg.info(node)
     if xi is not None and xi.size and any(d >= len(xi.shape) - n for d in xi.cdims):
+        literal_int = isinstance(literal, int) or (
+            isinstance(literal, (list, tuple)) and all(isinstance(s, int) for s in literal)
+        )
+        supported = n == 1 and literal_int and xi.cdims == (len(xi.shape) - 1,) and out is not None
+        if dg.prune_layernorm and supported and out is not None:
+            add_site(dg, node, Site(f"{node.name}:layer_norm", SiteKind.LAYER_NORM, out.key, node.name))
+            return
         dg.pin(
-            xi.key, "layer_norm normalises over the channel dim; removing a channel changes its statistics"
+            xi.key,
+            "layer_norm normalises over the channel dim; removing a channel changes its statistics"
+            + (" (--prune-layernorm opts in, not lossless)" if supported else ""),
         )

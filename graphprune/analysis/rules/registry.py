@@ -16,6 +16,7 @@ from graphprune.analysis.rules.base import (
     ModuleRule,
     Rule,
 )
+from graphprune.analysis.rules.contractions import einsum, matmul
 from graphprune.analysis.rules.elementwise import elementwise, identity
 from graphprune.analysis.rules.layout import getitem, layout
 from graphprune.analysis.rules.modules import (
@@ -29,7 +30,16 @@ from graphprune.analysis.rules.modules import (
     norm,
 )
 from graphprune.analysis.rules.offsets import cat, pad, split
-from graphprune.analysis.rules.reductions import dim_sensitive, layer_norm_fn, reduction, windowed
+from graphprune.analysis.rules.reductions import (
+    dim_sensitive,
+    layer_norm_fn,
+    normalize,
+    p_norm,
+    reduction,
+    summation,
+    vector_norm,
+    windowed,
+)
 
 _ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.ReLU,
@@ -219,13 +229,21 @@ _LAYOUT_FUNCTIONS: tuple[Any, ...] = (
     torch.swapaxes,
     torch.unflatten,
 )
-_REDUCTIONS: tuple[Any, ...] = (torch.mean, torch.sum, torch.amax, torch.amin, torch.std, torch.var)
+_REDUCTIONS: tuple[Any, ...] = (torch.mean, torch.amax, torch.amin, torch.std, torch.var)
 
 FUNCTION_RULES: dict[Any, Rule] = {
     **{f: identity for f in _UNARY_FUNCTIONS},
     **{f: elementwise for f in _BINARY_FUNCTIONS},
     **{f: layout for f in _LAYOUT_FUNCTIONS},
     **{f: reduction for f in _REDUCTIONS},
+    torch.sum: summation,
+    torch.linalg.vector_norm: vector_norm,
+    torch.norm: p_norm,
+    F.normalize: normalize,
+    torch.matmul: matmul,
+    torch.bmm: matmul,
+    operator.matmul: matmul,
+    torch.einsum: einsum,
     **{f: windowed(_spatial_dims(getattr(f, "__name__", ""))) for f in _WINDOWED_FUNCTIONS},  # over unary
     operator.getitem: getitem,
     torch.cat: cat,
@@ -270,8 +288,6 @@ METHOD_RULES: dict[str, Rule] = {
             "sqrt",
             "square",
             "pow",
-            "hardtanh",
-            "hardtanh_",
             "zero_",
         )
     },
@@ -312,7 +328,11 @@ METHOD_RULES: dict[str, Rule] = {
             "t",
         )
     },
-    **{m: reduction for m in ("mean", "sum", "amax", "amin", "std", "var")},
+    **{m: reduction for m in ("mean", "amax", "amin", "std", "var")},
+    "sum": summation,
+    "norm": p_norm,
+    "matmul": matmul,
+    "bmm": matmul,
     "split": split,
     "chunk": split,
     # a method's args[0] is the tensor itself: dim is args[1], as for the functions

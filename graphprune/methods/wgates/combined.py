@@ -40,9 +40,9 @@ def decide(ctx: MethodContext) -> MethodResult:
     else:
         raise MethodError("abp+wgates needs a budget: --target-flops or --target-latency")
     first = abp(dataclasses.replace(ctx, budget=block_budget))
-    pg_blocks = gp.trace(first.model.eval(), ctx.example_inputs)
+    pg_blocks = gp.trace(first.model.eval(), ctx.example_inputs, prune_layernorm=ctx.pg.prune_layernorm)
     slim = gp.apply(pg_blocks, first.plan)
-    pg2 = gp.trace(slim.eval(), ctx.example_inputs)
+    pg2 = gp.trace(slim.eval(), ctx.example_inputs, prune_layernorm=ctx.pg.prune_layernorm)
     ctx2 = dataclasses.replace(ctx, model=slim, pg=pg2)
     if b.target_flops is not None:
         cost = flops_cost(pg2, b.target_flops * ctx.pg.flops / pg2.flops, [g.id for g in pg2.prunable_groups])
