@@ -62,6 +62,23 @@ def _bn(pg: PrunableGraph, g: ChannelGroup) -> np.ndarray | None:
     return scores if found else None
 
 
+def _global_ranking(scores: Sequence[np.ndarray], removable: Sequence[Sequence[int]]) -> np.ndarray:
+    """Group k of every removable (group k, rank) candidate, in the order candidates are taken: by
+    score normalised by the group's mean, then group, then rank (rank r is removable[k][r])."""
+    empty = np.zeros(0, dtype=np.int64)
+    norm = [
+        s[np.asarray(idx, dtype=np.int64)] / (s.mean() or 1.0)
+        for s, idx in zip(scores, removable, strict=True)
+    ]
+    group = [np.full(len(idx), k, dtype=np.int64) for k, idx in enumerate(removable)]
+    rank = [np.arange(len(idx)) for idx in removable]
+    key_group = np.concatenate(group or [empty])
+    by_key = np.lexsort(
+        (np.concatenate(rank or [empty]), key_group, np.concatenate(norm or [empty.astype(float)]))
+    )
+    return key_group[by_key]
+
+
 def channel_scores(pg: PrunableGraph, criterion: Criterion = "l1") -> dict[str, np.ndarray]:
     """Importance of every index of every prunable group (higher = keep). `bn` falls back to `l1`
     for groups without a BatchNorm; groups with neither have no score and are left alone."""
@@ -113,22 +130,21 @@ def plan_by_criterion(
         return size - min(size, kept)
 
     if scope == "global":
-        ranked = sorted(
-            (
-                (float(s[i] / (s.mean() or 1.0)), gid, rank)
-                for gid, s in scores.items()
-                for rank, i in enumerate(order[gid])
-                if rank < caps[gid]
-            ),
-        )
+        gids = sorted(scores)
+        ranked_group = _global_ranking([scores[g] for g in gids], [order[g][: caps[g]] for g in gids])
+        groups_seen, first_seen = np.unique(ranked_group, return_index=True)
+        by_first = np.argsort(first_seen)  # groups in the order the ranking first reaches them
+        first_order = list(zip(first_seen[by_first].tolist(), groups_seen[by_first].tolist(), strict=True))
 
         def removal(n: int) -> dict[str, list[int]]:
-            taken: dict[str, int] = {}
-            for _, gid, _rank in ranked[:n]:
-                taken[gid] = taken.get(gid, 0) + 1
-            return {gid: [int(i) for i in order[gid][: rounded(gid, k)]] for gid, k in taken.items()}
+            taken = np.bincount(ranked_group[:n], minlength=len(gids)).tolist()
+            return {
+                gids[k]: [int(i) for i in order[gids[k]][: rounded(gids[k], taken[k])]]
+                for first, k in first_order
+                if first < n
+            }
 
-        lo, hi = 0, len(ranked)
+        lo, hi = 0, len(ranked_group)
     else:
         steps = 1000
 

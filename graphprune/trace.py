@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import inspect
 from collections.abc import Callable, Iterable, Sequence
@@ -12,8 +11,10 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from graphprune.errors import TraceError, first_line
+from graphprune.modcopy import deepcopy_module
 
 META_KEY = "gp_value"
 
@@ -84,12 +85,12 @@ def symbolic_trace(model: nn.Module, leaf_modules: Iterable[str | type] = ()) ->
     if isinstance(
         model, fx.GraphModule
     ):  # already a graph (e.g. a pruned model): keep it and its node metadata
-        gm = copy.deepcopy(model)
+        gm = deepcopy_module(model)
         gm.training = model.training
         return gm
     names = frozenset(x for x in leaf_modules if isinstance(x, str))
     types = tuple(x for x in leaf_modules if isinstance(x, type)) + _default_leaf_types()
-    root = copy.deepcopy(model).eval()
+    root = deepcopy_module(model).eval()
     tracer = _Tracer(types, names)
     try:
         graph = tracer.trace(root)
@@ -202,11 +203,38 @@ class _Recording(nn.Module):
         return _Recorder(self.gm, self.after_node).run(*inputs)
 
 
+class _NormsOnMeta(TorchDispatchMode):
+    """Eval-mode batch norm and layer norm on the meta device without torch's Python meta kernels, which
+    decompose them into a dozen elementwise meta ops (1-3 ms a call, most of a meta run of a model full
+    of norms). The output has the input's shape and dtype; the parameters' shapes are checked as the
+    real kernels check them, so a mismatch still fails (and the recording falls back to a real run)."""
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor) or x.device.type != "meta" or kwargs:
+            return func(*args, **(kwargs or {}))
+        if func is torch.ops.aten.native_batch_norm.default and not args[5] and x.ndim >= 2:
+            channels = x.shape[1]
+            if any(t is not None and t.numel() != channels for t in args[1:5]):
+                raise RuntimeError(f"batch norm over {channels} channels with statistics of another size")
+            return torch.empty_like(x), x.new_empty((0,)), x.new_empty((0,))
+        if func is torch.ops.aten.native_layer_norm.default:
+            shape, k = tuple(args[1]), len(args[1])
+            if x.ndim < k or tuple(x.shape[x.ndim - k :]) != shape:
+                raise RuntimeError(f"layer norm over {shape} of an input of shape {tuple(x.shape)}")
+            if any(t is not None and tuple(t.shape) != shape for t in args[2:4]):
+                raise RuntimeError(f"layer norm over {shape} with parameters of another shape")
+            stats = (*x.shape[: x.ndim - k], *(1,) * k)
+            return torch.empty_like(x), x.new_empty(stats), x.new_empty(stats)
+        return func(*args, **(kwargs or {}))
+
+
 def _on_meta(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], after: Any) -> Any:
     """Run the recorder with every parameter, buffer and input on the meta device: shapes, no arithmetic."""
     state = {f"gm.{k}": v.to("meta") for k, v in gm.state_dict(keep_vars=True).items()}
     meta_inputs = tuple(t.to("meta") for t in inputs)
-    return torch.func.functional_call(_Recording(gm, after), state, meta_inputs, strict=False)
+    with _NormsOnMeta():
+        return torch.func.functional_call(_Recording(gm, after), state, meta_inputs, strict=False)
 
 
 def record_values(

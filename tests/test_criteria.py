@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import graphprune as gp
-from graphprune.criteria import channel_scores, plan_by_criterion
+from graphprune.criteria import _global_ranking, channel_scores, plan_by_criterion
 from graphprune.models import get_model
 
 X = torch.randn(1, 3, 32, 32)
@@ -59,3 +62,23 @@ def test_round_to_keeps_multiples_and_still_meets_the_target(pg: gp.PrunableGrap
         assert size <= 8 or (size - len(idx)) % 8 == 0
     flops = gp.count_flops(gp.apply(pg, plan, verify=False), X)
     assert 0.4 <= flops / pg.flops <= 0.5
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.integers(0, 4).map(float), min_size=1, max_size=6), min_size=1, max_size=5
+    ),  # few distinct values: many ties
+    st.data(),
+)
+def test_global_ranking_takes_candidates_by_normalised_score_then_group_then_rank(
+    rows: list[list[float]], data: st.DataObject
+) -> None:
+    scores = [np.asarray(r) for r in rows]
+    removable = [list(np.argsort(s, kind="stable"))[: data.draw(st.integers(0, len(s)))] for s in scores]
+    expected = sorted(
+        (float(s[i] / (s.mean() or 1.0)), k, rank)
+        for k, s in enumerate(scores)
+        for rank, i in enumerate(removable[k])
+    )
+    assert _global_ranking(scores, removable).tolist() == [k for _, k, _ in expected]

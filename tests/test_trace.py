@@ -111,6 +111,37 @@ def test_shapes_only_recording_equals_a_real_run() -> None:
     assert [n.meta[META_KEY] for n in meta_gm.graph.nodes] == [n.meta[META_KEY] for n in real_gm.graph.nodes]
 
 
+@pytest.mark.parametrize(
+    ("norm", "shape"),
+    [
+        (nn.BatchNorm1d(4), (2, 4)),
+        (nn.BatchNorm1d(4), (2, 4, 5)),
+        (nn.BatchNorm3d(4), (2, 4, 3, 3, 3)),
+        (nn.LayerNorm(5), (2, 4, 5)),
+        (nn.LayerNorm([4, 5]), (2, 3, 4, 5)),
+        (nn.LayerNorm(5, elementwise_affine=False), (5,)),
+    ],
+)
+def test_norms_on_meta_equal_a_real_run(norm: nn.Module, shape: tuple[int, ...]) -> None:
+    """The norms' fast meta path (trace._NormsOnMeta) records what a real run records."""
+    model, x = nn.Sequential(norm, nn.ReLU()).eval(), torch.randn(shape)
+    meta_gm, real_gm = symbolic_trace(model), symbolic_trace(model)
+    assert record_values(meta_gm, (x,), shapes_only=True).device.type == "meta"
+    record_values(real_gm, (x,))
+    assert [n.meta[META_KEY] for n in meta_gm.graph.nodes] == [n.meta[META_KEY] for n in real_gm.graph.nodes]
+
+
+def test_norms_with_parameters_of_another_size_still_fail_naming_them() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)).eval()
+    model[1].running_mean = torch.zeros(5)
+    with pytest.raises(gp.TraceError, match="module '1'"):
+        gp.trace(model, torch.randn(1, 3, 4, 4))
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
+    model[1].weight = nn.Parameter(torch.ones(5))
+    with pytest.raises(gp.TraceError, match="module '1'"):
+        gp.trace(model, torch.randn(2, 3))
+
+
 class ValueDependent(nn.Module):
     """Boolean-mask indexing: the output shape depends on values, which the meta device does not have."""
 

@@ -142,17 +142,13 @@ def derive_groups(dg: DependencyGraph) -> list[ChannelGroup]:
     atom_start = np.nonzero(new_atom)[0]
     atom_end = np.append(atom_start[1:], len(pair_atom))
 
-    buckets: dict[tuple[tuple[int, ...], str | None], list[int]] = defaultdict(list)
-    for k, (lo, hi) in enumerate(zip(atom_start.tolist(), atom_end.tolist(), strict=True)):
-        reason = pinned.get(int(pair_atom[lo]))
-        buckets[(tuple(pair_site[lo:hi].tolist()), reason)].append(k)
+    buckets = _buckets(pair_site, atom_start, atom_end, pair_atom, pinned)
     first_pos = pos_of[pair_start[atom_start]]  # per atom: its smallest position at its first site
-    single = bool(np.all(pair_end - pair_start == 1))
     pos_list = pos_of.tolist()
 
     def positions(pairs: np.ndarray) -> tuple[tuple[int, ...], ...]:
-        if single:
-            return tuple((p,) for p in pos_of[pair_start[pairs]].tolist())
+        if np.all(pair_end[pairs] - pair_start[pairs] == 1):  # one position per index (most sites)
+            return tuple(zip(pos_of[pair_start[pairs]].tolist()))  # 1-tuples
         return tuple(
             tuple(pos_list[a:b])
             for a, b in zip(pair_start[pairs].tolist(), pair_end[pairs].tolist(), strict=True)
@@ -176,3 +172,38 @@ def derive_groups(dg: DependencyGraph) -> list[ChannelGroup]:
         gid = name if k == 0 else f"{name}#{k}"
         groups.append((first, ChannelGroup(gid, len(ks), members, reason is None, reason)))
     return [grp for _, grp in groups]
+
+
+def _buckets(
+    pair_site: np.ndarray,
+    atom_start: np.ndarray,
+    atom_end: np.ndarray,
+    pair_atom: np.ndarray,
+    pinned: dict[int, str],
+) -> dict[tuple[tuple[int, ...], str | None], list[int]]:
+    """Atoms (k: their runs atom_start[k]:atom_end[k] of sorted site ids) bucketed by (site ids, pin
+    reason), each bucket in increasing k. One row per atom in a padded table, grouped by np.unique."""
+    lengths = atom_end - atom_start
+    n_atoms, width = len(atom_start), int(lengths.max())
+    table = np.full((n_atoms, width + 1), -1, dtype=np.int64)  # site ids, -1 padded; last: reason id
+    rows = np.repeat(np.arange(n_atoms), lengths)
+    table[rows, np.arange(len(pair_site)) - np.repeat(atom_start, lengths)] = pair_site
+    reasons = list(dict.fromkeys(pinned.values()))
+    if pinned:
+        reason_of_root = np.full(int(max(pinned)) + 1, -1, dtype=np.int64)
+        reason_id = {r: i for i, r in enumerate(reasons)}
+        reason_of_root[list(pinned)] = [reason_id[r] for r in pinned.values()]
+        roots = pair_atom[atom_start]
+        inside = roots < len(reason_of_root)
+        table[inside, width] = reason_of_root[roots[inside]]
+    by_row = np.lexsort(table.T[::-1])  # stable: equal rows keep increasing k
+    ordered = table[by_row]
+    new_row = np.ones(n_atoms, dtype=bool)
+    new_row[1:] = np.any(ordered[1:] != ordered[:-1], axis=1)
+    starts = np.nonzero(new_row)[0].tolist()
+    out: dict[tuple[tuple[int, ...], str | None], list[int]] = {}
+    for lo, hi in zip(starts, [*starts[1:], n_atoms], strict=True):
+        key = ordered[lo].tolist()
+        site_ids = tuple(si for si in key[:width] if si >= 0)
+        out[(site_ids, reasons[key[width]] if key[width] >= 0 else None)] = by_row[lo:hi].tolist()
+    return out

@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 from torch import nn
 
 from graphprune.analysis.sites import SiteKind
@@ -65,17 +66,18 @@ class FlopsModel:
                 continue
             self.layers.append(layer)
         # group id -> site key -> per-index position counts
-        self.counts: dict[str, dict[str, list[int]]] = {
-            g.id: {m.site.key: [len(p) for p in m.positions] for m in g.members} for g in pg.groups
+        self.counts: dict[str, dict[str, np.ndarray]] = {
+            g.id: {m.site.key: np.fromiter((len(p) for p in m.positions), dtype=np.int64) for m in g.members}
+            for g in pg.groups
         }
         self.block_nodes = {b.name: set(b.nodes) for b in pg.blocks}
 
     def removed_per_site(self, channels: Mapping[str, Iterable[int]]) -> dict[str, int]:
         out: dict[str, int] = defaultdict(int)
         for gid, idx in channels.items():
-            idx = list(idx)
+            at = np.fromiter(idx, dtype=np.int64)
             for site, counts in self.counts[gid].items():
-                out[site] += sum(counts[k] for k in idx)
+                out[site] += int(counts[at].sum())
         return out
 
     def flops(self, channels: Mapping[str, Iterable[int]], blocks: Iterable[str] = ()) -> int:

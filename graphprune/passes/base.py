@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import itertools
 from collections.abc import Callable, Sequence
 
@@ -10,13 +9,14 @@ import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from graphprune.errors import VerificationError
+from graphprune.modcopy import deepcopy_module
 
 
 class GraphPass(PassBase):
     """A PassBase that never mutates its input: called directly, `call` receives a private deep copy."""
 
     def __call__(self, graph_module: fx.GraphModule) -> PassResult:
-        return self.run_owned(copy.deepcopy(graph_module))
+        return self.run_owned(deepcopy_module(graph_module))
 
     def run_owned(self, gm: fx.GraphModule) -> PassResult:
         """Run on a graph module the caller hands over (no copy): requires, call, ensures."""
@@ -50,10 +50,8 @@ class PassManager:
         With `share_tensors` the copy's modules are new but its parameters and buffers are `gm`'s own
         tensors (no clone): passes replace tensors (param_surgery), they never write into them.
         """
-        memo: dict[int, object] = {}
-        if self.share_tensors:
-            memo = {id(t): t for t in itertools.chain(gm.parameters(), gm.buffers())}
-        gm = copy.deepcopy(gm, memo)
+        shared = itertools.chain(gm.parameters(), gm.buffers()) if self.share_tensors else ()
+        gm = deepcopy_module(gm, shared)
         for p in self.passes:
             res = p.run_owned(gm) if isinstance(p, GraphPass) else p(gm)
             if res is None:

@@ -40,7 +40,8 @@ class EliminateDeadCode(GraphPass):
         )
         for name, _ in tensors:
             owner_path, _, attr = name.rpartition(".")
-            owned_by_call = any(owner_path == c or owner_path.startswith(c + ".") for c in called)
+            parts = owner_path.split(".")
+            owned_by_call = any(".".join(parts[:k]) in called for k in range(1, len(parts) + 1))
             if not owned_by_call and name not in used:
                 owner = gm.get_submodule(owner_path) if owner_path else gm
                 if hasattr(owner, attr):

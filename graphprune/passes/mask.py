@@ -90,21 +90,20 @@ class MaskChannels(GraphPass):
                 assert isinstance(m, nn.LayerNorm)
                 n = m.normalized_shape[0]
                 owner, _, attr = r.site.target.rpartition(".")
-                kept = KeptLayerNorm(m, [i for i in range(n) if i not in set(r.removed)])
+                gone = set(r.removed)
+                kept = KeptLayerNorm(m, [i for i in range(n) if i not in gone])
                 setattr(gm.get_submodule(owner) if owner else gm, attr, kept)
                 continue
             assert isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
             w = m.weight.detach().clone()
+            removed = torch.as_tensor(r.removed, dtype=torch.long, device=w.device)
             if isinstance(m, nn.Linear):
-                w[:, list(r.removed)] = 0
-            else:
+                w[:, removed] = 0
+            elif m.transposed:  # weight (in, out/groups, k...)
+                w[removed] = 0
+            else:  # input p is local channel p % cin_g of group p // cin_g, read by that group's outputs
                 cin_g, cout_g = m.in_channels // m.groups, m.out_channels // m.groups
-                for p in r.removed:
-                    if m.transposed:
-                        w[p] = 0
-                    else:
-                        g, local = divmod(p, cin_g)
-                        w[g * cout_g : (g + 1) * cout_g, local] = 0
+                w.unflatten(0, (m.groups, cout_g))[removed // cin_g, :, removed % cin_g] = 0
             replace_tensor(m, "weight", w)
         gm.recompile()
         return PassResult(gm, bool(self.removals))

@@ -138,3 +138,23 @@ def test_a_model_that_cannot_run_in_float64_is_checked_in_its_own_dtype() -> Non
     Verify([x], ref)(ref)
     with pytest.raises(gp.VerificationError):
         Verify([x], ref)(graph(lambda s, h: h.float() @ s.w.float() + (h - s.e), x, e=x.clone()))
+
+
+def test_a_non_finite_output_fails_against_a_reference_model() -> None:
+    """Against a model, shapes are propagated on the meta device; the float64 comparison rejects inf/nan."""
+    x = torch.randn(1, 4)
+    ref = graph(lambda s, h: h @ s.w, x)
+    inf_here = graph(lambda s, h: h @ s.w + 1 / (h - s.e), x, e=x.clone())  # inf on the example only
+    with pytest.raises(gp.VerificationError, match="relative error (inf|nan)"):
+        Verify([x], ref)(inf_here)
+    with pytest.raises(gp.VerificationError, match="relative error (inf|nan)"):  # even where both are inf
+        Verify([x], inf_here)(inf_here)
+
+
+def test_verifying_against_a_model_records_the_rewritten_shapes() -> None:
+    pg = gp.trace(get_model("cifar_resnet20"), X)
+    plan = gp.PruningPlan().remove_channels("layer1.0.conv1", [0, 3])
+    slim = gp.apply(pg, plan, verify=False)
+    Verify([X], masked_reference(pg, plan))(slim)
+    node = next(n for n in slim.graph.nodes if n.target == "layer1.0.conv1")
+    assert node.meta["gp_value"].shape == (1, 14, 32, 32)
