@@ -34,3 +34,19 @@ def test_weight_gates_start_open_and_learn_from_the_task_loss() -> None:
     assert any(float(g.abs().sum()) > 0 for g in grads if g is not None)
     residual = pg.group_of("layer1.0.bn2").id
     assert len(gates[residual].encoders) >= 4  # one encoder per producer of the shared residual group
+
+
+def test_the_best_scored_share_of_a_group_stays_open_when_every_score_is_negative() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 32, 32)
+    pg = gp.trace(get_model("cifar_resnet20").eval(), x)
+    group = pg.group_of("layer2.0.bn1")  # 32 channels
+    gate = build_gates(pg.gm, [group], min_open=0.1, init_score=-5.0)[group.id]
+    weights = [pg.gm.get_submodule(t).weight for t in gate.weight_modules]
+    scores = gate.scores(*weights).detach()
+    assert bool((scores < 0).all())  # the step alone would close the whole group
+    opened = gate(*weights)
+    assert int(opened.sum()) == 4  # ceil(0.1 * 32)
+    assert set(opened.nonzero().flatten().tolist()) == set(scores.topk(4).indices.tolist())
+    shut = build_gates(pg.gm, [group], min_open=0.0, init_score=-5.0)[group.id]
+    assert int(shut(*weights).sum()) == 0

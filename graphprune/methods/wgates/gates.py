@@ -9,6 +9,7 @@ step binarises it; backward is a straight-through estimator, passed where |score
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,7 +70,8 @@ class WeightGate(nn.Module):
     `hidden`: width of the per-filter encoding; `init_score`: initial score of a filter of average norm (> 0:
     all gates open, so training starts from the unpruned model); `prior_weight`: initial weight of the
     relative filter norm in the score; `detach_weights`: the gate reads the weights
-    without sending gradients into them (the weights learn from the task loss only).
+    without sending gradients into them (the weights learn from the task loss only); `min_open`: the share
+    of the group whose gates stay open whatever their scores (the best-scored ones).
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class WeightGate(nn.Module):
         detach_weights: bool = True,
         prior_weight: float = 1.0,
         transposed: Sequence[bool] | None = None,
+        min_open: float = 0.1,
     ) -> None:
         super().__init__()
         members = producers(group)
@@ -104,6 +107,9 @@ class WeightGate(nn.Module):
         self.ste_window = ste_window
         self.detach_weights = detach_weights
         self.size = group.size
+        # the best-scored share of the group stays open while training, as read-off keeps it: a group
+        # whose gates all close cuts the network in two, and no task gradient can then reopen them
+        self.min_open = max(1, math.ceil(min_open * group.size)) if min_open > 0 else 0
         self.weight_modules = [m.site.target for m in members]
         self.last_score: torch.Tensor | None = None
         self.last_gate: torch.Tensor | None = None
@@ -123,6 +129,9 @@ class WeightGate(nn.Module):
     def forward(self, *weights: torch.Tensor) -> torch.Tensor:
         score = self.scores(*weights)
         gate = binary_step(score, self.ste_window)
+        if self.min_open:
+            floor = torch.zeros_like(gate).index_fill_(0, score.detach().topk(self.min_open).indices, 1.0)
+            gate = torch.maximum(gate, floor)
         self.last_score, self.last_gate = score, gate
         return gate
 

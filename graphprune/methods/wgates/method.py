@@ -103,6 +103,7 @@ def gate_channels(
         hidden=int(opts.get("gate_hidden", 16)),
         init_score=float(opts.get("gate_init", 0.5)),
         prior_weight=float(opts.get("gate_prior", 1.0)),
+        min_open=1.0 - float(opts.get("max_ratio", 0.9)),
     )
     if not gates:
         raise MethodError("wgates: the model has no prunable channel group with a conv / linear producer")
@@ -132,7 +133,14 @@ def gate_channels(
             teacher=ctx.teacher,
             extra_loss=extra_loss,
             extra_params=[
-                {"params": gate_params, "lr": float(opts.get("gate_lr", 0.01)), "weight_decay": 0.0}
+                {
+                    "params": gate_params,
+                    "lr": float(opts.get("gate_lr", 0.01)),
+                    "weight_decay": 0.0,
+                    # no momentum: the hinge stops pushing once the budget is met, momentum would not
+                    "momentum": float(opts.get("gate_momentum", 0.0)),
+                    "nesterov": False,
+                }
             ],
             run_dir=ctx.run_dir,
             stage=stage,
