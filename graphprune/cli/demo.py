@@ -33,7 +33,6 @@ class DemoSetup:
     model: str
     weights: Path | None
     data: str
-    dataset: str
 
 
 def demo_setup(dataset: str = "auto") -> DemoSetup:
@@ -49,7 +48,7 @@ def demo_setup(dataset: str = "auto") -> DemoSetup:
                 raise
             missing = str(exc)
         else:
-            return DemoSetup(CIFAR_MODEL, weights, f"cifar10:{zip_path}", "cifar10")
+            return DemoSetup(CIFAR_MODEL, weights, f"cifar10:{zip_path}")
     if not FASHION_MNIST_DIR.is_dir():
         raise GraphpruneError(
             f"demo needs the CIFAR-10 JPEG data and weights in {shared.shared_dir()} (set GRAPHPRUNE_SHARED) "
@@ -57,7 +56,7 @@ def demo_setup(dataset: str = "auto") -> DemoSetup:
         )
     if dataset == "auto":
         note(f"{missing}; falling back to Fashion-MNIST from Debian's dataset-fashion-mnist")
-    return DemoSetup(FMNIST_MODEL, None, f"fashion-mnist:{FASHION_MNIST_DIR}", "fashion-mnist")
+    return DemoSetup(FMNIST_MODEL, None, f"fashion-mnist:{FASHION_MNIST_DIR}")
 
 
 def _train_baseline(setup: DemoSetup, out_dir: Path, cfg: Any, limit: int) -> Path:
