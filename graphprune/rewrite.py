@@ -16,7 +16,7 @@ from graphprune.passes import (
     PruneChannels,
     RemoveBlocks,
 )
-from graphprune.passes.verify import Verify
+from graphprune.passes.verify import QUICK_PART_RTOL, Verify
 from graphprune.plan import PruningPlan
 
 
@@ -44,12 +44,20 @@ def masked_reference(pg: PrunableGraph, plan: PruningPlan) -> fx.GraphModule:
     return PassManager(passes, share_tensors=True)(pg.gm)
 
 
-def apply(pg: PrunableGraph, plan: PruningPlan, *, verify: bool = True, rtol: float = 1e-5) -> fx.GraphModule:
+def apply(
+    pg: PrunableGraph,
+    plan: PruningPlan,
+    *,
+    verify: bool = True,
+    rtol: float = 1e-5,
+    quick_rtol: float | None = QUICK_PART_RTOL,
+) -> fx.GraphModule:
     """A new, smaller module computing what the masked original computes. `pg.gm` is left untouched.
 
     With `verify`, the result is run on the example inputs and on fresh ones of another batch size and
-    compared with `masked_reference`, part by part (see `Verify`); an error above `rtol` raises
-    VerificationError.
+    compared with `masked_reference`, part by part (see `Verify`): it passes at once if every part matches
+    to `quick_rtol` in the model's own dtype, else the float64 run decides, where an error above `rtol`
+    raises VerificationError. `quick_rtol=None` always runs the float64 check.
     """
     plan.validate(pg)
     removals = channel_removals(pg, plan)
@@ -57,6 +65,6 @@ def apply(pg: PrunableGraph, plan: PruningPlan, *, verify: bool = True, rtol: fl
     passes = [PruneChannels(removals), RemoveBlocks(blocks), EliminateDeadCode()]
     slim = PassManager(passes)(pg.gm)  # its own tensors: a pass that wrote into one cannot touch pg
     if verify:
-        Verify(pg.example_inputs, masked_reference(pg, plan), rtol)(slim)
+        Verify(pg.example_inputs, masked_reference(pg, plan), rtol, quick_rtol=quick_rtol)(slim)
     slim.train(pg.gm.training)
     return slim

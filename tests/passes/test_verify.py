@@ -8,6 +8,7 @@ import graphprune as gp
 from graphprune.analysis.sites import SiteKind, SiteRemoval
 from graphprune.models import get_model
 from graphprune.passes import GraphPass, PassManager, PruneChannels, Verify
+from graphprune.passes import verify as verify_module
 from graphprune.passes.verify import mismatch
 from graphprune.rewrite import masked_reference
 
@@ -158,3 +159,32 @@ def test_verifying_against_a_model_records_the_rewritten_shapes() -> None:
     Verify([X], masked_reference(pg, plan))(slim)
     node = next(n for n in slim.graph.nodes if n.target == "layer1.0.conv1")
     assert node.meta["gp_value"].shape == (1, 14, 32, 32)
+
+
+def test_a_quick_match_in_float32_skips_the_float64_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    pg = gp.trace(get_model("cifar_resnet20").eval(), X)
+    plan = gp.PruningPlan().remove_channels("layer1.0.conv1", [0, 3])
+    slim, ref = gp.apply(pg, plan, verify=False), masked_reference(pg, plan)
+
+    def no_float64(gm: torch.nn.Module) -> object:
+        raise AssertionError("float64 run")
+
+    monkeypatch.setattr(verify_module, "float64", no_float64)
+    Verify([X], ref)(slim)
+    with pytest.raises(AssertionError, match="float64 run"):
+        Verify([X], ref, quick_rtol=None)(slim)
+
+
+def test_a_miss_above_the_quick_tolerance_is_decided_in_float64() -> None:
+    x = torch.randn(1, 4)
+    ref = graph(lambda s, h: h @ s.w, x)
+    off = 3e-4  # inside float32's quick tolerance, far outside float64's
+    near = graph(lambda s, h: (h @ s.w) * (1 + off), x)
+    near.w = ref.w
+    Verify([x], ref)(near)  # the documented quick tolerance accepts it ...
+    with pytest.raises(gp.VerificationError, match="relative error"):
+        Verify([x], ref, quick_rtol=None)(near)  # ... the float64 check does not
+    far = graph(lambda s, h: (h @ s.w) * (1 + 10 * off), x)
+    far.w = ref.w
+    with pytest.raises(gp.VerificationError, match="relative error"):
+        Verify([x], ref)(far)  # beyond it, float64 decides (and rejects)
