@@ -63,7 +63,7 @@ def apply(
     removals = channel_removals(pg, plan)
     blocks = [pg.block(b) for b in plan.blocks]
     passes = [PruneChannels(removals), RemoveBlocks(blocks), EliminateDeadCode()]
-    slim = PassManager(passes)(pg.gm)  # its own tensors: a pass that wrote into one cannot touch pg
+    slim = PassManager(passes)(pg.gm)  # its own tensors (those of pg.gm that survive are copied)
     if verify:
         Verify(pg.example_inputs, masked_reference(pg, plan), rtol, quick_rtol=quick_rtol)(slim)
     slim.train(pg.gm.training)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from graphprune.modcopy import deepcopy_module
+from graphprune.modcopy import clone_shared, deepcopy_module
 from graphprune.models import get_model
 
 
@@ -36,3 +36,16 @@ def test_shared_tensors_are_kept() -> None:
     dup = deepcopy_module(model, shared)
     assert all(a is b for a, b in zip(dup.parameters(), shared, strict=True))
     assert all(a is not b for a, b in zip(dup.buffers(), model.buffers(), strict=True))
+
+
+def test_clone_shared_copies_the_shared_tensors_once_and_keeps_ties() -> None:
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3), nn.BatchNorm1d(3))
+    model[1].weight = model[0].weight  # tied
+    dup = deepcopy_module(model, list(model.parameters()) + list(model.buffers()))
+    dup[1].bias = nn.Parameter(torch.zeros(3))  # replaced, as a pass would: already its own
+    clone_shared(dup, list(model.parameters()) + list(model.buffers()))
+    ours = {id(t) for t in list(model.parameters()) + list(model.buffers())}
+    assert not any(id(t) in ours for t in list(dup.parameters()) + list(dup.buffers()))
+    assert dup[1].weight is dup[0].weight and isinstance(dup[0].weight, nn.Parameter)
+    assert torch.equal(dup[0].weight, model[0].weight) and torch.equal(dup[2].running_var, model[2].running_var)
+    assert not dup[2].num_batches_tracked.requires_grad

@@ -9,7 +9,7 @@ import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from graphprune.errors import VerificationError
-from graphprune.modcopy import deepcopy_module
+from graphprune.modcopy import clone_shared, deepcopy_module
 
 
 class GraphPass(PassBase):
@@ -47,19 +47,29 @@ class PassManager:
     def __call__(self, gm: fx.GraphModule) -> fx.GraphModule:
         """A new graph module; `gm` is copied once, then each pass owns the current one.
 
-        With `share_tensors` the copy's modules are new but its parameters and buffers are `gm`'s own
-        tensors (no clone): passes replace tensors (param_surgery), they never write into them.
+        Passes replace tensors (param_surgery), they never write into them (a pass that does is reported),
+        so while they run the copy's modules are new but its parameters and buffers are `gm`'s own tensors. The result then
+        gets its own copy of each that survived, unless `share_tensors`. A tensor a pass replaced or
+        deleted is never copied.
         """
-        shared = itertools.chain(gm.parameters(), gm.buffers()) if self.share_tensors else ()
+        shared = list(itertools.chain(gm.parameters(), gm.buffers()))
         gm = deepcopy_module(gm, shared)
+        versions = [t._version for t in shared]  # bumped by every in-place write
         for p in self.passes:
             res = p.run_owned(gm) if isinstance(p, GraphPass) else p(gm)
             if res is None:
                 raise VerificationError(f"pass {type(p).__name__} returned nothing")
+            if any(t._version != v for t, v in zip(shared, versions, strict=True)):
+                raise VerificationError(
+                    f"pass {type(p).__name__} wrote into a tensor of its input graph module; a pass must "
+                    "replace tensors (graphprune.passes.param_surgery), not write into them"
+                )
             gm = res.graph_module
             for check in self.checks:
                 try:
                     check(gm)
                 except VerificationError as exc:
                     raise VerificationError(f"after pass {type(p).__name__}: {exc}") from None
+        if not self.share_tensors:
+            clone_shared(gm, shared)
         return gm

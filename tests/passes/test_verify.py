@@ -9,6 +9,7 @@ from graphprune.analysis.sites import SiteKind, SiteRemoval
 from graphprune.models import get_model
 from graphprune.passes import GraphPass, PassManager, PruneChannels, Verify
 from graphprune.passes import verify as verify_module
+from graphprune.passes.param_surgery import replace_tensor
 from graphprune.passes.verify import mismatch
 from graphprune.rewrite import masked_reference
 
@@ -37,9 +38,21 @@ def test_an_inconsistent_rewrite_is_caught_after_the_pass() -> None:
 
 class Corrupt(GraphPass):
     def call(self, gm: torch.fx.GraphModule) -> PassResult:
+        replace_tensor(gm.linear, "weight", gm.linear.weight.detach() * 2)
+        return PassResult(gm, True)
+
+
+class WritesInPlace(GraphPass):
+    def call(self, gm: torch.fx.GraphModule) -> PassResult:
         with torch.no_grad():
             gm.linear.weight.mul_(2)
         return PassResult(gm, True)
+
+
+def test_a_pass_that_writes_into_its_input_tensors_is_named() -> None:
+    pg = gp.trace(get_model("cifar_resnet20"), X)
+    with pytest.raises(gp.VerificationError, match="pass WritesInPlace wrote into a tensor"):
+        PassManager([WritesInPlace()])(pg.gm)
 
 
 def test_apply_verification_rejects_a_wrong_result(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -188,3 +201,15 @@ def test_a_miss_above_the_quick_tolerance_is_decided_in_float64() -> None:
     far.w = ref.w
     with pytest.raises(gp.VerificationError, match="relative error"):
         Verify([x], ref)(far)  # beyond it, float64 decides (and rejects)
+
+
+def test_the_pass_manager_result_owns_its_tensors_and_the_input_is_unchanged() -> None:
+    pg = gp.trace(get_model("cifar_resnet20").eval(), X)
+    before = {k: v.clone() for k, v in pg.gm.state_dict().items()}
+    slim = PassManager([PruneChannels([])])(pg.gm)
+    theirs = {id(t) for t in list(pg.gm.parameters()) + list(pg.gm.buffers())}
+    assert not any(id(t) in theirs for t in list(slim.parameters()) + list(slim.buffers()))
+    with torch.no_grad():
+        for p in slim.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(v, before[k]) for k, v in pg.gm.state_dict().items())
