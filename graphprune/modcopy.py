@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -37,7 +37,8 @@ def clone_shared(module: nn.Module, tensors: Iterable[torch.Tensor]) -> None:
     ids = {id(t) for t in tensors}
     copies: dict[int, torch.Tensor] = {}
     for m in module.modules():
-        for table in (m._parameters, m._buffers):
+        tables: tuple[dict[str, Any], ...] = (m._parameters, m._buffers)
+        for table in tables:
             for name, t in table.items():
                 if t is None or id(t) not in ids:
                     continue

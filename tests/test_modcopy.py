@@ -47,5 +47,6 @@ def test_clone_shared_copies_the_shared_tensors_once_and_keeps_ties() -> None:
     ours = {id(t) for t in list(model.parameters()) + list(model.buffers())}
     assert not any(id(t) in ours for t in list(dup.parameters()) + list(dup.buffers()))
     assert dup[1].weight is dup[0].weight and isinstance(dup[0].weight, nn.Parameter)
-    assert torch.equal(dup[0].weight, model[0].weight) and torch.equal(dup[2].running_var, model[2].running_var)
+    assert torch.equal(dup[0].weight, model[0].weight)
+    assert torch.equal(dup[2].running_var, model[2].running_var)
     assert not dup[2].num_batches_tracked.requires_grad

@@ -48,9 +48,9 @@ class PassManager:
         """A new graph module; `gm` is copied once, then each pass owns the current one.
 
         Passes replace tensors (param_surgery), they never write into them (a pass that does is reported),
-        so while they run the copy's modules are new but its parameters and buffers are `gm`'s own tensors. The result then
-        gets its own copy of each that survived, unless `share_tensors`. A tensor a pass replaced or
-        deleted is never copied.
+        so while they run the copy's modules are new but its parameters and buffers are `gm`'s own
+        tensors. The result then gets its own copy of each that survived, unless `share_tensors`. A tensor
+        a pass replaced or deleted is never copied.
         """
         shared = list(itertools.chain(gm.parameters(), gm.buffers()))
         gm = deepcopy_module(gm, shared)
