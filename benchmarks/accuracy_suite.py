@@ -278,6 +278,8 @@ def markdown(data: dict[str, Any]) -> str:
             f"{r['latency_ratio']:.3f} |"
         )
     lines += [""] + verdicts(data["rows"])
+    seconds = sum(float(a.get("seconds", 0.0)) for a in data["arms"])
+    lines += [f"- Summed time of the arms (each timed as it ran): {seconds / 60:.0f} min."]
     if any("first_attempt" in a.get("notes", {}) for a in data["arms"]):
         lines += [
             "",

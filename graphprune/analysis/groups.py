@@ -145,10 +145,11 @@ def derive_groups(dg: DependencyGraph) -> list[ChannelGroup]:
     buckets = _buckets(pair_site, atom_start, atom_end, pair_atom, pinned)
     first_pos = pos_of[pair_start[atom_start]]  # per atom: its smallest position at its first site
     pos_list = pos_of.tolist()
+    singles = [(p,) for p in range(int(pos_of.max(initial=-1)) + 1)]  # one shared 1-tuple per position
 
     def positions(pairs: np.ndarray) -> tuple[tuple[int, ...], ...]:
         if np.all(pair_end[pairs] - pair_start[pairs] == 1):  # one position per index (most sites)
-            return tuple(zip(pos_of[pair_start[pairs]].tolist()))  # 1-tuples
+            return tuple(map(singles.__getitem__, pos_of[pair_start[pairs]].tolist()))
         return tuple(
             tuple(pos_list[a:b])
             for a, b in zip(pair_start[pairs].tolist(), pair_end[pairs].tolist(), strict=True)
