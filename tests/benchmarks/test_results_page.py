@@ -57,6 +57,18 @@ def test_pareto_keeps_points_no_other_point_beats() -> None:
     assert accuracy_suite.pareto(pts) == [(0.4, 80.0), (0.45, 82.0), (0.6, 85.0)]
 
 
+def test_accuracy_verdicts_compare_only_arms_that_met_the_budget() -> None:
+    def row(arm: str, kept: float, top1: float) -> dict[str, object]:
+        return {"arm": arm, "reduction": 0.6, "status": "ok", "flops_ratio": kept, "top1_mean": top1}
+
+    rows = [row("abp", 0.30, 70.0), row("l1", 0.40, 75.0), row("tp-magnitude-layer", 0.505, 81.0)]
+    rows.append(row("tp-magnitude-global", 0.39, 68.0))
+    text = "\n".join(accuracy_suite.verdicts(rows))
+    assert "best graphprune arm l1 75.00%" in text and "tp-magnitude-global 68.00%" in text
+    assert "graphprune wins by 7.00 points" in text
+    assert "Missed the budget (kept over 0.42 of the FLOPs; not compared): tp-magnitude-layer (0.505)" in text
+
+
 def test_accuracy_aggregate_means_over_seeds_and_keeps_unavailable_arms() -> None:
     ok = {"status": "ok", "top1_pruned": 10.0, "flops": 50, "flops_ratio": 0.5, "params": 7}
     ok |= {"latency_ms": 1.0, "latency_ratio": 0.6}
