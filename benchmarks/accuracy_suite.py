@@ -278,6 +278,15 @@ def markdown(data: dict[str, Any]) -> str:
             f"{r['latency_ratio']:.3f} |"
         )
     lines += [""] + verdicts(data["rows"])
+    lines += (
+        [
+            "- Where the learned arms keep far more accuracy right after pruning but end level with or",
+            "  below Torch-Pruning, the fine-tuning budget decides: this mode's is short (see TrainConfig",
+            "  above), and the full mode's longer one is the test of which start is better.",
+        ]
+        if meta["mode"] != "full"
+        else []
+    )
     seconds = sum(float(a.get("seconds", 0.0)) for a in data["arms"])
     lines += [f"- Summed time of the arms (each timed as it ran): {seconds / 60:.0f} min."]
     if any("first_attempt" in a.get("notes", {}) for a in data["arms"]):
@@ -318,12 +327,16 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
                 f"{g['flops_ratio']:.3f}) vs best Torch-Pruning arm {p['arm']} {p['top1_mean']:.2f}% "
                 f"(FLOPs kept {p['flops_ratio']:.3f}): {who} by {abs(diff):.2f} points."
             )
+            out.append(
+                f"  Right after pruning, before fine-tuning (subset): {g['arm']} "
+                f"{g['top1_pruned_mean']:.2f}%, {p['arm']} {p['top1_pruned_mean']:.2f}%."
+            )
         elif gp_rows or tp_rows:
             out.append(f"- -{t:.0%} FLOPs: only {'graphprune' if gp_rows else 'Torch-Pruning'} arms met it.")
         if missed:
-            names = ", ".join(f"{r['arm']} ({r['flops_ratio']:.3f})" for r in missed)
+            names = ", ".join(f"{r['arm']} ({r['flops_ratio']:.4f})" for r in missed)
             limit = 1 - t + BUDGET_SLACK
-            out.append(f"  Missed the budget (kept over {limit:.2f} of the FLOPs; not compared): {names}.")
+            out.append(f"  Missed the budget (kept over {limit:.3f} of the FLOPs; not compared): {names}.")
     return out
 
 
