@@ -8,6 +8,7 @@ that must stay, with the reason) are tensor attributes; rewrite sites are op att
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,7 @@ class TensorInfo:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.grid)) if self.cdims else 0
+        return math.prod(self.grid) if self.cdims else 0
 
 
 def op_key(node: fx.Node) -> str:

@@ -49,8 +49,20 @@ def _union(t: Taint) -> frozenset[str]:
     return t if isinstance(t, frozenset) else frozenset().union(*t)
 
 
+def _reads_shape(node: fx.Node) -> bool:
+    """Whether `node` is one of the shape reads `_read` knows (cheap: by target only)."""
+    if node.op == "call_function":
+        return (node.target is builtins.getattr and node.args[1:2] == ("shape",)) or node.target in (
+            builtins.len,
+            torch.numel,
+        )
+    return node.op == "call_method" and node.target in ("size", "numel", "nelement")
+
+
 def _read(dg: DependencyGraph, node: fx.Node) -> Taint | None:
     """The taint of a node that reads a tensor's shape, or None if it reads none."""
+    if not _reads_shape(node):
+        return None
     x = node.args[0] if node.args else None
     xi = dg.info(x)
     if xi is None:
