@@ -94,7 +94,7 @@ MODES = {
         "cifar10jpeg_resnet20.th",
         (0,),
         (0.4, 0.5, 0.6),
-        {"epochs": 1, "max_steps": 80, "batch_size": 128, "lr": 0.01},
+        {"epochs": 1, "max_steps": 48, "batch_size": 128, "lr": 0.01, "eval_every_epoch": False},
         {"epochs": [1, 1], "stage_epochs": [1]},
     ),
     "full": Mode(
@@ -432,7 +432,7 @@ def main(
             path = arms_dir / f"{name.replace('+', '_')}.json"
             if path.exists():
                 earlier = json.loads(path.read_text()).get("finetune", {})
-                keys = ("epochs", "max_steps", "lr", "batch_size")
+                keys = ("epochs", "max_steps", "lr", "batch_size", "eval_every_epoch")
                 changed = [k for k in keys if earlier.get(k) != current[k]]
                 note = f" (with other {', '.join(changed)}: delete it to re-run)" if changed else ""
                 click.echo(f"{name}: done earlier ({path}), skipped{note}")
