@@ -306,20 +306,35 @@ BUDGET_SLACK = 0.02
 """An arm meets a target if it keeps at most (1 - reduction) + this share of the FLOPs."""
 
 
+def targets(rows: list[dict[str, Any]]) -> list[float]:
+    """The FLOPs reductions the finished arms were pruned to, in order."""
+    return sorted({r["reduction"] for r in rows if r["status"] == "ok" and r["reduction"] is not None})
+
+
+def best_within_budget(
+    rows: list[dict[str, Any]], reduction: float
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None, list[dict[str, Any]]]:
+    """(best graphprune arm, best Torch-Pruning arm, the arms that missed the budget) at `reduction`.
+
+    Only arms keeping at most (1 - reduction) + BUDGET_SLACK of the FLOPs compete: one that kept more had
+    an easier task."""
+    at = [r for r in rows if r["status"] == "ok" and r["reduction"] == reduction]
+    met = [r for r in at if r["flops_ratio"] <= 1 - reduction + BUDGET_SLACK]
+    gp_rows = [r for r in met if r["arm"] in GP_METHODS]
+    tp_rows = [r for r in met if r["arm"] in TP_ARMS]
+    best_gp = max(gp_rows, key=lambda r: r["top1_mean"], default=None)
+    best_tp = max(tp_rows, key=lambda r: r["top1_mean"], default=None)
+    return best_gp, best_tp, [r for r in at if r not in met]
+
+
 def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     """Per target: the best graphprune arm against the best Torch-Pruning arm, among the arms that met the
     FLOPs budget (an arm that kept more FLOPs had an easier task), whichever wins; then the arms that
     missed it."""
     out = []
-    ok = [r for r in rows if r["status"] == "ok" and r["reduction"] is not None]
-    for t in sorted({r["reduction"] for r in ok}):
-        met = [r for r in ok if r["reduction"] == t and r["flops_ratio"] <= 1 - t + BUDGET_SLACK]
-        missed = [r for r in ok if r["reduction"] == t and r not in met]
-        gp_rows = [r for r in met if r["arm"] in GP_METHODS]
-        tp_rows = [r for r in met if r["arm"] in TP_ARMS]
-        if gp_rows and tp_rows:
-            g = max(gp_rows, key=lambda r: r["top1_mean"])
-            p = max(tp_rows, key=lambda r: r["top1_mean"])
+    for t in targets(rows):
+        g, p, missed = best_within_budget(rows, t)
+        if g and p:
             diff = g["top1_mean"] - p["top1_mean"]
             who = "graphprune wins" if diff > 0 else "graphprune loses" if diff < 0 else "tie"
             out.append(
@@ -331,8 +346,8 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
                 f"  Right after pruning, before fine-tuning (subset): {g['arm']} "
                 f"{g['top1_pruned_mean']:.2f}%, {p['arm']} {p['top1_pruned_mean']:.2f}%."
             )
-        elif gp_rows or tp_rows:
-            out.append(f"- -{t:.0%} FLOPs: only {'graphprune' if gp_rows else 'Torch-Pruning'} arms met it.")
+        elif g or p:
+            out.append(f"- -{t:.0%} FLOPs: only {'graphprune' if g else 'Torch-Pruning'} arms met it.")
         if missed:
             names = ", ".join(f"{r['arm']} ({r['flops_ratio']:.4f})" for r in missed)
             limit = 1 - t + BUDGET_SLACK

@@ -206,21 +206,18 @@ def summary(results: dict[str, dict[str, Any]]) -> list[str]:
     out = []
     acc = real.get("accuracy.json")
     if acc:
-        rows = [r for r in acc["rows"] if r["status"] == "ok" and r["reduction"] is not None]
-        for t in sorted({r["reduction"] for r in rows})[1:2] or sorted({r["reduction"] for r in rows})[:1]:
-            at = [r for r in rows if r["reduction"] == t]
-            best_gp = max(
-                (r for r in at if not r["arm"].startswith("tp-")), key=lambda r: r["top1_mean"], default=None
+        import accuracy_suite  # heavy (torch): only when there is an accuracy run to summarise
+
+        cells = []
+        for t in accuracy_suite.targets(acc["rows"]):
+            g, p, _ = accuracy_suite.best_within_budget(acc["rows"], t)
+            if g and p:
+                cells.append(f"-{t:.0%} {g['top1_mean']:.2f} vs {p['top1_mean']:.2f}")
+        if cells:
+            out.append(
+                f"Accuracy ({acc['mode']['model']}, {acc['meta']['mode']} run, top-1 of the best graphprune "
+                f"arm vs the best Torch-Pruning arm within each FLOPs budget): {', '.join(cells)}."
             )
-            best_tp = max(
-                (r for r in at if r["arm"].startswith("tp-")), key=lambda r: r["top1_mean"], default=None
-            )
-            if best_gp and best_tp:
-                out.append(
-                    f"Accuracy ({acc['mode']['model']}, -{t:.0%} FLOPs, {acc['meta']['mode']} run): "
-                    f"best graphprune arm {best_gp['arm']} {best_gp['top1_mean']:.2f}% top-1, "
-                    f"best Torch-Pruning arm {best_tp['arm']} {best_tp['top1_mean']:.2f}%."
-                )
     lat = real.get("latency.json")
     if lat:
         out += [f"Latency: {line}" for line in latency_answers(lat)]

@@ -59,7 +59,9 @@ def test_pareto_keeps_points_no_other_point_beats() -> None:
 
 def test_accuracy_verdicts_compare_only_arms_that_met_the_budget() -> None:
     def row(arm: str, kept: float, top1: float) -> dict[str, object]:
-        return {"arm": arm, "reduction": 0.6, "status": "ok", "flops_ratio": kept, "top1_mean": top1}
+        return {"arm": arm, "reduction": 0.6, "status": "ok", "flops_ratio": kept, "top1_mean": top1} | {
+            "top1_pruned_mean": top1 / 2
+        }
 
     rows = [row("abp", 0.30, 70.0), row("l1", 0.40, 75.0), row("tp-magnitude-layer", 0.505, 81.0)]
     rows.append(row("tp-magnitude-global", 0.39, 68.0))
@@ -106,3 +108,17 @@ def test_readme_block_is_replaced_and_smoke_runs_are_not_summarised(tmp_path: Pa
     assert twice.count(results_page.BEGIN) == 1 and "No full benchmark run" not in twice
     assert "Latency: graphprune block+channel was faster than channel-only in 1 of 1" in twice
     assert twice.startswith("# project\n\ntext\n")
+
+
+def test_readme_accuracy_line_compares_within_each_budget() -> None:
+    def row(arm: str, kept: float, top1: float) -> dict[str, object]:
+        return {"arm": arm, "reduction": 0.6, "status": "ok", "flops_ratio": kept, "top1_mean": top1}
+
+    rows = [
+        row("l1", 0.40, 75.0),
+        row("tp-magnitude-layer", 0.505, 81.0),
+        row("tp-magnitude-global", 0.39, 68.0),
+    ]
+    acc = {"meta": _meta("quick"), "mode": {"model": "m"}, "rows": rows}
+    (line,) = [x for x in results_page.summary({"accuracy.json": acc}) if x.startswith("Accuracy")]
+    assert line.endswith("-60% 75.00 vs 68.00.")
