@@ -172,7 +172,7 @@ def _run_pair(
 
 class Verify(PassBase):
     """Runs the graph on the inputs (every node's shape is re-derived: on the meta device when
-    `reference` is a model, whose float64 run below checks the values) and compares it with `reference`.
+    `reference` is a model, whose runs below check the values) and compares it with `reference`.
 
     `reference` is the expected output on `inputs`, or a model computing it: then both models also run on
     the example inputs batched together with fresh random ones (another batch size). A model that only
@@ -197,8 +197,8 @@ class Verify(PassBase):
         self.quick_rtol = quick_rtol
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
-        # against a reference model, values are compared below (in float64: a non-finite value fails
-        # there); here only shapes, on the meta device where the model allows it
+        # against a reference model, values are compared below (a non-finite value misses the quick check
+        # and fails the float64 one); here only shapes, on the meta device where the model allows it
         shapes_only = isinstance(self.reference, nn.Module)
         try:
             out = record_values(graph_module, self.inputs, shapes_only=shapes_only)
