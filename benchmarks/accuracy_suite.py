@@ -447,7 +447,7 @@ def main(
             path = arms_dir / f"{name.replace('+', '_')}.json"
             if path.exists():
                 earlier = json.loads(path.read_text()).get("finetune", {})
-                keys = ("epochs", "max_steps", "lr", "batch_size", "eval_every_epoch")
+                keys = ("epochs", "max_steps", "lr", "batch_size")
                 changed = [k for k in keys if earlier.get(k) != current[k]]
                 note = f" (with other {', '.join(changed)}: delete it to re-run)" if changed else ""
                 click.echo(f"{name}: done earlier ({path}), skipped{note}")

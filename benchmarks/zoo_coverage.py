@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import click
+import torch
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,25 +33,24 @@ def all_models() -> list[str]:
     return sorted(tv.models.list_models(module=tv.models)) + list_models()
 
 
-def run_one(name: str) -> dict[str, object]:
-    import torch
-    from zoo_harness import check_model
-
+def build(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The zoo model `name` (random weights, eval mode) and its example input."""
     from graphprune.models import default_input_shape, get_model, list_models
+    from graphprune.torchvision_compat import import_torchvision
 
-    torch.manual_seed(0)
     if name in list_models():
-        model, x = get_model(name), torch.randn(default_input_shape(name))
-    else:
-        from graphprune.torchvision_compat import import_torchvision
+        return get_model(name).eval(), torch.randn(default_input_shape(name))
+    size = 299 if name == "inception_v3" else 224
+    return import_torchvision().models.get_model(name, weights=None).eval(), torch.randn(1, 3, size, size)
 
-        tv = import_torchvision()
-        model = tv.models.get_model(name, weights=None)
-        size = 299 if name == "inception_v3" else 224
-        x = torch.randn(1, 3, size, size)
+
+def run_one(name: str) -> dict[str, object]:
+    from zoo_harness import check_model
     from zoo_oracle import check_oracle
 
-    return {**check_model(name, model.eval(), x).to_dict(), **check_oracle(model.eval(), x)}
+    torch.manual_seed(0)
+    model, x = build(name)
+    return {**check_model(name, model, x).to_dict(), **check_oracle(model.eval(), x)}
 
 
 def recount_flops(name: str) -> tuple[int, int]:
@@ -59,27 +59,18 @@ def recount_flops(name: str) -> tuple[int, int]:
     The pruned count is `FlopsModel` on the same plan `check_model` applies: equal to counting the
     rewritten model (tests/test_efficiency.py), without rewriting it.
     """
-    import torch
     from zoo_harness import random_channel_plan
 
     from graphprune.efficiency import FlopsModel
     from graphprune.graph import trace
-    from graphprune.models import default_input_shape, get_model, list_models
-    from graphprune.torchvision_compat import import_torchvision
-
-    def build() -> tuple[torch.nn.Module, torch.Tensor]:
-        if name in list_models():
-            return get_model(name), torch.randn(default_input_shape(name))
-        size = 299 if name == "inception_v3" else 224
-        return import_torchvision().models.get_model(name, weights=None), torch.randn(1, 3, size, size)
 
     try:
         with torch.device("meta"):
-            model, x = build()
+            model, x = build(name)
     except NotImplementedError:  # builders that compute widths with real tensors (RegNet)
-        model, x = build()
+        model, x = build(name)
         model, x = model.to("meta"), x.to("meta")
-    pg = trace(model.eval(), x)
+    pg = trace(model, x)
     return pg.flops, FlopsModel(pg).flops(random_channel_plan(pg, 0.3).channels)
 
 

@@ -61,8 +61,8 @@ class PassManager:
                 raise VerificationError(f"pass {type(p).__name__} returned nothing")
             if any(t._version != v for t, v in zip(shared, versions, strict=True)):
                 raise VerificationError(
-                    f"pass {type(p).__name__} wrote into a tensor of its input graph module; a pass must "
-                    "replace tensors (graphprune.passes.param_surgery), not write into them"
+                    f"pass {type(p).__name__} wrote into a tensor of its input graph module (now changed); "
+                    "a pass must replace tensors (graphprune.passes.param_surgery), not write into them"
                 )
             gm = res.graph_module
             for check in self.checks:

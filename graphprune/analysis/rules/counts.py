@@ -49,38 +49,33 @@ def _union(t: Taint) -> frozenset[str]:
     return t if isinstance(t, frozenset) else frozenset().union(*t)
 
 
-def _reads_shape(node: fx.Node) -> bool:
-    """Whether `node` is one of the shape reads `_read` knows (cheap: by target only)."""
+def _read_kind(node: fx.Node) -> str | None:
+    """Which shape read `node` is ("shape", "len", "size" or "numel"), or None: by target only (cheap)."""
     if node.op == "call_function":
-        return (node.target is builtins.getattr and node.args[1:2] == ("shape",)) or node.target in (
-            builtins.len,
-            torch.numel,
-        )
-    return node.op == "call_method" and node.target in ("size", "numel", "nelement")
+        if node.target is builtins.getattr and node.args[1:2] == ("shape",):
+            return "shape"
+        return "len" if node.target is builtins.len else "numel" if node.target is torch.numel else None
+    if node.op == "call_method":
+        return {"size": "size", "numel": "numel", "nelement": "numel"}.get(str(node.target))
+    return None
 
 
 def _read(dg: DependencyGraph, node: fx.Node) -> Taint | None:
     """The taint of a node that reads a tensor's shape, or None if it reads none."""
-    if not _reads_shape(node):
-        return None
-    x = node.args[0] if node.args else None
-    xi = dg.info(x)
+    kind = _read_kind(node)
+    xi = dg.info(node.args[0]) if kind is not None and node.args else None
     if xi is None:
         return None
     nd, counted = len(xi.shape), frozenset({xi.key}) if xi.size else NONE
     per_dim = tuple(counted if d in xi.cdims else NONE for d in range(nd))
-    if node.op == "call_function" and node.target is builtins.getattr and node.args[1] == "shape":
+    if kind == "shape":
         return per_dim
-    if node.op == "call_function" and node.target is builtins.len:
+    if kind == "len":
         return per_dim[0] if nd else NONE
-    if node.op == "call_function" and node.target is torch.numel:
-        return counted
-    if node.op == "call_method" and node.target == "size":
+    if kind == "size":
         d = arg(node, 1, "dim")
         return per_dim if d is None else per_dim[norm_dim(int(d), nd)]
-    if node.op == "call_method" and node.target in ("numel", "nelement"):
-        return counted
-    return None
+    return counted
 
 
 def track_counts(dg: DependencyGraph, node: fx.Node, taints: dict[str, Taint], is_layout: bool) -> None:
