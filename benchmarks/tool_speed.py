@@ -38,6 +38,7 @@ import graphprune as gp
 from graphprune.criteria import plan_by_criterion
 from graphprune.errors import first_line
 from graphprune.fileio import atomic_path, write_text
+from graphprune.passes.verify import FRESH_INPUTS, QUICK_PART_RTOL
 from graphprune.torchvision_compat import import_torchvision
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,8 +258,8 @@ def markdown(results: list[dict[str, Any]], env: dict[str, str], command: str) -
         f"- Verified path slower than Torch-Pruning: {', '.join(slower) or 'none'}.",
         "  Verification runs two real forwards (the masked original and the pruned model) where",
         "  Torch-Pruning runs one, and the analysis itself none (values are recorded on the meta device).",
-        "  Both run on the example batch plus 2 fresh inputs, in the model's own dtype (float32); only",
-        "  where a part misses 1e-3 there is the check repeated in float64 against 1e-5.",
+        f"  Both run on the example batch plus {FRESH_INPUTS} fresh input(s), in the model's own dtype",
+        f"  (float32); only where a part misses {QUICK_PART_RTOL:g} is the check repeated in float64.",
         *(
             [
                 "- Peak memory of this run is not usable: it was measured as growth over the model build's",

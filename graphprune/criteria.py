@@ -24,7 +24,7 @@ Scope = Literal["global", "layer"]
 
 def _mean_over_positions(values: np.ndarray, positions: Sequence[Sequence[int]]) -> np.ndarray:
     """For each group index, the mean of `values` at its tensor positions (one numpy pass, no loop)."""
-    lengths = np.fromiter((len(p) for p in positions), dtype=np.int64, count=len(positions))
+    lengths = np.fromiter(map(len, positions), dtype=np.int64, count=len(positions))
     flat = np.fromiter(itertools.chain.from_iterable(positions), dtype=np.int64, count=int(lengths.sum()))
     starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
     return np.add.reduceat(values[flat], starts) / lengths
@@ -119,7 +119,7 @@ def plan_by_criterion(
     model = FlopsModel(pg)
     budget = target_flops * pg.flops
     caps = {gid: min(len(s) - 1, int(math.floor(len(s) * max_ratio))) for gid, s in scores.items()}
-    order = {gid: list(np.argsort(s, kind="stable")) for gid, s in scores.items()}
+    order = {gid: np.argsort(s, kind="stable").tolist() for gid, s in scores.items()}
 
     def rounded(gid: str, k: int) -> int:
         """How many to remove so that the kept count is a multiple of round_to."""
@@ -139,9 +139,7 @@ def plan_by_criterion(
         def removal(n: int) -> dict[str, list[int]]:
             taken = np.bincount(ranked_group[:n], minlength=len(gids)).tolist()
             return {
-                gids[k]: [int(i) for i in order[gids[k]][: rounded(gids[k], taken[k])]]
-                for first, k in first_order
-                if first < n
+                gids[k]: order[gids[k]][: rounded(gids[k], taken[k])] for first, k in first_order if first < n
             }
 
         lo, hi = 0, len(ranked_group)
@@ -151,7 +149,7 @@ def plan_by_criterion(
         def removal(n: int) -> dict[str, list[int]]:
             r = n / steps * max_ratio
             counts = {gid: rounded(gid, min(caps[gid], int(r * len(s)))) for gid, s in scores.items()}
-            return {gid: [int(i) for i in order[gid][:k]] for gid, k in counts.items() if k}
+            return {gid: order[gid][:k] for gid, k in counts.items() if k}
 
         lo, hi = 0, steps
     if model.flops(removal(hi)) > budget:

@@ -22,7 +22,11 @@ from graphprune.trace import arch_hash, as_input_tuple, eval_only_parts, symboli
 
 @dataclass
 class PrunableGraph:
-    """A traced model with its channel groups, removable blocks and costs. Read-only analysis."""
+    """A traced model with its channel groups, removable blocks and costs. Read-only analysis.
+
+    `gm`'s parameters and buffers share the traced model's memory (no copy of the weights is made): read
+    it, do not train it or write into it. `apply` returns a module with tensors of its own.
+    """
 
     gm: fx.GraphModule
     example_inputs: tuple[torch.Tensor, ...]

@@ -1,8 +1,12 @@
 """Deep copies of modules: what `copy.deepcopy` gives, faster, and copies made late (`clone_shared`).
 
-Every `nn.Module` holds a dozen hook tables, almost always empty, which `copy.deepcopy` rebuilds one by
-one through `copyreg` (most of the time of copying a large model's module tree). They are given fresh
-empty tables up front instead, in deepcopy's memo; everything else is copied by `copy.deepcopy` itself.
+`copy.deepcopy` spends most of its time on a module tree in its generic machinery: a dozen hook tables
+per module, almost always empty, rebuilt one by one through `copyreg`, and every int, string and flag of
+every module passed through the memo. `deepcopy_module` copies a module of the plain kind (no custom
+`__deepcopy__` or pickling hooks) the way deepcopy would, directly: a new instance whose state is the
+old state with immutable values kept, empty tables made anew and everything else left to `copy.deepcopy`
+(with the same memo, so objects shared in the original are shared in the copy). Other modules (e.g. a
+GraphModule) go through `copy.deepcopy` itself, with their plain submodules already copied.
 """
 
 from __future__ import annotations
@@ -17,16 +21,68 @@ from torch import nn
 
 M = TypeVar("M", bound=nn.Module)
 _EMPTY_TABLES = (OrderedDict, dict, set)
+_IMMUTABLE = (int, float, bool, str, bytes, complex, type(None))
+_PICKLING_HOOKS = ("__deepcopy__", "__reduce__", "__reduce_ex__", "__getnewargs__", "__getnewargs_ex__")
 
 
-def deepcopy_module(module: M, shared: Iterable[torch.Tensor] = ()) -> M:
-    """`copy.deepcopy(module)`; the tensors in `shared` are kept as they are (not cloned)."""
-    memo: dict[int, object] = {id(t): t for t in shared}
-    for m in module.modules():
-        for value in vars(m).values():
-            if type(value) in _EMPTY_TABLES and not value:
-                memo[id(value)] = type(value)()
+def deepcopy_module(module: M, shared: Iterable[torch.Tensor] = (), *, alias: bool = False) -> M:
+    """`copy.deepcopy(module)`; the tensors in `shared` are not cloned: kept as they are, or with `alias`
+    replaced by new tensor objects over the same memory (then `.to()` or `.double()` on the copy rebinds
+    its own objects, never the original's; an in-place write still reaches both)."""
+    memo: dict[int, Any] = {id(t): _alias(t) if alias else t for t in shared}
+    if _plain(type(module)):
+        return _copy_plain(module, memo)
+    for child in module.children():
+        _copy_value(child, memo)
     return copy.deepcopy(module, memo)
+
+
+def _alias(t: torch.Tensor) -> torch.Tensor:
+    if isinstance(t, nn.Parameter):
+        return nn.Parameter(t.detach(), t.requires_grad)
+    return t if t.requires_grad else t.detach()
+
+
+def _plain(cls: type) -> bool:
+    """Whether deepcopy would copy instances of `cls` as nn.Module's own pickling protocol says."""
+    return (
+        issubclass(cls, nn.Module)
+        and cls.__getstate__ is nn.Module.__getstate__
+        and all(getattr(cls, h, None) is getattr(nn.Module, h, None) for h in _PICKLING_HOOKS)
+    )
+
+
+def _copy_plain(module: nn.Module, memo: dict[int, Any]) -> Any:
+    new = type(module).__new__(type(module))
+    memo[id(module)] = new
+    new.__setstate__({k: _copy_value(v, memo) for k, v in module.__getstate__().items()})
+    return new
+
+
+def _copy_value(value: Any, memo: dict[int, Any]) -> Any:
+    kind = type(value)
+    if kind in _IMMUTABLE:
+        return value
+    if id(value) in memo:
+        return memo[id(value)]
+    if kind in _EMPTY_TABLES:
+        if not value:
+            memo[id(value)] = kind()
+            return memo[id(value)]
+        if kind is not set:
+            table = memo[id(value)] = kind()
+            table.update((_copy_value(k, memo), _copy_value(v, memo)) for k, v in value.items())
+            return table
+    if kind is tuple and all(type(v) in _IMMUTABLE for v in value):
+        return value
+    if isinstance(value, nn.Module) and _plain(kind):
+        return _copy_plain(value, memo)
+    return copy.deepcopy(value, memo)
+
+
+def shared_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """Every parameter and buffer of `module`: what a copy made with `deepcopy_module` may share."""
+    return [*module.parameters(), *module.buffers()]
 
 
 def clone_shared(module: nn.Module, tensors: Iterable[torch.Tensor]) -> None:

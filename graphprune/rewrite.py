@@ -7,6 +7,7 @@ from collections import defaultdict
 import torch.fx as fx
 
 from graphprune.analysis.sites import Site, SiteRemoval
+from graphprune.costs import MACS_KEY
 from graphprune.graph import PrunableGraph
 from graphprune.passes import (
     EliminateDeadCode,
@@ -18,6 +19,7 @@ from graphprune.passes import (
 )
 from graphprune.passes.verify import QUICK_PART_RTOL, Verify
 from graphprune.plan import PruningPlan
+from graphprune.trace import META_KEY
 
 
 def channel_removals(pg: PrunableGraph, plan: PruningPlan) -> list[SiteRemoval]:
@@ -53,6 +55,7 @@ def apply(
     quick_rtol: float | None = QUICK_PART_RTOL,
 ) -> fx.GraphModule:
     """A new, smaller module computing what the masked original computes. `pg.gm` is left untouched.
+    Its nodes carry no recorded values (trace it to analyse it further).
 
     With `verify`, the result is run on the example inputs and on fresh ones of another batch size and
     compared with `masked_reference`, part by part (see `Verify`): it passes at once if every part matches
@@ -64,6 +67,9 @@ def apply(
     blocks = [pg.block(b) for b in plan.blocks]
     passes = [PruneChannels(removals), RemoveBlocks(blocks), EliminateDeadCode()]
     slim = PassManager(passes)(pg.gm)  # its own tensors (those of pg.gm that survive are copied)
+    for node in slim.graph.nodes:  # recorded on the original: its shapes and costs, not the result's
+        node.meta.pop(META_KEY, None)
+        node.meta.pop(MACS_KEY, None)
     if verify:
         Verify(pg.example_inputs, masked_reference(pg, plan), rtol, quick_rtol=quick_rtol)(slim)
     slim.train(pg.gm.training)

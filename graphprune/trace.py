@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from graphprune.errors import TraceError, first_line
-from graphprune.modcopy import deepcopy_module
+from graphprune.modcopy import deepcopy_module, shared_tensors
 
 META_KEY = "gp_value"
 
@@ -76,8 +76,10 @@ def as_input_tuple(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tup
 
 
 def symbolic_trace(model: nn.Module, leaf_modules: Iterable[str | type] = ()) -> fx.GraphModule:
-    """Trace a deep copy of `model` in eval mode; the user's model is never touched.
+    """Trace a copy of `model`'s module tree in eval mode; the user's model is never touched.
 
+    The copy's parameters and buffers share `model`'s memory (new tensor objects over it): nothing in
+    graphprune writes into them, and copying a large model's weights would take most of the analysis time.
     A GraphModule is not traced again: its graph is copied, so names derived from node metadata are stable.
     """
     if not isinstance(model, nn.Module):
@@ -85,12 +87,12 @@ def symbolic_trace(model: nn.Module, leaf_modules: Iterable[str | type] = ()) ->
     if isinstance(
         model, fx.GraphModule
     ):  # already a graph (e.g. a pruned model): keep it and its node metadata
-        gm = deepcopy_module(model)
+        gm = deepcopy_module(model, shared_tensors(model), alias=True)
         gm.training = model.training
         return gm
     names = frozenset(x for x in leaf_modules if isinstance(x, str))
     types = tuple(x for x in leaf_modules if isinstance(x, type)) + _default_leaf_types()
-    root = deepcopy_module(model).eval()
+    root = deepcopy_module(model, shared_tensors(model), alias=True).eval()
     tracer = _Tracer(types, names)
     try:
         graph = tracer.trace(root)

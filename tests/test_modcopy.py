@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import copy
+
+import pytest
 import torch
 from torch import nn
 
@@ -50,3 +53,65 @@ def test_clone_shared_copies_the_shared_tensors_once_and_keeps_ties() -> None:
     assert torch.equal(dup[0].weight, model[0].weight)
     assert torch.equal(dup[2].running_var, model[2].running_var)
     assert not dup[2].num_batches_tracked.requires_grad
+
+
+class Custom(nn.Module):
+    """A module with its own __deepcopy__: copied by copy.deepcopy itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+        self.copied = 0
+
+    def __deepcopy__(self, memo: dict) -> Custom:
+        new = Custom()
+        new.lin = copy.deepcopy(self.lin, memo)
+        new.copied = self.copied + 1
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x)
+
+
+class Tree(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        shared = nn.Linear(2, 2)
+        self.a, self.b = shared, shared  # one module in two places
+        self.c = Custom()
+        self.items = [1, [2, 3]]  # mutable, also held by a submodule
+        self.c.lin.items = self.items
+        self.config = {"k": (1, "x"), "nested": {"d": [4]}}
+        self.register_buffer("buf", torch.arange(3.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x) + self.b(x) + self.c(x)
+
+
+def _layout(root: nn.Module) -> list[tuple[str, str, str]]:
+    """Every attribute of every module as (path, name, type), with objects shared in the tree numbered."""
+    seen: dict[int, int] = {}
+    rows = []
+    for path, m in root.named_modules(remove_duplicate=False):
+        for name, value in sorted(vars(m).items()):
+            tag = type(value).__name__
+            if not isinstance(value, (int, float, str, bool, type(None))):
+                tag += f"#{seen.setdefault(id(value), len(seen))}"
+            rows.append((path, name, tag))
+    return rows
+
+
+@pytest.mark.parametrize("make", [Tree, lambda: torch.fx.symbolic_trace(Tree())], ids=["plain", "graph"])
+def test_deepcopy_module_is_copy_deepcopy(make) -> None:
+    model, x = make().eval(), torch.randn(3, 2)
+    ours, theirs = deepcopy_module(model), copy.deepcopy(model)
+    assert _layout(ours) == _layout(theirs)  # same types, same sharing pattern
+    if isinstance(model.c, Custom):  # fx keeps only what the graph calls: c.lin, in a plain container
+        assert ours.c.copied == theirs.c.copied == 1  # the custom __deepcopy__ ran once
+    torch.testing.assert_close(ours(x), model(x))
+
+    def held(root: nn.Module) -> set[int]:
+        immutable = (int, str, bool, type, type(None))
+        return {id(v) for m in root.modules() for v in vars(m).values() if not isinstance(v, immutable)}
+
+    assert not held(model) & held(ours)  # nothing mutable is held by both

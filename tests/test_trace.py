@@ -62,6 +62,18 @@ def test_users_model_is_never_mutated() -> None:
     assert pg.gm.get_submodule("layer1.0.conv1").out_channels == 16
 
 
+def test_the_trace_shares_the_weights_memory_but_not_their_objects() -> None:
+    model = get_model("cifar_resnet20").eval()
+    pg = gp.trace(model, torch.randn(1, 3, 32, 32))
+    mine, theirs = model.conv1.weight, pg.gm.get_submodule("conv1").weight
+    assert theirs is not mine and theirs.data_ptr() == mine.data_ptr()  # no copy of the weights
+    pg.gm.double()  # rebinds the trace's own tensor objects
+    assert all(t.dtype == torch.float32 for t in model.parameters())
+    slim = gp.apply(gp.trace(model, torch.randn(1, 3, 32, 32)), gp.PruningPlan().remove_block("layer3.1"))
+    ours = {t.data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    assert not ours & {t.data_ptr() for t in [*slim.parameters(), *slim.buffers()]}  # the result owns its own
+
+
 def test_pruned_model_trains_scripts_and_retraces() -> None:
     x = torch.randn(4, 3, 32, 32)
     pg = gp.trace(get_model("cifar_resnet20"), x)

@@ -67,7 +67,7 @@ class FlopsModel:
             self.layers.append(layer)
         # group id -> site key -> per-index position counts
         self.counts: dict[str, dict[str, np.ndarray]] = {
-            g.id: {m.site.key: np.fromiter((len(p) for p in m.positions), dtype=np.int64) for m in g.members}
+            g.id: {m.site.key: np.fromiter(map(len, m.positions), dtype=np.int64) for m in g.members}
             for g in pg.groups
         }
         self.block_nodes = {b.name: set(b.nodes) for b in pg.blocks}

@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Sequence
 
 import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from graphprune.errors import VerificationError
-from graphprune.modcopy import clone_shared, deepcopy_module
+from graphprune.modcopy import clone_shared, deepcopy_module, shared_tensors
 
 
 class GraphPass(PassBase):
-    """A PassBase that never mutates its input: called directly, `call` receives a private deep copy."""
+    """A PassBase that never mutates its input: called directly, `call` receives a private deep copy.
+
+    `call` edits the graph and the modules; the Python code of the result is generated once afterwards
+    (`run_owned`), and once per PassManager run, not once per pass.
+    """
 
     def __call__(self, graph_module: fx.GraphModule) -> PassResult:
         return self.run_owned(deepcopy_module(graph_module))
 
-    def run_owned(self, gm: fx.GraphModule) -> PassResult:
-        """Run on a graph module the caller hands over (no copy): requires, call, ensures."""
+    def run_owned(self, gm: fx.GraphModule, *, recompile: bool = True) -> PassResult:
+        """Run on a graph module the caller hands over (no copy): requires, call, ensures, recompile."""
         self.requires(gm)
         res = self.call(gm)
         if res is None:
             raise VerificationError(f"pass {type(self).__name__} returned no result")
         self.ensures(res.graph_module)
+        if recompile:
+            res.graph_module.recompile()
         return res
 
     def ensures(self, graph_module: fx.GraphModule) -> None:
@@ -52,11 +57,14 @@ class PassManager:
         tensors. The result then gets its own copy of each that survived, unless `share_tensors`. A tensor
         a pass replaced or deleted is never copied.
         """
-        shared = list(itertools.chain(gm.parameters(), gm.buffers()))
+        shared = shared_tensors(gm)
         gm = deepcopy_module(gm, shared)
         versions = [t._version for t in shared]  # bumped by every in-place write
-        for p in self.passes:
-            res = p.run_owned(gm) if isinstance(p, GraphPass) else p(gm)
+        for i, p in enumerate(self.passes):
+            # the code is generated only where something runs the module: a check, a foreign pass, the caller
+            then = self.passes[i + 1] if i + 1 < len(self.passes) else None
+            code = bool(self.checks) or not isinstance(then, GraphPass)
+            res = p.run_owned(gm, recompile=code) if isinstance(p, GraphPass) else p(gm)
             if res is None:
                 raise VerificationError(f"pass {type(p).__name__} returned nothing")
             if any(t._version != v for t, v in zip(shared, versions, strict=True)):

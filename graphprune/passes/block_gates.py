@@ -111,7 +111,6 @@ class InsertBlockGates(GraphPass):
                 mark = gm.graph.call_module(f"{GATES}.{name}", (shortcut,))
                 scaled = gm.graph.call_function(operator.mul, (branch, mark))
             add.args = tuple(scaled if a is branch else a for a in add.args)
-        gm.recompile()
         return PassResult(gm, bool(self.blocks))
 
 
@@ -152,7 +151,6 @@ class RemoveBlockGates(GraphPass):
             raise PlanError(f"no gate for block '{missing[0]}'")
         if hasattr(gm, GATES):
             delattr(gm, GATES)
-        gm.recompile()
         if folded:  # only then: FoldScale would also fold the model's own constant scales
             gm = FoldScale().run_owned(gm).graph_module
         return PassResult(gm, True)

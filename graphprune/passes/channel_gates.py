@@ -147,7 +147,6 @@ class InsertChannelGates(GraphPass):
                     scaled = graph.call_module(f"{GATES}.g{i}.scales.{j}", (x, gate))
                 scaled.meta[_TAG] = group.id
                 x.replace_all_uses_with(scaled, delete_user_cb=lambda user, s=scaled: user is not s)
-        gm.recompile()
         return PassResult(gm, bool(self.groups))
 
 
@@ -165,7 +164,6 @@ class RemoveChannelGates(GraphPass):
                 graph.erase_node(n)
         if hasattr(gm, GATES):
             delattr(gm, GATES)
-        gm.recompile()
         return PassResult(gm, bool(tagged))
 
 

@@ -47,5 +47,4 @@ class EliminateDeadCode(GraphPass):
                 if hasattr(owner, attr):
                     delattr(owner, attr)
         gm.delete_all_unused_submodules()
-        gm.recompile()
         return PassResult(gm, len(gm.graph.nodes) != before)

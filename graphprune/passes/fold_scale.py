@@ -62,7 +62,6 @@ class FoldScale(GraphPass):
                 gm.graph.erase_node(node)
                 changed = True
                 break
-        gm.recompile()
         return PassResult(gm, changed)
 
 

@@ -105,7 +105,6 @@ class MaskChannels(GraphPass):
                 cin_g, cout_g = m.in_channels // m.groups, m.out_channels // m.groups
                 w.unflatten(0, (m.groups, cout_g))[removed // cin_g, :, removed % cin_g] = 0
             replace_tensor(m, "weight", w)
-        gm.recompile()
         return PassResult(gm, bool(self.removals))
 
 
@@ -121,5 +120,4 @@ class MaskBlocks(GraphPass):
             with gm.graph.inserting_before(add):
                 zero = gm.graph.call_function(operator.mul, (branch, 0.0))
             add.args = tuple(zero if a is branch else a for a in add.args)
-        gm.recompile()
         return PassResult(gm, bool(self.blocks))

@@ -61,7 +61,6 @@ class PruneChannels(GraphPass):
                 _prune_linear(m, kinds.get(SiteKind.LINEAR_OUT, ()), kinds.get(SiteKind.LINEAR_IN, ()))
             else:
                 _prune_conv(m, target, kinds.get(SiteKind.CONV_OUT, ()), kinds.get(SiteKind.CONV_IN, ()))
-        gm.recompile()
         return PassResult(gm, bool(self.removals))
 
 

@@ -33,5 +33,4 @@ class RemoveBlocks(GraphPass):
         for add in reversed([n for n in gm.graph.nodes if n.name in shortcut_of]):
             add.replace_all_uses_with(nodes[resolve(add.name)])
             gm.graph.erase_node(add)
-        gm.recompile()
         return PassResult(gm, bool(self.blocks))

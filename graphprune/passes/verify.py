@@ -10,6 +10,8 @@ a part's rounding noise stays far below `rtol` and the verdict is final.
 from __future__ import annotations
 
 import contextlib
+import io
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -27,6 +29,8 @@ NARROW_PART_RTOL = 1e-2
 # float32 rounding between a model and its rewrite reaches ~1e-4 of a part's scale (measured: resnet50 1.0e-4,
 # resnet152 4.5e-4); a wrong rewrite moves a part by far more. A miss above this goes on to float64.
 QUICK_PART_RTOL = 1e-3
+# fresh random inputs batched with the example ones: another batch size, and values the example lacks
+FRESH_INPUTS = 1
 # a part's scale never drops below this fraction of its tensor's largest value (exact zeros stay checkable)
 PART_FLOOR = 1e-9
 
@@ -145,11 +149,16 @@ def _same_dtype(gm: nn.Module) -> Iterator[None]:
 
 
 def _run(gm: nn.Module, inputs: Sequence[torch.Tensor]) -> Any:
+    """`gm(*inputs)` in eval mode without grad. A GraphModule that raises prints a traceback of its code to
+    stderr first: that is held back (the caller reports the failure), what a run that works prints is not."""
     was_training = gm.training
     gm.eval()
+    held = io.StringIO()
     try:
-        with torch.no_grad():
-            return gm(*inputs)
+        with torch.no_grad(), contextlib.redirect_stderr(held):
+            out = gm(*inputs)
+        sys.stderr.write(held.getvalue())
+        return out
     finally:
         gm.train(was_training)
 
@@ -171,11 +180,11 @@ def _run_pair(
 
 
 class Verify(PassBase):
-    """Runs the graph on the inputs (every node's shape is re-derived: on the meta device when
-    `reference` is a model, whose runs below check the values) and compares it with `reference`.
+    """Runs the graph and compares it with `reference`: the expected output on `inputs`, or a model
+    computing it.
 
-    `reference` is the expected output on `inputs`, or a model computing it: then both models also run on
-    the example inputs batched together with fresh random ones (another batch size). A model that only
+    Against a model, both models run on the example inputs batched together with `fresh` random ones
+    (another batch size); no separate run on the example inputs alone is needed. A model that only
     takes the example batch size is checked on fresh inputs of that size instead. That run is first made in
     the models' own dtype, and passes if every part matches to `quick_rtol` (None: never); otherwise it is
     repeated in float64 against `rtol`.
@@ -186,7 +195,7 @@ class Verify(PassBase):
         inputs: Sequence[torch.Tensor],
         reference: object = None,
         rtol: float = 1e-5,
-        fresh: int = 2,
+        fresh: int = FRESH_INPUTS,
         quick_rtol: float | None = QUICK_PART_RTOL,
     ) -> None:
         super().__init__()
@@ -197,21 +206,30 @@ class Verify(PassBase):
         self.quick_rtol = quick_rtol
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
-        # against a reference model, values are compared below (a non-finite value misses the quick check
-        # and fails the float64 one); here only shapes, on the meta device where the model allows it
-        shapes_only = isinstance(self.reference, nn.Module)
+        if isinstance(self.reference, nn.Module):  # the runs of both models below check every value
+            try:
+                self._compare_models(graph_module, self.reference)
+            except VerificationError as exc:
+                self._name_the_node(graph_module, exc)
+                raise
+            return PassResult(graph_module, False)
         try:
-            out = record_values(graph_module, self.inputs, shapes_only=shapes_only)
+            out = record_values(graph_module, self.inputs)
         except TraceError as exc:
             raise VerificationError(f"rewritten graph does not run: {exc}") from None
-        leaves = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.device.type != "meta"]
+        leaves = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
         if any(not torch.isfinite(t).all() for t in leaves if t.is_floating_point()):
             raise VerificationError("rewritten graph produces non-finite values")
-        if isinstance(self.reference, nn.Module):
-            self._compare_models(graph_module, self.reference)
-        elif self.reference is not None:
+        if self.reference is not None:
             self._fail_on(mismatch(out, self.reference, self.rtol), "the example inputs")
         return PassResult(graph_module, False)
+
+    def _name_the_node(self, gm: fx.GraphModule, exc: VerificationError) -> None:
+        """Where the rewrite does not even run on the example inputs, say at which node (a shape run)."""
+        try:
+            record_values(gm, self.inputs, shapes_only=True)
+        except TraceError as where:
+            raise VerificationError(f"rewritten graph does not run: {where}") from exc
 
     def _compare_models(self, gm: nn.Module, reference: nn.Module) -> None:
         """[example; fresh] in one batch, in the models' own dtype against `quick_rtol`, then (unless that
@@ -224,7 +242,9 @@ class Verify(PassBase):
             joined = tuple(
                 torch.cat([t, e]) if t.ndim else t for t, e in zip(self.inputs, extra, strict=True)
             )
-            candidates.append((joined, f"the example inputs with {self.fresh} fresh ones"))
+            candidates.append(
+                (joined, f"the example inputs with {self.fresh} fresh " + "ones"[: 3 + (self.fresh > 1)])
+            )
         candidates.append((fresh_inputs(self.inputs), "fresh inputs of the example batch size"))
         candidates.append((self.inputs, "the example inputs"))
         if self.quick_rtol is not None and self._matches_quickly(gm, reference, candidates[0]):
