@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 from collections.abc import Callable, Iterable, Sequence
@@ -124,20 +125,21 @@ def eval_only_parts(model: nn.Module, gm: fx.GraphModule) -> tuple[str, ...]:
         parts = path.split(".")
         return any(".".join(parts[:k]) in called for k in range(1, len(parts) + 1))
 
-    def unused(path: str, m: nn.Module) -> bool:
-        """Holds parameters or buffers, none of which the graph uses."""
-        owners = [
-            f"{path}.{p}".strip(".")
-            for p, sub in m.named_modules()
-            if any(True for _ in sub.parameters(recurse=False))
-            or any(True for _ in sub.buffers(recurse=False))
-        ]
-        return bool(owners) and not any(inside(o) or o in attrs for o in owners)
+    # every module holding parameters or buffers of its own; its path and each ancestor's are marked
+    holds, uses = set(), set()
+    for path, m in model.named_modules():
+        if next(m.parameters(recurse=False), None) is None and next(m.buffers(recurse=False), None) is None:
+            continue
+        parts = path.split(".") if path else []
+        lineage = {".".join(parts[:k]) for k in range(len(parts) + 1)}
+        holds |= lineage
+        if path and (inside(path) or path in attrs):
+            uses |= lineage
 
     notes: list[str] = []
     dropped: list[str] = []
     for path, m in model.named_modules():
-        if path and not any(path.startswith(d + ".") for d in dropped) and unused(path, m):
+        if path in holds and path not in uses and not any(path.startswith(d + ".") for d in dropped):
             dropped.append(path)  # named by the outermost module left out
             notes.append(f"module '{path}' ({type(m).__name__}) is unused in eval mode")
     seen: set[type] = set()
@@ -145,13 +147,18 @@ def eval_only_parts(model: nn.Module, gm: fx.GraphModule) -> tuple[str, ...]:
         if type(m) in seen or (path and inside(path)) or type(m).__module__.startswith("torch.nn"):
             continue
         seen.add(type(m))
-        try:
-            source = inspect.getsource(type(m).forward)
-        except (OSError, TypeError):
-            continue
-        if "self.training" in source:
+        if _reads_training(type(m)):  # type: ignore[arg-type]
             notes.append(f"{type(m).__name__}.forward reads self.training: traced as training=False")
     return tuple(notes)
+
+
+@functools.cache
+def _reads_training(cls: type) -> bool:
+    """Whether the source of `cls.forward` mentions self.training (False where it has no source)."""
+    try:
+        return "self.training" in inspect.getsource(cls.forward)  # type: ignore[attr-defined]
+    except (OSError, TypeError):
+        return False
 
 
 def _summarize(value: Any) -> Any:

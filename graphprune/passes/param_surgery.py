@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 
-def index_select(t: torch.Tensor, dim: int, keep: Sequence[int]) -> torch.Tensor:
+def index_select(t: torch.Tensor, dim: int, keep: Sequence[int] | torch.Tensor) -> torch.Tensor:
     """A new tensor (index_select copies) holding the `keep` entries of `t` along `dim`."""
-    return t.detach().index_select(dim, torch.as_tensor(list(keep), dtype=torch.long, device=t.device))
+    index = keep if isinstance(keep, torch.Tensor) else torch.as_tensor(list(keep), dtype=torch.long)
+    return t.detach().index_select(dim, index.to(t.device))
 
 
 def replace_tensor(owner: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -24,7 +25,7 @@ def replace_tensor(owner: nn.Module, name: str, value: torch.Tensor) -> None:
         setattr(owner, name, value)
 
 
-def slice_tensor(owner: nn.Module, name: str, dim: int, keep: Sequence[int]) -> None:
+def slice_tensor(owner: nn.Module, name: str, dim: int, keep: Sequence[int] | torch.Tensor) -> None:
     t = getattr(owner, name, None)
     if isinstance(t, torch.Tensor) and t.dim() > dim:
         replace_tensor(owner, name, index_select(t, dim, keep))

@@ -17,9 +17,12 @@ from graphprune.passes.base import GraphPass
 from graphprune.passes.param_surgery import index_select, owner_of, replace_tensor, slice_tensor
 
 
-def _keep(n: int, removed: Sequence[int]) -> list[int]:
-    r = set(removed)
-    return [i for i in range(n) if i not in r]
+def _keep(n: int, removed: Sequence[int]) -> torch.Tensor:
+    """The indices of range(n) not in `removed`, ascending (one index tensor for every slice of a site)."""
+    kept = torch.ones(n, dtype=torch.bool)
+    if len(removed):
+        kept[torch.as_tensor(removed, dtype=torch.long)] = False
+    return kept.nonzero().squeeze(1)
 
 
 class PruneChannels(GraphPass):
