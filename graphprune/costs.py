@@ -100,14 +100,17 @@ def record_values_and_macs(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...])
     def store(node: fx.Node) -> None:
         nonlocal seen
         total = counter.total
+        if (
+            node.op == "placeholder"
+        ):  # a run starts (again, where the meta run gave up): nothing before counts
+            seen = total
         node.meta[MACS_KEY] = (total - seen) // (2 * max(batch, 1))
         seen = total
 
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with counter:
-            return record_values(gm, inputs, after_node=store, shapes_only=True)
+        return record_values(gm, inputs, after_node=store, shapes_only=True, mode=counter)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
 

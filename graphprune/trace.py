@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -212,22 +213,46 @@ class _Recording(nn.Module):
         return _Recorder(self.gm, self.after_node).run(*inputs)
 
 
-class _NormsOnMeta(TorchDispatchMode):
-    """Eval-mode batch norm and layer norm on the meta device without torch's Python meta kernels, which
-    decompose them into a dozen elementwise meta ops (1-3 ms a call, most of a meta run of a model full
-    of norms). The output has the input's shape and dtype; the parameters' shapes are checked as the
-    real kernels check them, so a mismatch still fails (and the recording falls back to a real run)."""
+aten = torch.ops.aten
+# pointwise ops whose result has the float input's shape and dtype (in place: is the input)
+_UNARY = {aten.relu.default, aten.silu.default, aten.sigmoid.default, aten.hardswish.default}
+_UNARY |= {aten.hardsigmoid.default, aten.tanh.default, aten.hardtanh.default}
+_UNARY_ = {aten.relu_.default, aten.silu_.default, aten.sigmoid_.default, aten.hardswish_.default}
+_UNARY_ |= {aten.hardsigmoid_.default, aten.tanh_.default, aten.hardtanh_.default}
+_BINARY = {aten.add.Tensor, aten.mul.Tensor, aten.sub.Tensor, aten.div.Tensor}
+_BINARY_ = {aten.add_.Tensor, aten.mul_.Tensor}
+
+
+def _dense_floats(*ts: object) -> bool:
+    """Contiguous floating tensors of one dtype: where torch's own meta kernels give contiguous results."""
+    first = ts[0]
+    return all(
+        isinstance(t, torch.Tensor)
+        and isinstance(first, torch.Tensor)
+        and t.dtype == first.dtype
+        and t.is_floating_point()
+        and t.is_contiguous()
+        for t in ts
+    )
+
+
+class _FastMeta(TorchDispatchMode):
+    """The ops a CNN is made of, on the meta device, without torch's Python meta kernels (which cost
+    0.05-0.3 ms a call: most of a meta run): eval-mode batch norm, layer norm, convolution, and the common
+    pointwise ops and means on contiguous float tensors. Each gives the shape, dtype and (contiguous)
+    layout torch's kernel gives, and fails where it fails (a mismatch still raises, and the recording falls
+    back to a real run); anything else goes to torch. tests/test_trace.py checks each against torch."""
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         x = args[0] if args else None
         if not isinstance(x, torch.Tensor) or x.device.type != "meta" or kwargs:
             return func(*args, **(kwargs or {}))
-        if func is torch.ops.aten.native_batch_norm.default and not args[5] and x.ndim >= 2:
+        if func is aten.native_batch_norm.default and not args[5] and x.ndim >= 2:
             channels = x.shape[1]
             if any(t is not None and t.numel() != channels for t in args[1:5]):
                 raise RuntimeError(f"batch norm over {channels} channels with statistics of another size")
             return torch.empty_like(x), x.new_empty((0,)), x.new_empty((0,))
-        if func is torch.ops.aten.native_layer_norm.default:
+        if func is aten.native_layer_norm.default:
             shape, k = tuple(args[1]), len(args[1])
             if x.ndim < k or tuple(x.shape[x.ndim - k :]) != shape:
                 raise RuntimeError(f"layer norm over {shape} of an input of shape {tuple(x.shape)}")
@@ -235,14 +260,60 @@ class _NormsOnMeta(TorchDispatchMode):
                 raise RuntimeError(f"layer norm over {shape} with parameters of another shape")
             stats = (*x.shape[: x.ndim - k], *(1,) * k)
             return torch.empty_like(x), x.new_empty(stats), x.new_empty(stats)
-        return func(*args, **(kwargs or {}))
+        fast = _fast_meta(func, x, args)
+        return func(*args) if fast is None else fast
 
 
-def _on_meta(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], after: Any) -> Any:
+def _fast_meta(func: Any, x: torch.Tensor, args: Any) -> torch.Tensor | None:
+    """The result of `func(*args)` on the meta device where it is one of the shortcuts, else None."""
+    if func in _UNARY_ and _dense_floats(x) and all(not isinstance(a, torch.Tensor) for a in args[1:]):
+        return x  # an in-place op returns its input
+    if func in _UNARY and _dense_floats(x) and all(not isinstance(a, torch.Tensor) for a in args[1:]):
+        return x.new_empty(x.shape)
+    if (func in _BINARY or func in _BINARY_) and len(args) == 2 and _dense_floats(x, args[1]):
+        shape = torch.broadcast_shapes(x.shape, args[1].shape)
+        if func in _BINARY:
+            return x.new_empty(shape)
+        return x if shape == x.shape else None  # an in-place op cannot grow its input: torch says why
+    if func is aten.mean.dim and len(args) in (2, 3) and args[1] and _dense_floats(x):
+        dims = {d % x.ndim for d in args[1]}
+        keep = len(args) == 3 and args[2]
+        return x.new_empty([1 if d in dims else n for d, n in enumerate(x.shape) if keep or d not in dims])
+    if func is aten.convolution.default and not args[6] and 3 <= x.ndim <= 5 and _dense_floats(x, args[1]):
+        w, bias, stride, padding, dilation = args[1:6]
+        return _conv_out(x, w, bias, stride, padding, dilation, args[8])
+    return None
+
+
+def _conv_out(
+    x: torch.Tensor, w: torch.Tensor, bias: Any, stride: Any, padding: Any, dilation: Any, groups: int
+) -> torch.Tensor | None:
+    """A (non-transposed) convolution's output on the meta device, or None where torch should decide."""
+    k = x.ndim - 2
+    if w.ndim != x.ndim or not len(stride) == len(padding) == len(dilation) == k:
+        return None
+    if (
+        x.shape[1] != w.shape[1] * groups
+        or w.shape[0] % groups
+        or (bias is not None and bias.numel() != w.shape[0])
+    ):
+        raise RuntimeError(f"convolution of an input of shape {tuple(x.shape)} with weights {tuple(w.shape)}")
+    size = [
+        (n + 2 * p - d * (kk - 1) - 1) // s + 1
+        for n, p, d, kk, s in zip(x.shape[2:], padding, dilation, w.shape[2:], stride, strict=True)
+    ]
+    if min(size) < 1:
+        return None  # torch raises its own error
+    return x.new_empty((x.shape[0], w.shape[0], *size))
+
+
+def _on_meta(
+    gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], after: Any, mode: TorchDispatchMode | None
+) -> Any:
     """Run the recorder with every parameter, buffer and input on the meta device: shapes, no arithmetic."""
     state = {f"gm.{k}": v.to("meta") for k, v in gm.state_dict(keep_vars=True).items()}
     meta_inputs = tuple(t.to("meta") for t in inputs)
-    with _NormsOnMeta():
+    with _FastMeta(), mode or contextlib.nullcontext():  # `mode` sees each op before the shortcuts
         return torch.func.functional_call(_Recording(gm, after), state, meta_inputs, strict=False)
 
 
@@ -252,10 +323,12 @@ def record_values(
     after_node: Callable[[fx.Node], None] | None = None,
     *,
     shapes_only: bool = False,
+    mode: TorchDispatchMode | None = None,
 ) -> Any:
     """Run `gm` (in eval mode, no grad) on `inputs`, annotating each node; returns the output.
 
-    `after_node` is called with each node once its value is recorded (costs.py counts MACs with it).
+    `after_node` is called with each node once its value is recorded, and every aten op runs under
+    `mode` (costs.py counts MACs with the two).
     With `shapes_only` the run is first tried on the meta device (no arithmetic: the analysis needs only
     shapes, dtypes and Python values); a model that needs real values there (`.item()`, data-dependent
     control flow, constants on another device) is run for real instead. The output is then meta.
@@ -271,10 +344,11 @@ def record_values(
         with torch.no_grad():
             if shapes_only:
                 try:
-                    return _on_meta(gm, inputs, after_node)
+                    return _on_meta(gm, inputs, after_node, mode)
                 except Exception:  # noqa: BLE001 - anything meta cannot do is done for real below
                     pass
-            return _Recorder(gm, after_node).run(*inputs)
+            with mode or contextlib.nullcontext():
+                return _Recorder(gm, after_node).run(*inputs)
     finally:
         gm.train(was_training)
 

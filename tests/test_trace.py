@@ -6,7 +6,16 @@ from torch import nn
 
 import graphprune as gp
 from graphprune.models import get_model
-from graphprune.trace import META_KEY, record_values, symbolic_trace
+from graphprune.trace import (
+    _BINARY,
+    _BINARY_,
+    _UNARY,
+    _UNARY_,
+    META_KEY,
+    _fast_meta,
+    record_values,
+    symbolic_trace,
+)
 
 
 class DataDependent(nn.Module):
@@ -113,9 +122,10 @@ def test_what_eval_mode_tracing_leaves_out_is_said() -> None:
     assert gp.trace(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1)), torch.randn(1, 3, 4, 4)).eval_only == ()
 
 
-def test_shapes_only_recording_equals_a_real_run() -> None:
+@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_mobilenetv2"])
+def test_shapes_only_recording_equals_a_real_run(name: str) -> None:
     """The meta-device recording gives every node the value summary a real run gives."""
-    model, x = get_model("cifar_resnet20"), torch.randn(2, 3, 32, 32)
+    model, x = get_model(name), torch.randn(2, 3, 32, 32)
     meta_gm, real_gm = symbolic_trace(model), symbolic_trace(model)
     out = record_values(meta_gm, (x,), shapes_only=True)
     record_values(real_gm, (x,))
@@ -170,3 +180,67 @@ def test_a_model_that_needs_values_is_recorded_for_real() -> None:
     pg = gp.trace(ValueDependent(), torch.randn(1, 3, 8, 8))
     assert pg.flops == 4 * 6 * 6 * 3 * 9
     assert all(META_KEY in n.meta for n in pg.gm.graph.nodes)
+
+
+A = torch.ops.aten
+X4, C1, V = (2, 6, 5, 7), (2, 6, 1, 1), (7,)
+SHORTCUTS = [
+    *[(op, (X4,), ()) for op in sorted(_UNARY | _UNARY_, key=str) if "hardtanh" not in str(op)],
+    (A.hardtanh.default, (X4,), (0.0, 6.0)),
+    (A.hardtanh_.default, (X4,), (0.0, 6.0)),
+    *[(op, (X4, s), ()) for op in sorted(_BINARY | _BINARY_, key=str) for s in (X4, C1, V)],
+    *[(op, (C1, X4), ()) for op in sorted(_BINARY, key=str)],
+    (A.mean.dim, (X4,), ([2, 3], True)),
+    (A.mean.dim, (X4,), ([-1],)),
+    (A.mean.dim, (X4,), ([1, -2], False)),
+]
+CONVS = [  # (input, weight, stride, padding, dilation, groups)
+    ((2, 6, 9, 9), (4, 6, 3, 3), [1, 1], [1, 1], [1, 1], 1),
+    ((2, 6, 9, 8), (4, 3, 3, 2), [2, 1], [0, 2], [1, 2], 2),
+    ((1, 6, 10, 10), (6, 1, 5, 5), [2, 2], [2, 2], [1, 1], 6),
+    ((2, 4, 11), (8, 4, 3), [2], [1], [3], 1),
+    ((1, 2, 5, 6, 7), (3, 2, 1, 2, 3), [1, 1, 2], [0, 1, 1], [1, 1, 1], 1),
+]
+
+
+def _meta(shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.empty(shape, device="meta")
+
+
+@pytest.mark.parametrize(
+    ("op", "shapes", "rest"), SHORTCUTS, ids=lambda v: str(v) if isinstance(v, type(A.add.Tensor)) else ""
+)
+def test_each_meta_shortcut_gives_what_torch_gives(op: object, shapes: tuple, rest: tuple) -> None:
+    """trace._fast_meta answers without torch's meta kernel, with the same shape, dtype and strides."""
+    args = (*map(_meta, shapes), *rest)
+    fast = _fast_meta(op, args[0], args)
+    assert fast is not None, "not a shortcut"
+    want = op(*(a.clone() if isinstance(a, torch.Tensor) else a for a in args))  # type: ignore[operator]
+    assert (fast.shape, fast.dtype, fast.stride()) == (want.shape, want.dtype, want.stride())
+    if op in _UNARY_ or op in _BINARY_:
+        assert fast is args[0]  # in place
+
+
+@pytest.mark.parametrize(("x", "w", "stride", "padding", "dilation", "groups"), CONVS)
+def test_the_convolution_shortcut_gives_what_torch_gives(x, w, stride, padding, dilation, groups) -> None:
+    args = (_meta(x), _meta(w), None, stride, padding, dilation, False, [0] * len(stride), groups)
+    fast = _fast_meta(A.convolution.default, args[0], args)
+    want = A.convolution.default(*args)
+    assert fast is not None and (fast.shape, fast.stride()) == (want.shape, want.stride())
+
+
+def test_the_meta_shortcuts_fail_where_torch_fails() -> None:
+    with pytest.raises(RuntimeError, match="convolution of an input of shape"):
+        _fast_meta(
+            A.convolution.default,
+            _meta((1, 5, 8, 8)),
+            (_meta((1, 5, 8, 8)), _meta((4, 6, 3, 3)), None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1),
+        )
+    grown = (_meta(C1), _meta(X4))
+    assert _fast_meta(A.add_.Tensor, grown[0], grown) is None  # torch raises its own error
+    with pytest.raises(RuntimeError):
+        A.add_.Tensor(*grown)
+    ints = (torch.empty(X4, dtype=torch.long, device="meta"),)
+    assert _fast_meta(A.sigmoid.default, ints[0], ints) is None  # a dtype change: torch decides
+    channels_last = _meta((2, 6, 5, 7)).to(memory_format=torch.channels_last)
+    assert _fast_meta(A.relu.default, channels_last, (channels_last,)) is None

@@ -65,10 +65,13 @@ class FlopsModel:
                 self.fixed_by_node[c.node] = c.flops
                 continue
             self.layers.append(layer)
-        # group id -> site key -> per-index position counts
+        # group id -> site key -> per-index position counts; the (group, site) pairs where all are 1
         self.counts: dict[str, dict[str, np.ndarray]] = {
             g.id: {m.site.key: np.fromiter(map(len, m.positions), dtype=np.int64) for m in g.members}
             for g in pg.groups
+        }
+        self._one_each = {
+            (g, s) for g, sites in self.counts.items() for s, c in sites.items() if (c == 1).all()
         }
         self.block_nodes = {b.name: set(b.nodes) for b in pg.blocks}
 
@@ -77,7 +80,7 @@ class FlopsModel:
         for gid, idx in channels.items():
             at = np.fromiter(idx, dtype=np.int64)
             for site, counts in self.counts[gid].items():
-                out[site] += int(counts[at].sum())
+                out[site] += len(at) if (gid, site) in self._one_each else int(counts[at].sum())
         return out
 
     def flops(self, channels: Mapping[str, Iterable[int]], blocks: Iterable[str] = ()) -> int:
