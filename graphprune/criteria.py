@@ -41,8 +41,7 @@ def _l1(pg: PrunableGraph, g: ChannelGroup) -> np.ndarray | None:
         w = mod.weight.detach()
         if isinstance(mod, nn.modules.conv._ConvNd) and mod.transposed:
             w = w.transpose(0, 1)
-        flat = w.reshape(w.shape[0], -1)  # the mean |w| of each row, in one pass (no |w| copy)
-        rows = (torch.linalg.vector_norm(flat, ord=1, dim=1) / max(flat.shape[1], 1)).double().numpy()
+        rows = w.abs().reshape(w.shape[0], -1).mean(dim=1).double().numpy()
         scores += _mean_over_positions(rows, m.positions)
         found = True
     return scores if found else None
