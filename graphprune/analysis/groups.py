@@ -102,21 +102,25 @@ def derive_groups(dg: DependencyGraph) -> list[ChannelGroup]:
             pairs_a.append(base[key] + np.repeat(rows[:, 0], rows.shape[1] - 1))
             pairs_b.append(base[key] + rows[:, 1:].reshape(-1))
     empty = np.zeros(0, dtype=np.int64)
-    root = connected_components(
+    root_arr = connected_components(
         n,
         np.concatenate(pairs_a or [empty]).astype(np.int64),
         np.concatenate(pairs_b or [empty]).astype(np.int64),
-    ).tolist()
-    pinned: dict[int, str] = {}
-    for key, data in g.nodes(data=True):
-        if key not in base:
-            continue
-        for pos, reason in data["pins"]:
-            for p in pos.tolist():
-                pinned.setdefault(root[base[key] + p], f"{reason} (at {key})")
+    )
+    # pins: the first reason (in graph order) that reaches an atom is its reason
+    pins = [
+        (base[key] + pos, f"{reason} (at {key})")
+        for key, data in g.nodes(data=True)
+        if key in base
+        for pos, reason in data["pins"]
+    ]
+    reasons = list(dict.fromkeys(r for _, r in pins))
+    reason_id = {r: i for i, r in enumerate(reasons)}
+    reason_of_root = np.full(n, -1, dtype=np.int64)
+    for at, reason in reversed(pins):  # earlier pins written last: they win
+        reason_of_root[root_arr[at]] = reason_id[reason]
 
     # Every (atom, site, position) touch as flat arrays, sorted by atom, then site, then position.
-    root_arr = np.asarray(root, dtype=np.int64)
     chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for si, site in enumerate(dg.sites):
         b = base.get(site.tensor)
@@ -142,7 +146,7 @@ def derive_groups(dg: DependencyGraph) -> list[ChannelGroup]:
     atom_start = np.nonzero(new_atom)[0]
     atom_end = np.append(atom_start[1:], len(pair_atom))
 
-    buckets = _buckets(pair_site, atom_start, atom_end, pair_atom, pinned)
+    buckets = _buckets(pair_site, atom_start, atom_end, reason_of_root[pair_atom[atom_start]], reasons)
     first_pos = pos_of[pair_start[atom_start]]  # per atom: its smallest position at its first site
     pos_list = pos_of.tolist()
     singles = [(p,) for p in range(int(pos_of.max(initial=-1)) + 1)]  # one shared 1-tuple per position
@@ -179,24 +183,18 @@ def _buckets(
     pair_site: np.ndarray,
     atom_start: np.ndarray,
     atom_end: np.ndarray,
-    pair_atom: np.ndarray,
-    pinned: dict[int, str],
+    atom_reason: np.ndarray,
+    reasons: list[str],
 ) -> dict[tuple[tuple[int, ...], str | None], list[int]]:
     """Atoms (k: their runs atom_start[k]:atom_end[k] of sorted site ids) bucketed by (site ids, pin
-    reason), each bucket in increasing k. One row per atom in a padded table, grouped by np.unique."""
+    reason: reasons[atom_reason[k]], or none where -1), each bucket in increasing k. One row per atom in
+    a padded table, grouped by np.unique."""
     lengths = atom_end - atom_start
     n_atoms, width = len(atom_start), int(lengths.max())
     table = np.full((n_atoms, width + 1), -1, dtype=np.int64)  # site ids, -1 padded; last: reason id
     rows = np.repeat(np.arange(n_atoms), lengths)
     table[rows, np.arange(len(pair_site)) - np.repeat(atom_start, lengths)] = pair_site
-    reasons = list(dict.fromkeys(pinned.values()))
-    if pinned:
-        reason_of_root = np.full(int(max(pinned)) + 1, -1, dtype=np.int64)
-        reason_id = {r: i for i, r in enumerate(reasons)}
-        reason_of_root[list(pinned)] = [reason_id[r] for r in pinned.values()]
-        roots = pair_atom[atom_start]
-        inside = roots < len(reason_of_root)
-        table[inside, width] = reason_of_root[roots[inside]]
+    table[:, width] = atom_reason
     by_row = np.lexsort(table.T[::-1])  # stable: equal rows keep increasing k
     ordered = table[by_row]
     new_row = np.ones(n_atoms, dtype=bool)
