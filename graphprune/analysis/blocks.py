@@ -6,7 +6,6 @@ import operator
 from collections import defaultdict
 from dataclasses import dataclass
 
-import networkx as nx
 import torch
 import torch.fx as fx
 
@@ -59,33 +58,44 @@ def _module_path(node: fx.Node, branch: list[fx.Node]) -> str:
 
 
 def find_blocks(gm: fx.GraphModule, costs: list[LayerCost]) -> list[Block]:
-    """Every residual add whose one operand is computed only for that add (its branch)."""
-    g = nx.DiGraph()
-    for n in gm.graph.nodes:
-        g.add_node(n)
+    """Every residual add whose one operand is computed only for that add (its branch).
+
+    Node sets are bit masks over the graph order (bit i: the i-th node): each node's ancestors are
+    computed once, so a branch, ancestors(f) - ancestors(s), costs a few big-int operations.
+    """
+    nodes = list(gm.graph.nodes)
+    index = {n: i for i, n in enumerate(nodes)}
+    upstream: list[int] = []  # the node and its ancestors
+    for i, n in enumerate(nodes):
+        mask = 1 << i
         for a in n.all_input_nodes:
-            g.add_edge(a, n)
+            mask |= upstream[index[a]]
+        upstream.append(mask)
+    used_by = [sum(1 << index[u] for u in n.users) for n in nodes]
+    inputs = sum(1 << i for i, n in enumerate(nodes) if n.op == "placeholder")
     cost_of = {c.node: c for c in costs}
     params_of: dict[str, int] = {}
-    for n in gm.graph.nodes:
+    for n in nodes:
         if n.op == "get_attr":
             t = gm.get_parameter(str(n.target)) if _is_param(gm, str(n.target)) else None
             params_of[n.name] = t.numel() if t is not None else 0
 
     found: list[Block] = []
     names: dict[str, int] = defaultdict(int)
-    for node in gm.graph.nodes:
+    for node in nodes:
         if not _is_residual_add(node):
             continue
         a, b = node.args
         candidates = []
         for f, s in ((a, b), (b, a)):
-            branch = (nx.ancestors(g, f) | {f}) - (nx.ancestors(g, s) | {s})
-            if not branch or any(n.op == "placeholder" for n in branch):
+            branch = upstream[index[f]] & ~upstream[index[s]]
+            if not branch or branch & inputs:
                 continue
-            if any(u not in branch and u is not node for n in branch for u in n.users):
+            members = _bits(branch)
+            inside = branch | 1 << index[node]
+            if any(used_by[i] & ~inside for i in members):  # a branch node also used elsewhere
                 continue
-            ordered = [n for n in gm.graph.nodes if n in branch]
+            ordered = [nodes[i] for i in members]
             flops = sum(cost_of[n.name].flops for n in ordered if n.name in cost_of)
             params = sum(cost_of[n.name].params for n in ordered if n.name in cost_of)
             params += sum(params_of.get(n.name, 0) for n in ordered)
@@ -99,6 +109,16 @@ def find_blocks(gm: fx.GraphModule, costs: list[LayerCost]) -> list[Block]:
         name = path if k == 0 else f"{path}#{k}"
         found.append(Block(name, flops, params, node.name, f.name, s.name, tuple(n.name for n in ordered)))
     return found
+
+
+def _bits(mask: int) -> list[int]:
+    """The positions of the set bits of `mask`, ascending."""
+    out = []
+    while mask:
+        low = mask & -mask
+        out.append(low.bit_length() - 1)
+        mask ^= low
+    return out
 
 
 def _is_param(gm: fx.GraphModule, target: str) -> bool:

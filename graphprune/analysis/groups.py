@@ -11,6 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.sparse import coo_matrix, csgraph
 
 from graphprune.analysis.depgraph import DependencyGraph
 from graphprune.analysis.sites import Site, SiteKind
@@ -58,25 +59,12 @@ class ChannelGroup:
 
 
 def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Component label of each of `n` items joined by the pairs (a[i], b[i]): its smallest item.
-
-    Min-label propagation along the pairs with pointer jumping, vectorised: a fixpoint has equal labels at
-    both ends of every pair, and labels only travel along pairs.
-    """
-    labels = np.arange(n)
-    while True:
-        low = np.minimum(labels[a], labels[b])
-        new = labels.copy()
-        np.minimum.at(new, a, low)
-        np.minimum.at(new, b, low)
-        while True:  # pointer jumping: follow labels to their own labels
-            jumped = new[new]
-            if np.array_equal(jumped, new):
-                break
-            new = jumped
-        if np.array_equal(new, labels):
-            return labels
-        labels = new
+    """Component label of each of `n` items joined by the pairs (a[i], b[i]): its smallest item."""
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
+    _, label = csgraph.connected_components(graph, directed=False)
+    smallest = np.full(int(label.max(initial=-1)) + 1, n, dtype=np.int64)
+    np.minimum.at(smallest, label, np.arange(n))
+    return smallest[label]
 
 
 def derive_groups(dg: DependencyGraph) -> list[ChannelGroup]:
@@ -132,7 +120,11 @@ def derive_groups(dg: DependencyGraph) -> list[ChannelGroup]:
     if not chunks:
         return []
     atom_of, site_of, pos_of = (np.concatenate(c) for c in zip(*chunks, strict=True))
-    order = np.lexsort((pos_of, site_of, atom_of))
+    n_sites, n_pos = len(dg.sites), int(pos_of.max()) + 1
+    if n * n_sites * n_pos < 2**62:  # one int64 key per touch: a stable argsort, fast on its sorted runs
+        order = np.argsort((atom_of * n_sites + site_of) * n_pos + pos_of, kind="stable")
+    else:
+        order = np.lexsort((pos_of, site_of, atom_of))
     atom_of, site_of, pos_of = atom_of[order], site_of[order], pos_of[order]
     # runs of equal (atom, site): one per member position tuple
     new_pair = np.ones(len(atom_of), dtype=bool)
@@ -151,13 +143,16 @@ def derive_groups(dg: DependencyGraph) -> list[ChannelGroup]:
     pos_list = pos_of.tolist()
     singles = [(p,) for p in range(int(pos_of.max(initial=-1)) + 1)]  # one shared 1-tuple per position
 
-    def positions(pairs: np.ndarray) -> tuple[tuple[int, ...], ...]:
-        if np.all(pair_end[pairs] - pair_start[pairs] == 1):  # one position per index (most sites)
-            return tuple(map(singles.__getitem__, pos_of[pair_start[pairs]].tolist()))
-        return tuple(
-            tuple(pos_list[a:b])
-            for a, b in zip(pair_start[pairs].tolist(), pair_end[pairs].tolist(), strict=True)
-        )
+    one_each = pair_end - pair_start == 1
+
+    def positions(pairs: np.ndarray) -> list[tuple[tuple[int, ...], ...]]:
+        """Per row of `pairs` (a member: one pair per group index), the positions of each index."""
+        if one_each[pairs].all():  # one position per index at every member (most groups)
+            return [tuple(map(singles.__getitem__, row)) for row in pos_of[pair_start[pairs]].tolist()]
+        return [
+            tuple(tuple(pos_list[a:b]) for a, b in zip(lo, hi, strict=True))
+            for lo, hi in zip(pair_start[pairs].tolist(), pair_end[pairs].tolist(), strict=True)
+        ]
 
     groups: list[tuple[int, ChannelGroup]] = []
     used_ids: dict[str, int] = defaultdict(int)
@@ -166,7 +161,8 @@ def derive_groups(dg: DependencyGraph) -> list[ChannelGroup]:
         first = site_ids[0]
         ks = np.asarray(atom_ks, dtype=np.int64)
         ks = ks[np.argsort(first_pos[ks], kind="stable")]
-        members = tuple(Member(dg.sites[si], positions(atom_start[ks] + j)) for j, si in enumerate(site_ids))
+        rows = positions(atom_start[ks] + np.arange(len(site_ids))[:, None])
+        members = tuple(Member(dg.sites[si], row) for si, row in zip(site_ids, rows, strict=True))
         producer = next((dg.sites[si] for si in site_ids if dg.sites[si].kind in PRODUCER_KINDS), None)
         if producer is not None:
             name = producer.target or producer.node
@@ -187,22 +183,22 @@ def _buckets(
     reasons: list[str],
 ) -> dict[tuple[tuple[int, ...], str | None], list[int]]:
     """Atoms (k: their runs atom_start[k]:atom_end[k] of sorted site ids) bucketed by (site ids, pin
-    reason: reasons[atom_reason[k]], or none where -1), each bucket in increasing k. One row per atom in
-    a padded table, grouped by np.unique."""
+    reason: reasons[atom_reason[k]], or none where -1), each bucket in increasing k. Atoms with the same
+    number of sites form one table (a row per atom: its site ids, then its reason id), grouped by a
+    stable lexsort: work in proportion to the touches, not to atoms x the longest run."""
     lengths = atom_end - atom_start
-    n_atoms, width = len(atom_start), int(lengths.max())
-    table = np.full((n_atoms, width + 1), -1, dtype=np.int64)  # site ids, -1 padded; last: reason id
-    rows = np.repeat(np.arange(n_atoms), lengths)
-    table[rows, np.arange(len(pair_site)) - np.repeat(atom_start, lengths)] = pair_site
-    table[:, width] = atom_reason
-    by_row = np.lexsort(table.T[::-1])  # stable: equal rows keep increasing k
-    ordered = table[by_row]
-    new_row = np.ones(n_atoms, dtype=bool)
-    new_row[1:] = np.any(ordered[1:] != ordered[:-1], axis=1)
-    starts = np.nonzero(new_row)[0].tolist()
     out: dict[tuple[tuple[int, ...], str | None], list[int]] = {}
-    for lo, hi in zip(starts, [*starts[1:], n_atoms], strict=True):
-        key = ordered[lo].tolist()
-        site_ids = tuple(si for si in key[:width] if si >= 0)
-        out[(site_ids, reasons[key[width]] if key[width] >= 0 else None)] = by_row[lo:hi].tolist()
+    for n_sites in np.unique(lengths).tolist():
+        ks = np.nonzero(lengths == n_sites)[0]
+        table = np.empty((len(ks), n_sites + 1), dtype=np.int64)
+        table[:, :n_sites] = pair_site[atom_start[ks][:, None] + np.arange(n_sites)]
+        table[:, n_sites] = atom_reason[ks]
+        by_row = np.lexsort(table.T[::-1])  # stable: equal rows keep increasing k
+        ordered = table[by_row]
+        new_row = np.ones(len(ks), dtype=bool)
+        new_row[1:] = np.any(ordered[1:] != ordered[:-1], axis=1)
+        starts = np.nonzero(new_row)[0].tolist()
+        for lo, hi in zip(starts, [*starts[1:], len(ks)], strict=True):
+            *site_ids, reason = ordered[lo].tolist()
+            out[(tuple(site_ids), reasons[reason] if reason >= 0 else None)] = ks[by_row[lo:hi]].tolist()
     return out
