@@ -6,7 +6,8 @@ every module passed through the memo. `deepcopy_module` copies a module of the p
 `__deepcopy__` or pickling hooks) the way deepcopy would, directly: a new instance whose state is the
 old state with immutable values kept, empty tables made anew and everything else left to `copy.deepcopy`
 (with the same memo, so objects shared in the original are shared in the copy). Other modules (e.g. a
-GraphModule) go through `copy.deepcopy` itself, with their plain submodules already copied.
+GraphModule) go through `copy.deepcopy` itself, with their plain submodules already copied; a GraphModule
+copied with `code=False` is copied directly too, without generating its code.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
+import torch.fx as fx
 from torch import nn
 
 M = TypeVar("M", bound=nn.Module)
@@ -25,15 +27,23 @@ _IMMUTABLE = (int, float, bool, str, bytes, complex, type(None))
 _PICKLING_HOOKS = ("__deepcopy__", "__reduce__", "__reduce_ex__", "__getnewargs__", "__getnewargs_ex__")
 
 
-def deepcopy_module(module: M, shared: Iterable[torch.Tensor] = (), *, alias: bool = False) -> M:
+def deepcopy_module(
+    module: M, shared: Iterable[torch.Tensor] = (), *, alias: bool = False, code: bool = True
+) -> M:
     """`copy.deepcopy(module)`; the tensors in `shared` are not cloned: kept as they are, or with `alias`
     replaced by new tensor objects over the same memory (then `.to()` or `.double()` on the copy rebinds
-    its own objects, never the original's; an in-place write still reaches both)."""
+    its own objects, never the original's; an in-place write still reaches both).
+
+    A GraphModule copied with `code=False` has the graph and state of the original but no Python code
+    yet: call `recompile()` on it before running it (for a copy whose graph is about to be rewritten).
+    """
     memo: dict[int, Any] = {id(t): _alias(t) if alias else t for t in shared}
     if _plain(type(module)):
         return _copy_plain(module, memo)
     for child in module.children():
         _copy_value(child, memo)
+    if not code and _plain_graph_module(type(module)):
+        return cast(M, _copy_graph_module(cast(fx.GraphModule, module), memo))
     return copy.deepcopy(module, memo)
 
 
@@ -50,6 +60,22 @@ def _plain(cls: type) -> bool:
         and cls.__getstate__ is nn.Module.__getstate__
         and all(getattr(cls, h, None) is getattr(nn.Module, h, None) for h in _PICKLING_HOOKS)
     )
+
+
+def _plain_graph_module(cls: type) -> bool:
+    """Whether deepcopy would copy instances of `cls` as fx.GraphModule's own `__deepcopy__` does."""
+    return issubclass(cls, fx.GraphModule) and cls.__deepcopy__ is fx.GraphModule.__deepcopy__
+
+
+def _copy_graph_module(gm: fx.GraphModule, memo: dict[int, Any]) -> fx.GraphModule:
+    """What GraphModule's `__deepcopy__` makes, less its code: that deep-copies the state, then rebuilds
+    the module from it with `GraphModule.__init__`, which generates the code (and copies the modules and
+    attributes the graph names, already in the copied state)."""
+    new = type(gm).__new__(type(gm))  # its own class: `recompile` puts the forward there
+    memo[id(gm)] = new
+    new.__dict__.update({k: _copy_value(v, memo) for k, v in vars(gm).items()})
+    new._graph.owning_module = new
+    return new
 
 
 def _copy_plain(module: nn.Module, memo: dict[int, Any]) -> Any:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
+from itertools import chain
 
 import torch.fx as fx
 
+from graphprune.analysis.blocks import Block
 from graphprune.analysis.sites import Site, SiteRemoval
 from graphprune.costs import MACS_KEY
 from graphprune.graph import PrunableGraph
@@ -30,8 +33,7 @@ def channel_removals(pg: PrunableGraph, plan: PruningPlan) -> list[SiteRemoval]:
         group = pg.group(gid)
         for m in group.members:
             sites[m.site.key] = m.site
-            for k in indices:
-                removed[m.site.key].update(m.positions[k])
+            removed[m.site.key].update(chain.from_iterable(map(m.positions.__getitem__, indices)))
     return [SiteRemoval(sites[k], tuple(sorted(v))) for k, v in removed.items()]
 
 
@@ -41,9 +43,11 @@ def masked_reference(pg: PrunableGraph, plan: PruningPlan) -> fx.GraphModule:
     It shares the tensors of `pg.gm` it does not mask (no copy): read it, never write into it.
     """
     plan.validate(pg)
-    blocks = [pg.block(b) for b in plan.blocks]
-    passes = [MaskChannels(channel_removals(pg, plan)), MaskBlocks(blocks)]
-    return PassManager(passes, share_tensors=True)(pg.gm)
+    return _masked(pg.gm, channel_removals(pg, plan), [pg.block(b) for b in plan.blocks])
+
+
+def _masked(gm: fx.GraphModule, removals: Sequence[SiteRemoval], blocks: Sequence[Block]) -> fx.GraphModule:
+    return PassManager([MaskChannels(removals), MaskBlocks(blocks)], share_tensors=True)(gm)
 
 
 def apply(
@@ -71,6 +75,6 @@ def apply(
         node.meta.pop(META_KEY, None)
         node.meta.pop(MACS_KEY, None)
     if verify:
-        Verify(pg.example_inputs, masked_reference(pg, plan), rtol, quick_rtol=quick_rtol)(slim)
+        Verify(pg.example_inputs, _masked(pg.gm, removals, blocks), rtol, quick_rtol=quick_rtol)(slim)
     slim.train(pg.gm.training)
     return slim

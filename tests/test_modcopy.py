@@ -101,10 +101,24 @@ def _layout(root: nn.Module) -> list[tuple[str, str, str]]:
     return rows
 
 
-@pytest.mark.parametrize("make", [Tree, lambda: torch.fx.symbolic_trace(Tree())], ids=["plain", "graph"])
-def test_deepcopy_module_is_copy_deepcopy(make) -> None:
+def _code_later(module: nn.Module) -> nn.Module:
+    copied = deepcopy_module(module, code=False)
+    assert isinstance(copied, torch.fx.GraphModule)
+    with pytest.raises(NotImplementedError):  # no forward until its code is generated
+        copied(torch.randn(3, 2))
+    copied.recompile()
+    return copied
+
+
+@pytest.mark.parametrize(
+    ("make", "copier"),
+    [(Tree, deepcopy_module), (lambda: torch.fx.symbolic_trace(Tree()), deepcopy_module)]
+    + [(lambda: torch.fx.symbolic_trace(Tree()), _code_later)],
+    ids=["plain", "graph", "graph-code-later"],
+)
+def test_deepcopy_module_is_copy_deepcopy(make, copier) -> None:
     model, x = make().eval(), torch.randn(3, 2)
-    ours, theirs = deepcopy_module(model), copy.deepcopy(model)
+    ours, theirs = copier(model), copy.deepcopy(model)
     assert _layout(ours) == _layout(theirs)  # same types, same sharing pattern
     if isinstance(model.c, Custom):  # fx keeps only what the graph calls: c.lin, in a plain container
         assert ours.c.copied == theirs.c.copied == 1  # the custom __deepcopy__ ran once

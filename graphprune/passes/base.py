@@ -19,7 +19,7 @@ class GraphPass(PassBase):
     """
 
     def __call__(self, graph_module: fx.GraphModule) -> PassResult:
-        return self.run_owned(deepcopy_module(graph_module))
+        return self.run_owned(deepcopy_module(graph_module, code=False))  # run_owned generates it
 
     def run_owned(self, gm: fx.GraphModule, *, recompile: bool = True) -> PassResult:
         """Run on a graph module the caller hands over (no copy): requires, call, ensures, recompile."""
@@ -58,7 +58,8 @@ class PassManager:
         a pass replaced or deleted is never copied.
         """
         shared = shared_tensors(gm)
-        gm = deepcopy_module(gm, shared)
+        # a copy without code where a GraphPass, which edits the graph first, runs on it first
+        gm = deepcopy_module(gm, shared, code=not self.passes or not isinstance(self.passes[0], GraphPass))
         versions = [t._version for t in shared]  # bumped by every in-place write
         for i, p in enumerate(self.passes):
             # the code is generated only where something runs the module: a check, a foreign pass, the caller

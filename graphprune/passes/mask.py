@@ -95,17 +95,31 @@ class MaskChannels(GraphPass):
                 setattr(gm.get_submodule(owner) if owner else gm, attr, kept)
                 continue
             assert isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
-            w = m.weight.detach().clone()
-            removed = torch.as_tensor(r.removed, dtype=torch.long, device=w.device)
-            if isinstance(m, nn.Linear):
-                w[:, removed] = 0
-            elif m.transposed:  # weight (in, out/groups, k...)
-                w[removed] = 0
-            else:  # input p is local channel p % cin_g of group p // cin_g, read by that group's outputs
-                cin_g, cout_g = m.in_channels // m.groups, m.out_channels // m.groups
-                w.unflatten(0, (m.groups, cout_g))[removed // cin_g, :, removed % cin_g] = 0
-            replace_tensor(m, "weight", w)
+            # one pass over the weights (a clone and an indexed write take two, a masked_fill ~4x as long)
+            replace_tensor(m, "weight", m.weight.detach() * _kept_inputs(m, r.removed))
         return PassResult(gm, bool(self.removals))
+
+
+def _kept_inputs(m: nn.Linear | nn.modules.conv._ConvNd, removed: tuple[int, ...]) -> torch.Tensor:
+    """A 0/1 factor that broadcasts over `m.weight`: 0 at the weights reading input channels `removed`.
+
+    (A non-finite weight there would stay non-finite in the reference: a false alarm, never a miss.)"""
+    w = m.weight
+    idx = torch.as_tensor(removed, dtype=torch.long, device=w.device)
+    spatial = (1,) * (w.ndim - 2)
+    if isinstance(m, nn.Linear):
+        keep = torch.ones(1, w.shape[1], dtype=w.dtype, device=w.device)
+        keep[0, idx] = 0
+    elif m.transposed:  # weight (in, out/groups, k...)
+        keep = torch.ones(w.shape[0], 1, *spatial, dtype=w.dtype, device=w.device)
+        keep[idx] = 0
+    else:  # input p is local channel p % cin_g of group p // cin_g, read by that group's outputs only
+        cin_g, cout_g = m.in_channels // m.groups, m.out_channels // m.groups
+        rows = cout_g if m.groups > 1 else 1  # one row broadcasts over the outputs of a single group
+        keep = torch.ones(m.groups, rows, cin_g, dtype=w.dtype, device=w.device)
+        keep[idx // cin_g, :, idx % cin_g] = 0
+        keep = keep.reshape(-1, cin_g, *spatial)
+    return keep
 
 
 class MaskBlocks(GraphPass):

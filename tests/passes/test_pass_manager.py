@@ -43,11 +43,17 @@ def test_the_code_is_generated_once_per_run_and_wherever_the_module_runs(
     monkeypatch.setattr(torch.fx.GraphModule, "recompile", lambda self: calls.append(1) or recompile(self))
     out = PassManager([Negate(), Negate(), Negate()])(gm)
     torch.testing.assert_close(out(X), -gm(X))
-    assert len(calls) == 2  # the copy, then once after the last pass (not once per pass)
+    assert len(calls) == 1  # once after the last pass: not for the copy, not once per pass
+    calls.clear()
+    Negate()(gm)
+    assert len(calls) == 1  # a pass called alone: its copy has no code until the pass has run
 
     runs = Runs()
     PassManager([Negate(), runs, Negate()])(gm)
     torch.testing.assert_close(runs.seen[0], -gm(X))  # the foreign pass ran the negated code
+    first = Runs()
+    PassManager([first, Negate()])(gm)
+    torch.testing.assert_close(first.seen[0], gm(X))  # a foreign pass first gets a copy with code
     checked: list[torch.Tensor] = []
     PassManager([Negate(), Negate()], checks=[lambda m: checked.append(m(X))])(gm)
     torch.testing.assert_close(checked[0], -gm(X))  # checks run the code of the pass just run
