@@ -9,15 +9,18 @@ Per model and round, in one process, alternating which tool goes first:
   forward inside it) plus `pruner.step()` on a fresh copy of the model (the copy is not timed).
 - graphprune, at the FLOPs Torch-Pruning reached: `gp.trace` + `plan_by_criterion("l1")` + `gp.apply`,
   timed once without verification (analysis + apply) and once with it (the default path).
-Times are medians over rounds (pytest-benchmark's timer); ratios are graphprune / Torch-Pruning from the
-same run. Peak memory is the growth of the process's peak RSS over a run of each tool alone, in a
-fresh subprocess. Graph size is fx nodes x channels (the sum of every channel group's size).
+Each timed call starts after a full collection (not timed). Times are medians over rounds
+(pytest-benchmark's timer); ratios are graphprune / Torch-Pruning from the same run. Also timed: the two
+forwards of the default verification alone (the floor of its cost). Peak memory is the growth of the
+process's peak RSS over a run of each tool alone, in a fresh subprocess. Graph size is fx nodes x channels
+(the sum of every channel group's size).
 Writes docs/results/tool_speed.{json,md,png}.
 """
 
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import os
 import platform
@@ -38,7 +41,8 @@ import graphprune as gp
 from graphprune.criteria import plan_by_criterion
 from graphprune.errors import first_line
 from graphprune.fileio import atomic_path, write_text
-from graphprune.passes.verify import FRESH_INPUTS, QUICK_PART_RTOL
+from graphprune.passes.verify import FRESH_INPUTS, QUICK_PART_RTOL, fresh_inputs
+from graphprune.rewrite import masked_reference
 from graphprune.torchvision_compat import import_torchvision
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,6 +96,9 @@ def run_gp(model: torch.nn.Module, x: torch.Tensor, target: float, verify: bool)
 
 
 def timed(fn: Any) -> tuple[float, Any]:
+    """Seconds `fn()` takes, from a settled heap: a full collection before (not timed), so that the one a
+    previous call left due (0.2 s here with torch and torchvision loaded) lands on neither tool."""
+    gc.collect()
     start = default_timer()
     out = fn()
     return default_timer() - start, out
@@ -107,18 +114,22 @@ def measure(name: str, rounds: int, size: int = 224) -> dict[str, Any]:
     except gp.GraphpruneError as exc:  # its time still counts; graphprune then aims at a fixed target
         tp_broken, target = first_line(exc), BROKEN_TP_TARGET
     pg = gp.trace(model, x)
-    times: dict[str, list[float]] = {"tp": [], "gp": [], "gp_verify": []}
+    forwards = verification_forwards(pg, target)
+    times: dict[str, list[float]] = {"tp": [], "gp": [], "gp_verify": [], "forwards": []}
     runs = {
         "tp": lambda fresh: run_tp(fresh, x),
         "gp": lambda _: run_gp(model, x, target, verify=False),
         "gp_verify": lambda _: run_gp(model, x, target, verify=True),
+        "forwards": lambda _: forwards(),
     }
     for r in range(rounds):
-        order = ["tp", "gp", "gp_verify"] if r % 2 == 0 else ["gp_verify", "gp", "tp"]
+        order = ["tp", "gp", "gp_verify", "forwards"] if r % 2 == 0 else ["forwards", "gp_verify", "gp", "tp"]
         for tool in order:
             fresh = copy.deepcopy(model) if tool == "tp" else None  # TP prunes in place; not timed
-            seconds, slim = timed(lambda run=runs[tool], m=fresh: run(m))
+            seconds, made = timed(lambda run=runs[tool], m=fresh: run(m))
             times[tool].append(seconds)
+            if tool == "gp_verify":
+                slim = made
     med = {k: statistics.median(v) for k, v in times.items()}
     channels = sum(g.size for g in pg.groups)
     return {
@@ -136,7 +147,23 @@ def measure(name: str, rounds: int, size: int = 224) -> dict[str, Any]:
         "median_s": med,
         "ratio_analysis_apply": med["gp"] / med["tp"],
         "ratio_with_verify": med["gp_verify"] / med["tp"],
+        "ratio_forwards": med["forwards"] / med["tp"],
     }
+
+
+def verification_forwards(pg: gp.PrunableGraph, target: float) -> Any:
+    """The two real forwards the default verification runs, alone: the masked reference and the pruned
+    model on the example batched with FRESH_INPUTS fresh inputs (the floor of its cost)."""
+    plan = plan_by_criterion(pg, "l1", target)
+    slim, ref = gp.apply(pg, plan, verify=False), masked_reference(pg, plan)
+    x = pg.example_inputs[0]
+    joined = torch.cat([x, fresh_inputs((x,), FRESH_INPUTS)[0]])
+
+    def run() -> None:
+        with torch.no_grad():
+            ref(joined), slim(joined)
+
+    return run
 
 
 def peak_rss_mb(name: str, tool: str, target: float) -> float:
@@ -223,20 +250,22 @@ def markdown(results: list[dict[str, Any]], env: dict[str, str], command: str) -
         f"pruning ratio {TP_RATIO}, classifier ignored. graphprune: `trace` + L1 `plan_by_criterion` at the",
         "FLOPs Torch-Pruning reached + `apply`, without and with verification. Input 1x3x224x224, random",
         "weights. Medians of interleaved rounds in one run; ratio = graphprune / Torch-Pruning (< 1 faster).",
+        "Each timed call starts after a full garbage collection (not timed): none pays for an earlier one.",
         "Peak memory: peak RSS of a fresh process building the model and running one tool once.",
         "",
         "| model | nodes x channels | TP (s) | gp (s) | gp verified (s) | gp / TP | gp verified / TP |"
-        " GMACs after TP / gp | peak MiB TP / gp |",
-        "|---|---|---|---|---|---|---|---|---|",
+        " its 2 forwards / TP | GMACs after TP / gp | peak MiB TP / gp |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['model']} | not measured: {r['error'].splitlines()[0]} |" + " |" * 7)
+            lines.append(f"| {r['model']} | not measured: {r['error'].splitlines()[0]} |" + " |" * 8)
             continue
         m = r["median_s"]
         lines.append(
             f"| {r['model']} | {r['nodes']} x {r['channels']} | {m['tp']:.2f} | {m['gp']:.2f} | "
             f"{m['gp_verify']:.2f} | {r['ratio_analysis_apply']:.2f} | {r['ratio_with_verify']:.2f} | "
+            f"{format(r['ratio_forwards'], '.2f') if 'ratio_forwards' in r else 'n/a'} | "
             f"{'does not run' if r.get('tp_broken') else format(r['tp_flops'] / 1e9, '.2f')} / "
             f"{r['gp_flops'] / 1e9:.2f} | "
             f"{r.get('peak_mb_tp', float('nan')):.0f} / {r.get('peak_mb_gp', float('nan')):.0f} |"
@@ -260,6 +289,17 @@ def markdown(results: list[dict[str, Any]], env: dict[str, str], command: str) -
         "  Torch-Pruning runs one, and the analysis itself none (values are recorded on the meta device).",
         f"  Both run on the example batch plus {FRESH_INPUTS} fresh input(s), in the model's own dtype",
         f"  (float32); only where a part misses {QUICK_PART_RTOL:g} is the check repeated in float64.",
+        "  'its 2 forwards' times those two forwards alone (models built beforehand): the floor of the",
+        "  verified path's cost, which the analysis and the rewrite then add to.",
+        *(
+            [
+                "- Where the two forwards alone take longer than Torch-Pruning's whole run: "
+                + ", ".join(r["model"] for r in results if r.get("ratio_forwards", 0) > 1.0)
+                + "."
+            ]
+            if any(r.get("ratio_forwards", 0) > 1.0 for r in results)
+            else []
+        ),
         *(
             [
                 "- Peak memory of this run is not usable: it was measured as growth over the model build's",
