@@ -219,8 +219,14 @@ _UNARY = {aten.relu.default, aten.silu.default, aten.sigmoid.default, aten.hards
 _UNARY |= {aten.hardsigmoid.default, aten.tanh.default, aten.hardtanh.default}
 _UNARY_ = {aten.relu_.default, aten.silu_.default, aten.sigmoid_.default, aten.hardswish_.default}
 _UNARY_ |= {aten.hardsigmoid_.default, aten.tanh_.default, aten.hardtanh_.default}
+_UNARY |= {aten.gelu.default}  # its `approximate` string is no tensor
+_UNARY_ |= {aten.gelu_.default}
 _BINARY = {aten.add.Tensor, aten.mul.Tensor, aten.sub.Tensor, aten.div.Tensor}
 _BINARY_ = {aten.add_.Tensor, aten.mul_.Tensor}
+# a float tensor with a real Python number: the tensor's shape and dtype
+_SCALAR = {aten.mul.Scalar, aten.add.Scalar, aten.sub.Scalar, aten.div.Scalar}
+# softmax over a dim, in the input's dtype: (x, dim, half_to_float=False) and (x, dim, dtype=None)
+_SOFTMAX = {aten._softmax.default, aten._log_softmax.default, aten._safe_softmax.default}
 
 
 def _dense_floats(*ts: object) -> bool:
@@ -238,10 +244,11 @@ def _dense_floats(*ts: object) -> bool:
 
 class _FastMeta(TorchDispatchMode):
     """The ops a CNN is made of, on the meta device, without torch's Python meta kernels (which cost
-    0.05-0.3 ms a call: most of a meta run): eval-mode batch norm, layer norm, convolution, and the common
-    pointwise ops and means on contiguous float tensors. Each gives the shape, dtype and (contiguous)
-    layout torch's kernel gives, and fails where it fails (a mismatch still raises, and the recording falls
-    back to a real run); anything else goes to torch. tests/test_trace.py checks each against torch."""
+    0.05-1 ms a call: most of a meta run): eval-mode batch norm, layer norm, convolution, addmm (linear),
+    and the common pointwise ops, softmaxes and means on contiguous float tensors. Each gives the shape,
+    dtype and (contiguous) layout torch's kernel gives, and fails where it fails (a mismatch still raises,
+    and the recording falls back to a real run); anything else goes to torch. tests/test_trace.py checks
+    each against torch."""
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         x = args[0] if args else None
@@ -275,6 +282,12 @@ def _fast_meta(func: Any, x: torch.Tensor, args: Any) -> torch.Tensor | None:
         if func in _BINARY:
             return x.new_empty(shape)
         return x if shape == x.shape else None  # an in-place op cannot grow its input: torch says why
+    if func in _SCALAR and len(args) == 2 and type(args[1]) in (int, float) and _dense_floats(x):
+        return x.new_empty(x.shape)
+    if func in _SOFTMAX and len(args) in (2, 3) and not (args[2:] and args[2]) and _dense_floats(x):
+        return x.new_empty(x.shape) if -x.ndim <= args[1] < x.ndim else None  # else torch raises
+    if func is aten.addmm.default and len(args) == 3 and _floats_of_one_dtype(*args):
+        return _addmm_out(*args)
     if func is aten.mean.dim and len(args) in (2, 3) and args[1] and _dense_floats(x):
         dims = {d % x.ndim for d in args[1]}
         keep = len(args) == 3 and args[2]
@@ -283,6 +296,27 @@ def _fast_meta(func: Any, x: torch.Tensor, args: Any) -> torch.Tensor | None:
         w, bias, stride, padding, dilation = args[1:6]
         return _conv_out(x, w, bias, stride, padding, dilation, args[8])
     return None
+
+
+def _floats_of_one_dtype(*ts: object) -> bool:
+    first = ts[0]
+    return all(
+        isinstance(t, torch.Tensor)
+        and isinstance(first, torch.Tensor)
+        and t.dtype == first.dtype
+        and t.is_floating_point()
+        for t in ts
+    )
+
+
+def _addmm_out(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """bias + a @ b (what F.linear runs on 2-d inputs): a contiguous (n, m) result, whatever the strides."""
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise RuntimeError(f"addmm of shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    out = (a.shape[0], b.shape[1])
+    if torch.broadcast_shapes(bias.shape, out) != out:
+        raise RuntimeError(f"addmm bias of shape {tuple(bias.shape)} for a result of shape {out}")
+    return a.new_empty(out)
 
 
 def _conv_out(

@@ -9,6 +9,7 @@ from graphprune.models import get_model
 from graphprune.trace import (
     _BINARY,
     _BINARY_,
+    _SCALAR,
     _UNARY,
     _UNARY_,
     META_KEY,
@@ -190,6 +191,12 @@ SHORTCUTS = [
     (A.hardtanh_.default, (X4,), (0.0, 6.0)),
     *[(op, (X4, s), ()) for op in sorted(_BINARY | _BINARY_, key=str) for s in (X4, C1, V)],
     *[(op, (C1, X4), ()) for op in sorted(_BINARY, key=str)],
+    *[(op, (X4,), (k,)) for op in sorted(_SCALAR, key=str) for k in (2, 0.5)],
+    *[(op, (X4,), (d, False)) for op in (A._softmax.default, A._log_softmax.default) for d in (1, -1)],
+    (A._safe_softmax.default, (X4,), (-1,)),
+    (A._safe_softmax.default, (X4,), (2, None)),
+    (A.addmm.default, ((5,), (3, 4), (4, 5)), ()),
+    (A.addmm.default, ((3, 5), (3, 4), (4, 5)), ()),
     (A.mean.dim, (X4,), ([2, 3], True)),
     (A.mean.dim, (X4,), ([-1],)),
     (A.mean.dim, (X4,), ([1, -2], False)),
@@ -236,6 +243,12 @@ def test_the_meta_shortcuts_fail_where_torch_fails() -> None:
             _meta((1, 5, 8, 8)),
             (_meta((1, 5, 8, 8)), _meta((4, 6, 3, 3)), None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1),
         )
+    with pytest.raises(RuntimeError, match="addmm of shapes"):
+        _fast_meta(A.addmm.default, _meta((5,)), (_meta((5,)), _meta((3, 4)), _meta((3, 5))))
+    with pytest.raises(RuntimeError):  # a bias that does not broadcast to the result
+        _fast_meta(A.addmm.default, _meta((4,)), (_meta((4,)), _meta((3, 4)), _meta((4, 5))))
+    assert _fast_meta(A._softmax.default, _meta(X4), (_meta(X4), 4, False)) is None  # torch raises
+    assert _fast_meta(A.mul.Scalar, _meta(X4), (_meta(X4), 1j)) is None  # a complex result: torch decides
     grown = (_meta(C1), _meta(X4))
     assert _fast_meta(A.add_.Tensor, grown[0], grown) is None  # torch raises its own error
     with pytest.raises(RuntimeError):

@@ -58,6 +58,34 @@ def probe(
     dg.couple(xi.key, info.key, grid.reshape(-1).numpy(), node.name)
 
 
+def dim_permutation(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], nd: int) -> list[int] | None:
+    """For `permute` and `transpose`, output dim k is input dim perm[k]; None for other ops or odd args."""
+    if name == "permute":
+        dims = kwargs.get("dims", args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args)
+    elif name == "transpose" and len(args) + len(kwargs) == 2:
+        d0, d1 = (*args, *(kwargs[k] for k in ("dim0", "dim1") if k in kwargs))
+        if not isinstance(d0, int) or not isinstance(d1, int) or not -nd <= min(d0, d1) <= max(d0, d1) < nd:
+            return None
+        dims = list(range(nd))
+        dims[d0 % nd], dims[d1 % nd] = dims[d1 % nd], dims[d0 % nd]
+    else:
+        return None
+    if not all(isinstance(d, int) for d in dims) or len(dims) != nd:
+        return None
+    perm = [d % nd if -nd <= d < nd else -1 for d in dims]
+    return perm if sorted(perm) == list(range(nd)) else None
+
+
+def permuted(dg: DependencyGraph, node: fx.Node, xi: TensorInfo, perm: list[int]) -> None:
+    """A dim permutation moves the channel dims whole: the output's channel grid is the input's with its
+    dims in their new order (every channel dim of `xi` longer than 1, so each stays a channel dim)."""
+    order = sorted(xi.cdims, key=perm.index)  # the input's channel dims, in output order
+    cdims = tuple(perm.index(d) for d in order)
+    grid = np.arange(xi.size).reshape(xi.grid).transpose([xi.cdims.index(d) for d in order])
+    info = new_tensor(dg, node, cdims)
+    dg.couple(xi.key, info.key, grid.reshape(-1), node.name)
+
+
 def shape_args(node: fx.Node) -> list[Any]:
     rest = list(node.args[1:])
     if "shape" in node.kwargs:
@@ -90,7 +118,11 @@ def layout(dg: DependencyGraph, node: fx.Node) -> None:
         return
     args = dg.value(node.args[1:])
     kwargs = dg.value(dict(node.kwargs))
-    if node.op == "call_method":
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    perm = dim_permutation(str(name), args, kwargs, len(xi.shape))
+    if perm is not None and xi.size > 1 and all(g > 1 for g in xi.grid):
+        permuted(dg, node, xi, perm)  # what the probe finds, without running the op on a full tensor
+    elif node.op == "call_method":
         method = str(node.target)
         if method == "expand_as":
             shape = out_spec(node).shape
@@ -103,7 +135,6 @@ def layout(dg: DependencyGraph, node: fx.Node) -> None:
         probe(dg, node, xi, lambda p: fn(p, *args, **kwargs))
     if dg.info(node) is None:
         return
-    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
     if name in ("view", "reshape"):
         sizes = shape_args(node)
         literal = [isinstance(s, int) and s != -1 for s in sizes]
