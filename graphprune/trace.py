@@ -231,13 +231,16 @@ _SOFTMAX = {aten._softmax.default, aten._log_softmax.default, aten._safe_softmax
 
 def _dense_floats(*ts: object) -> bool:
     """Contiguous floating tensors of one dtype: where torch's own meta kernels give contiguous results."""
+    return _floats_of_one_dtype(*ts) and all(t.is_contiguous() for t in ts)  # type: ignore[attr-defined]
+
+
+def _floats_of_one_dtype(*ts: object) -> bool:
     first = ts[0]
     return all(
         isinstance(t, torch.Tensor)
         and isinstance(first, torch.Tensor)
         and t.dtype == first.dtype
         and t.is_floating_point()
-        and t.is_contiguous()
         for t in ts
     )
 
@@ -296,17 +299,6 @@ def _fast_meta(func: Any, x: torch.Tensor, args: Any) -> torch.Tensor | None:
         w, bias, stride, padding, dilation = args[1:6]
         return _conv_out(x, w, bias, stride, padding, dilation, args[8])
     return None
-
-
-def _floats_of_one_dtype(*ts: object) -> bool:
-    first = ts[0]
-    return all(
-        isinstance(t, torch.Tensor)
-        and isinstance(first, torch.Tensor)
-        and t.dtype == first.dtype
-        and t.is_floating_point()
-        for t in ts
-    )
 
 
 def _addmm_out(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
