@@ -75,6 +75,8 @@ def _copy_graph_module(gm: fx.GraphModule, memo: dict[int, Any]) -> fx.GraphModu
     memo[id(gm)] = new
     new.__dict__.update({k: _copy_value(v, memo) for k, v in vars(gm).items()})
     new._graph.owning_module = new
+    for hook in getattr(gm, "_deepcopy_hooks", ()):  # as GraphModule's own copy calls them
+        hook(new)
     return new
 
 

@@ -129,3 +129,12 @@ def test_deepcopy_module_is_copy_deepcopy(make, copier) -> None:
         return {id(v) for m in root.modules() for v in vars(m).values() if not isinstance(v, immutable)}
 
     assert not held(model) & held(ours)  # nothing mutable is held by both
+
+
+def test_a_copy_without_code_calls_the_graph_modules_deepcopy_hooks() -> None:
+    gm = torch.fx.symbolic_trace(nn.Linear(2, 2))
+    copied: list[nn.Module] = []
+    gm._register_deepcopy_hook(copied.append)
+    theirs = copy.deepcopy(gm)
+    ours = deepcopy_module(gm, code=False)
+    assert copied == [theirs, ours]
