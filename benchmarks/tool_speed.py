@@ -41,7 +41,7 @@ import graphprune as gp
 from graphprune.criteria import plan_by_criterion
 from graphprune.errors import first_line
 from graphprune.fileio import atomic_path, write_text
-from graphprune.passes.verify import FRESH_INPUTS, QUICK_PART_RTOL, fresh_inputs
+from graphprune.passes.verify import FRESH_INPUTS, QUICK_PART_RTOL, with_fresh
 from graphprune.rewrite import masked_reference
 from graphprune.torchvision_compat import import_torchvision
 
@@ -153,15 +153,14 @@ def measure(name: str, rounds: int, size: int = 224) -> dict[str, Any]:
 
 def verification_forwards(pg: gp.PrunableGraph, target: float) -> Any:
     """The two real forwards the default verification runs, alone: the masked reference and the pruned
-    model on the example batched with FRESH_INPUTS fresh inputs (the floor of its cost)."""
+    model on the batch `Verify` runs (the floor of its cost)."""
     plan = plan_by_criterion(pg, "l1", target)
     slim, ref = gp.apply(pg, plan, verify=False), masked_reference(pg, plan)
-    x = pg.example_inputs[0]
-    joined = torch.cat([x, fresh_inputs((x,), FRESH_INPUTS)[0]])
+    joined = with_fresh(pg.example_inputs)
 
     def run() -> None:
         with torch.no_grad():
-            ref(joined), slim(joined)
+            ref(*joined), slim(*joined)
 
     return run
 

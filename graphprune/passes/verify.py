@@ -122,6 +122,12 @@ def fresh_inputs(
     return tuple(out)
 
 
+def with_fresh(inputs: Sequence[torch.Tensor], fresh: int = FRESH_INPUTS) -> tuple[torch.Tensor, ...]:
+    """`inputs` with `fresh` random rows (`fresh_inputs`) appended on dim 0: the batch a model check runs."""
+    extra = fresh_inputs(inputs, fresh)
+    return tuple(torch.cat([t, e]) if t.ndim else t for t, e in zip(inputs, extra, strict=True))
+
+
 @contextlib.contextmanager
 def float64(gm: nn.Module) -> Iterator[None]:
     """Run `gm` in float64 for the block: its floating tensors are swapped for float64 copies, and the
@@ -238,10 +244,7 @@ class Verify(PassBase):
         only a looser per-part tolerance, beside the usual whole-tensor one)."""
         candidates = []
         if self.fresh and any(t.ndim for t in self.inputs):
-            extra = fresh_inputs(self.inputs, self.fresh)
-            joined = tuple(
-                torch.cat([t, e]) if t.ndim else t for t, e in zip(self.inputs, extra, strict=True)
-            )
+            joined = with_fresh(self.inputs, self.fresh)
             candidates.append(
                 (joined, f"the example inputs with {self.fresh} fresh " + "ones"[: 3 + (self.fresh > 1)])
             )
