@@ -14,24 +14,22 @@ interleaved medians (graphprune.latency.paired_latency).
 
 from __future__ import annotations
 
-import copy
 import json
 import platform
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 import torch
 from gp_arms import jpeg_baseline
+from trained_arms import control, distil, measure
 
 import graphprune as gp
 from graphprune import shared
-from graphprune.export import export_onnx
 from graphprune.fileio import write_text
 from graphprune.latency import paired_latency
 from graphprune.methods import Budget, MethodContext, get_method
-from graphprune.train import TrainConfig, evaluate, fit, load_data
+from graphprune.train import TrainConfig, load_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,22 +41,6 @@ MODES: dict[str, dict[str, Any]] = {
     "smoke": {"model": "cifar_resnet20", "targets": (0.6,), "epochs": (1, 1, 1), "limit": 64,
               "max_steps": 2, "rounds": 1, "control_latency": False},
 }  # fmt: skip
-
-
-def _measure(
-    model: torch.nn.Module, data: Any, x: torch.Tensor, onnx: Path | None, cfg: TrainConfig
-) -> dict[str, Any]:
-    """Top-1, MACs and params; with `onnx`, also the verified ONNX export the latency pairs time."""
-    model = model.cpu().eval()
-    if onnx is not None:
-        export_onnx(model, x, onnx)
-    test = evaluate(model, data, "test", batch_size=cfg.eval_batch_size)
-    return {
-        "top1": test.top1,
-        "flops": int(gp.count_flops(model, x)),
-        "params": int(gp.count_params(model)),
-        "onnx": onnx.name if onnx is not None else None,
-    }
 
 
 def run_arm(
@@ -73,20 +55,11 @@ def run_arm(
     run.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {"arm": arm, "epochs": total}
 
-    def finetune(model: torch.nn.Module, epochs: int) -> None:
-        """CE + KD from the original; resumes inside the stage after a kill."""
-        if epochs <= 0:
-            return
-        cfg_e = replace(cfg, epochs=epochs)
-        fit(model, data, cfg_e, teacher=original, run_dir=run, stage="finetune", resume=True)
-
     if arm == "original":
-        return {**record, "epochs": 0, **_measure(original, data, x, None, cfg)}
+        return {**record, "epochs": 0, **measure(original, data, x, None, cfg)}
     if arm == "control":
-        model = copy.deepcopy(original)
-        finetune(model, total)
         onnx = run / "model.onnx" if mode["control_latency"] else None
-        return {**record, **_measure(model, data, x, onnx, cfg)}
+        return {**record, **control(original, data, x, cfg, total, run, onnx)}
     method, target = arm.split("-")
     if method == "abp":
         ctx = MethodContext(
@@ -103,8 +76,8 @@ def run_arm(
         start, ft_epochs = original, total
         record["target_flops_ratio"] = flops
     slim = gp.apply(gp.trace(start, x), plan)
-    finetune(slim, ft_epochs)
-    return {**record, **_measure(slim, data, x, run / "model.onnx", cfg)}
+    distil(slim, original, data, cfg, ft_epochs, run)
+    return {**record, **measure(slim, data, x, run / "model.onnx", cfg)}
 
 
 def latency_rows(

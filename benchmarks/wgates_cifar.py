@@ -17,24 +17,22 @@ target. Latency columns: onnxruntime CPU, 1 thread, batch 1, interleaved with th
 
 from __future__ import annotations
 
-import copy
 import json
 import platform
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 import torch
 from gp_arms import jpeg_baseline
+from trained_arms import control, distil, measure
 
 import graphprune as gp
 from graphprune import shared
-from graphprune.export import export_onnx
 from graphprune.fileio import write_text
 from graphprune.latency import paired_latency
 from graphprune.methods import Budget, MethodContext, get_method
-from graphprune.train import TrainConfig, evaluate, fit, load_data
+from graphprune.train import TrainConfig, load_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,15 +47,6 @@ MODES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-def _measure(
-    model: torch.nn.Module, data: Any, x: torch.Tensor, onnx: Path, cfg: TrainConfig
-) -> dict[str, Any]:
-    model = model.cpu().eval()
-    export_onnx(model, x, onnx)
-    test = evaluate(model, data, "test", batch_size=cfg.eval_batch_size)
-    return {"top1": test.top1, "flops": int(gp.count_flops(model, x)), "params": int(gp.count_params(model))}
-
-
 def run_arm(arm: str, mode: dict[str, Any], data: Any, cfg: TrainConfig, run: Path) -> dict[str, Any]:
     original = jpeg_baseline(mode["model"])
     x = torch.randn(1, *data.input_shape)
@@ -67,19 +56,9 @@ def run_arm(arm: str, mode: dict[str, Any], data: Any, cfg: TrainConfig, run: Pa
     run.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {"arm": arm, "epochs": total}
     if arm == "original":
-        return {**record, "epochs": 0, **_measure(original, data, x, run / "model.onnx", cfg)}
+        return {**record, "epochs": 0, **measure(original, data, x, run / "model.onnx", cfg)}
     if arm == "control":
-        model = copy.deepcopy(original)
-        fit(
-            model,
-            data,
-            replace(cfg, epochs=total),
-            teacher=original,
-            run_dir=run,
-            stage="finetune",
-            resume=True,
-        )
-        return {**record, **_measure(model, data, x, run / "model.onnx", cfg)}
+        return {**record, **control(original, data, x, cfg, total, run, run / "model.onnx")}
     method, _, target = arm.rpartition("-")
     if method == "l1":
         plan = gp.criteria.plan_by_criterion(pg, "l1", target_flops=float(target), scope="global", round_to=1)
@@ -103,17 +82,9 @@ def run_arm(arm: str, mode: dict[str, Any], data: Any, cfg: TrainConfig, run: Pa
             k: v for k, v in res.report.items() if isinstance(v, (int, float, str, list))
         }
     slim = gp.apply(gp.trace(start, x), plan)
-    fit(
-        slim,
-        data,
-        replace(cfg, epochs=ft_epochs),
-        teacher=original,
-        run_dir=run,
-        stage="finetune",
-        resume=True,
-    )
+    distil(slim, original, data, cfg, ft_epochs, run)
     record["removed_blocks"] = list(plan.blocks)
-    return {**record, **_measure(slim, data, x, run / "model.onnx", cfg)}
+    return {**record, **measure(slim, data, x, run / "model.onnx", cfg)}
 
 
 def markdown(mode_name: str, mode: dict[str, Any], results: dict[str, Any]) -> str:
