@@ -3,7 +3,8 @@
 Every tensor with a channel layout has `size` channel positions (its channel dims flattened row-major).
 A coupling edge `src -> dst` carries `index_map`: for each position of `dst`, the position of `src` it
 is the same channel as, or -1. Ties (positions of one tensor that must go together) and pins (positions
-that must stay, with the reason) are tensor attributes; rewrite sites are op attributes.
+that must stay, with the reason) are tensor attributes; rewrite sites are op attributes. Pairs of tensors
+whose kept channel counts must stay equal are listed in `same_counts`.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class DependencyGraph:
         self.site_by_key: dict[str, Site] = {}
         self.module_calls: dict[str, fx.Node] = {}  # first call of each parametric module
         self.param_readers: dict[str, set[str]] = {}  # PARAM site target -> fx nodes that slice-read it
+        self.same_counts: list[tuple[str, str, str]] = []  # (src, dst, op): see `same_count`
 
     # ----- building
     def add_tensor(
@@ -93,6 +95,13 @@ class DependencyGraph:
 
     def identity(self, src: str, dst: str, op: str) -> None:
         self.couple(src, dst, np.arange(self.tensors[dst].size), op)
+
+    def same_count(self, src: str, dst: str, op: str) -> None:
+        """Record that `dst` (same size as `src`) must keep as many channels as `src`: a count read from
+        `src` shapes `dst`. `derive_groups` keeps it, for free where both hold the same atoms equally
+        often (a channel shuffle), else by coupling them position by position."""
+        assert self.tensors[src].size == self.tensors[dst].size, (src, dst)
+        self.same_counts.append((src, dst, op))
 
     def tie(self, key: str, rows: np.ndarray) -> None:
         """Each row of `rows` is a set of positions of `key` that can only be removed together."""

@@ -1,6 +1,8 @@
 """Channel groups: the maximal sets of channels that must be removed together, derived from the depgraph.
 
-Channels joined by coupling edges or ties form an *atom* (one removable unit). Atoms that touch exactly
+Channels joined by coupling edges or ties form an *atom* (one removable unit). Two tensors whose kept
+counts must stay equal (`DependencyGraph.same_counts`) need nothing more where they hold the same atoms
+equally often; otherwise they are coupled position by position. Atoms that touch exactly
 the same rewrite sites form a `ChannelGroup`; index k of a group is its k-th atom, ordered by position in
 the group's first site, so for a layer whose whole output is one group, group index == channel index.
 """
@@ -67,6 +69,22 @@ def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return smallest[label]
 
 
+def _atoms(n: int, pairs_a: list[np.ndarray], pairs_b: list[np.ndarray]) -> np.ndarray:
+    """The atom (component label) of each of `n` channel positions joined by the pairs."""
+    empty = np.zeros(0, dtype=np.int64)
+    a = np.concatenate(pairs_a or [empty]).astype(np.int64)
+    return connected_components(n, a, np.concatenate(pairs_b or [empty]).astype(np.int64))
+
+
+def _same_atoms(root_arr: np.ndarray, base: dict[str, int], dg: DependencyGraph, src: str, dst: str) -> bool:
+    """Whether `src` and `dst` hold each atom equally often: then any removal keeps their counts equal."""
+    if src not in base or dst not in base:
+        return True  # no channel positions: nothing to keep equal
+    size = dg.g.nodes[dst]["size"]
+    of = [np.sort(root_arr[base[k] : base[k] + size]) for k in (src, dst)]
+    return bool(np.array_equal(of[0], of[1]))
+
+
 def derive_groups(dg: DependencyGraph) -> list[ChannelGroup]:
     """Union channels along coupling edges and ties, then bucket atoms by the sites they touch."""
     g = dg.g
@@ -89,12 +107,14 @@ def derive_groups(dg: DependencyGraph) -> list[ChannelGroup]:
         for rows in data.get("ties", []) if key in base else []:
             pairs_a.append(base[key] + np.repeat(rows[:, 0], rows.shape[1] - 1))
             pairs_b.append(base[key] + rows[:, 1:].reshape(-1))
-    empty = np.zeros(0, dtype=np.int64)
-    root_arr = connected_components(
-        n,
-        np.concatenate(pairs_a or [empty]).astype(np.int64),
-        np.concatenate(pairs_b or [empty]).astype(np.int64),
-    )
+    root_arr = _atoms(n, pairs_a, pairs_b)
+    pending = dg.same_counts  # counts that must stay equal; merging atoms never breaks a kept one
+    while pending := [c for c in pending if not _same_atoms(root_arr, base, dg, c[0], c[1])]:
+        src, dst, _ = pending.pop(0)  # kept by coupling position by position, then the rest checked again
+        size = g.nodes[dst]["size"]
+        pairs_a.append(base[dst] + np.arange(size))
+        pairs_b.append(base[src] + np.arange(size))
+        root_arr = _atoms(n, pairs_a, pairs_b)
     # pins: the first reason (in graph order) that reaches an atom is its reason
     pins = [
         (base[key] + pos, f"{reason} (at {key})")

@@ -189,6 +189,41 @@ def test_a_channel_count_shaping_its_own_tensor_stays_prunable() -> None:
     prunable_and_lossless(Net(body))
 
 
+def _shuffled_pair(s: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """ShuffleNet's unit: cat two producers, then shuffle with the count read before the shuffle."""
+    t = torch.cat([h, s.e(h)], 1)
+    b, c, hh, w = t.size()
+    g = t.view(b, 2, c // 2, hh, w).transpose(1, 2).contiguous()
+    return s.f(g.view(b, c, hh, w))  # the count of t shapes g: the same channels, shuffled
+
+
+def test_a_count_shaping_a_shuffle_of_its_channels_keeps_them_apart() -> None:
+    """The count read from t shapes its shuffle g, which holds each of t's atoms once: the counts stay
+    equal under any removal, so the shuffle adds no coupling beyond its own pairing (a's k-th channel with
+    e's). Coupling t and g position by position would merge the atoms along the shuffle's cycles."""
+    model = Net(_shuffled_pair, e=nn.Conv2d(8, 8, 1), f=nn.Conv2d(16, 4, 1))
+    pg = gp.trace(model.eval(), X)
+    g = a_group(pg)
+    assert g.size == 8 and pg.group_of("e") is g
+    f_in = next(m for m in g.members if m.target == "f")
+    assert f_in.positions == tuple((2 * k, 2 * k + 1) for k in range(8))  # a[k] and e[k], side by side
+    prunable_and_lossless(model)
+
+
+def test_a_count_shaping_a_tensor_with_other_channels_couples_them() -> None:
+    """h's count shapes y, produced elsewhere: equal only when they lose the same positions, so they are
+    coupled position by position (one group, prunable)."""
+
+    def body(s: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        y = s.e(h)
+        return s.b(h) + s.f(y.reshape(y.shape[0], h.size(1), -1)).unsqueeze(-1)
+
+    model = Net(body, e=nn.Conv2d(8, 8, 3, padding=1), f=nn.Conv1d(8, 4, 64))
+    pg = gp.trace(model.eval(), X)
+    assert pg.group_of("e") is a_group(pg) and a_group(pg).size == 8
+    prunable_and_lossless(model)
+
+
 def test_a_channel_count_shaping_another_tensor_pins_both() -> None:
     def body(s: nn.Module, h: torch.Tensor) -> torch.Tensor:
         y = s.e(h)  # 16 channels

@@ -88,7 +88,7 @@ class ChannelShuffle(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.size()
         x = x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).contiguous()
-        return x.view(n, -1, h, w)
+        return x.view(n, c, h, w)  # as torchvision's: the count read before the shuffle shapes its result
 
 
 class DepthwiseSeparable(nn.Module):

@@ -114,7 +114,7 @@ def track_counts(dg: DependencyGraph, node: fx.Node, taints: dict[str, Taint], i
         # a size argument of a view of `x`: valid after pruning when x has the counted channels
         for src in sources - {xi.key}:
             if dg.tensors[src].size == xi.size:
-                dg.identity(src, xi.key, node.name)
+                dg.same_count(src, xi.key, node.name)
             else:
                 reason = f"{op_name(node, dg)} shapes {xi.key} with the channel count of {src}"
                 dg.pin(src, reason)
