@@ -100,7 +100,7 @@ class DependencyGraph:
         """Record that `dst` (same size as `src`) must keep as many channels as `src`: a count read from
         `src` shapes `dst`. `derive_groups` keeps it, for free where both hold the same atoms equally
         often (a channel shuffle), else by coupling them position by position."""
-        assert self.tensors[src].size == self.tensors[dst].size, (src, dst)
+        assert self.tensors[src].size == self.tensors[dst].size > 0, (src, dst)
         self.same_counts.append((src, dst, op))
 
     def tie(self, key: str, rows: np.ndarray) -> None:

@@ -76,13 +76,10 @@ def _atoms(n: int, pairs_a: list[np.ndarray], pairs_b: list[np.ndarray]) -> np.n
     return connected_components(n, a, np.concatenate(pairs_b or [empty]).astype(np.int64))
 
 
-def _same_atoms(root_arr: np.ndarray, base: dict[str, int], dg: DependencyGraph, src: str, dst: str) -> bool:
-    """Whether `src` and `dst` hold each atom equally often: then any removal keeps their counts equal."""
-    if src not in base or dst not in base:
-        return True  # no channel positions: nothing to keep equal
-    size = dg.g.nodes[dst]["size"]
-    of = [np.sort(root_arr[base[k] : base[k] + size]) for k in (src, dst)]
-    return bool(np.array_equal(of[0], of[1]))
+def _same_atoms(root_arr: np.ndarray, a: int, b: int, size: int) -> bool:
+    """Whether the `size` positions from `a` and those from `b` hold each atom equally often: then any
+    removal keeps their counts equal."""
+    return bool(np.array_equal(np.sort(root_arr[a : a + size]), np.sort(root_arr[b : b + size])))
 
 
 def derive_groups(dg: DependencyGraph) -> list[ChannelGroup]:
@@ -108,12 +105,12 @@ def derive_groups(dg: DependencyGraph) -> list[ChannelGroup]:
             pairs_a.append(base[key] + np.repeat(rows[:, 0], rows.shape[1] - 1))
             pairs_b.append(base[key] + rows[:, 1:].reshape(-1))
     root_arr = _atoms(n, pairs_a, pairs_b)
-    pending = dg.same_counts  # counts that must stay equal; merging atoms never breaks a kept one
-    while pending := [c for c in pending if not _same_atoms(root_arr, base, dg, c[0], c[1])]:
-        src, dst, _ = pending.pop(0)  # kept by coupling position by position, then the rest checked again
-        size = g.nodes[dst]["size"]
-        pairs_a.append(base[dst] + np.arange(size))
-        pairs_b.append(base[src] + np.arange(size))
+    # counts that must stay equal (src, dst, size); merging atoms never breaks one that holds
+    pending = [(base[src], base[dst], g.nodes[dst]["size"]) for src, dst, _ in dg.same_counts]
+    while pending := [c for c in pending if not _same_atoms(root_arr, *c)]:
+        at_src, at_dst, count = pending.pop(0)  # coupled position by position, then the rest checked again
+        pairs_a.append(at_dst + np.arange(count))
+        pairs_b.append(at_src + np.arange(count))
         root_arr = _atoms(n, pairs_a, pairs_b)
     # pins: the first reason (in graph order) that reaches an atom is its reason
     pins = [
