@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -37,10 +37,39 @@ class ImageTensors:
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         return self.images[i], self.labels[i]
 
+    def take(self, index: Tensor) -> ImageTensors:
+        """The images at positions `index`, in that order."""
+        return ImageTensors(self.images[index].contiguous(), self.labels[index].contiguous())
+
+
+def stratified_sample(labels: Tensor, n: int, seed: int) -> Tensor:
+    """Sorted positions of a fixed, shuffled, class-stratified sample of `n` of `labels`.
+
+    Each class gets its share of `n` in proportion to its count (largest remainders first, ties by
+    class), drawn at random within the class by a generator seeded with `seed`: every class is present
+    whenever `n` allows, and the same (labels, n, seed) give the same sample on any machine.
+    """
+    total = len(labels)
+    if not 0 < n <= total:
+        raise DataError(f"cannot sample {n} of {total} images")
+    classes, counts = torch.unique(labels, return_counts=True)
+    exact = counts.double() * n / total
+    shares = exact.floor().long()
+    order = sorted(range(len(classes)), key=lambda i: (-(exact[i] - shares[i]).item(), i))
+    for i in order[: n - int(shares.sum())]:
+        shares[i] += 1
+    gen = torch.Generator().manual_seed(seed)
+    picked = []
+    for c, k in zip(classes.tolist(), shares.tolist(), strict=True):
+        members = torch.nonzero(labels == c).flatten()
+        picked.append(members[torch.randperm(len(members), generator=gen)[:k]])
+    return torch.sort(torch.cat(picked)).values
+
 
 @dataclass(frozen=True)
 class DataBundle:
-    """A decoded dataset: train and test splits plus how to normalise and augment them."""
+    """A decoded dataset: train and test splits (and a validation split held out of train, if any),
+    plus how to normalise and augment them."""
 
     name: str
     train: ImageTensors
@@ -50,6 +79,27 @@ class DataBundle:
     std: tuple[float, ...]
     augment: Augment = field(default_factory=Augment)
     classes: tuple[str, ...] = ()
+    val: ImageTensors | None = None
+
+    @property
+    def eval_split(self) -> str:
+        """The split decisions are made on: `val` when held out, else `test`."""
+        return "val" if self.val is not None else "test"
+
+    def with_val(self, size: int | float, seed: int = 0) -> DataBundle:
+        """This dataset with a fixed, class-stratified validation split held out of train.
+
+        `size` is a number of images or, below 1, a fraction of the training split; `seed` fixes the
+        draw. Training then uses the rest."""
+        if self.val is not None:
+            raise DataError(f"{self.name}: a validation split is already held out")
+        n = round(size * len(self.train)) if isinstance(size, float) and size < 1 else int(size)
+        if not 0 < n < len(self.train):
+            raise DataError(f"{self.name}: cannot hold out {size} of {len(self.train)} training images")
+        held = stratified_sample(self.train.labels, n, seed)
+        rest = torch.ones(len(self.train), dtype=torch.bool)
+        rest[held] = False
+        return replace(self, train=self.train.take(torch.nonzero(rest).flatten()), val=self.train.take(held))
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -58,9 +108,11 @@ class DataBundle:
         return (int(c), int(h), int(w))
 
     def split(self, name: str) -> ImageTensors:
-        if name not in ("train", "test"):
-            raise DataError(f"{self.name}: unknown split {name!r} (choose train or test)")
-        return self.train if name == "train" else self.test
+        if name == "val" and self.val is None:
+            raise DataError(f"{self.name}: no validation split held out (use with_val / --val-split)")
+        if name not in ("train", "val", "test"):
+            raise DataError(f"{self.name}: unknown split {name!r} (choose train, val or test)")
+        return {"train": self.train, "val": self.val, "test": self.test}[name]  # type: ignore[return-value]
 
     def loader(
         self,
@@ -109,6 +161,8 @@ def load_data(
     limit: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    val_split: int | float | None = None,
+    val_seed: int = 0,
 ) -> DataBundle:
     """Decode the dataset `spec` names (`scheme:PATH`) into uint8 tensors.
 
@@ -116,6 +170,8 @@ def load_data(
     (IDX files, gzipped or not), `imagefolder` (`train/` plus `val/` or `test/`; `image_size` resizes).
     `limit` keeps the first images of each split (class-balanced where the format allows), for smoke runs.
     `cache_dir` (default: `$GRAPHPRUNE_DATA_CACHE`, if set) keeps the decoded tensors on disk.
+    `val_split` (images, or a fraction below 1) holds out a class-stratified validation split of the
+    training images, drawn with `val_seed` (see `DataBundle.with_val`).
     """
     from graphprune.train import datasets
 
@@ -131,14 +187,9 @@ def load_data(
     cache_dir = cache_dir if cache_dir is not None else os.environ.get(CACHE_ENV_VAR) or None
     bundle = datasets.SCHEMES[scheme](path, image_size=image_size, cache_dir=cache_dir, limit=limit)
     if mean is not None or std is not None:
-        bundle = DataBundle(
-            name=bundle.name,
-            train=bundle.train,
-            test=bundle.test,
-            num_classes=bundle.num_classes,
+        bundle = replace(
+            bundle,
             mean=tuple(mean) if mean is not None else bundle.mean,
             std=tuple(std) if std is not None else bundle.std,
-            augment=bundle.augment,
-            classes=bundle.classes,
         )
-    return bundle
+    return bundle if val_split is None else bundle.with_val(val_split, val_seed)

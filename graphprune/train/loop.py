@@ -35,7 +35,9 @@ EpochCallback = Callable[[nn.Module, int, dict[str, Any]], None]
 
 @dataclass
 class FitResult:
-    """What a `fit` did: steps taken, per-epoch metrics, the final test result (if evaluated)."""
+    """What a `fit` did: steps taken, per-epoch metrics, the final evaluation (if evaluated).
+
+    `test` is evaluated on the data's `eval_split`: the validation split when one is held out."""
 
     stage: str
     steps: int
@@ -291,9 +293,12 @@ def fit(
                         "step": step, "seconds": seconds, **_rates(epoch_sums, seconds),
                     }  # fmt: skip
                     if cfg.eval_every_epoch or step >= end:
-                        test = evaluate(model, data, "test", batch_size=cfg.eval_batch_size, device=device,
-                                        channels_last=cfg.channels_last)  # fmt: skip
-                        record.update(test_top1=test.top1, test_top5=test.top5, test_loss=test.loss)
+                        test = evaluate(model, data, data.eval_split, batch_size=cfg.eval_batch_size,
+                                        device=device, channels_last=cfg.channels_last)  # fmt: skip
+                        record.update(
+                            eval_split=data.eval_split, eval_top1=test.top1, eval_top5=test.top5,
+                            eval_loss=test.loss,
+                        )  # fmt: skip
                     history.append(record)
                     sums.zero_()
                     log_sums = sums.clone()

@@ -45,7 +45,7 @@ class Progress:
     def epoch_end(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        test = f"  test top-1 {record['test_top1']:.2f}%" if "test_top1" in record else ""
+        test = f"  {record['eval_split']} top-1 {record['eval_top1']:.2f}%" if "eval_top1" in record else ""
         where = f"{self.stage} epoch {record['epoch']} ({record['step']} steps, {record['seconds']:.0f}s)"
         line = f"{where}  {_stats(record)}{test}"
         if self.bar is not None:

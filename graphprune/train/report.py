@@ -75,11 +75,11 @@ def plot_training_curves(history: list[dict[str, Any]], path: Path) -> Path | No
         acc_ax.plot(
             xs, [r["train_acc"] for r in curve], lw=1.2, color=line.get_color(), label=f"{stage} train"
         )
-        tested = [r for r in epochs if "test_top1" in r]
+        tested = [r for r in epochs if "eval_top1" in r]
         if tested:
             acc_ax.plot(
-                [offset + float(r["epoch"]) for r in tested], [r["test_top1"] for r in tested],
-                "s", color=line.get_color(), label=f"{stage} test top-1",
+                [offset + float(r["epoch"]) for r in tested], [r["eval_top1"] for r in tested],
+                "s", color=line.get_color(), label=f"{stage} {tested[-1].get('eval_split', 'test')} top-1",
             )  # fmt: skip
         offset += max(float(r["epoch"]) for r in curve)
     loss_ax.set(xlabel="epoch", ylabel="loss", title="training loss")

@@ -14,7 +14,7 @@ def _step(stage: str, epoch: float, loss: float) -> dict[str, object]:
 def test_one_epoch_of_steps_is_a_curve(tmp_path: Path) -> None:
     history = [_step("finetune", e / 4, 2.0 - e / 4) for e in range(1, 5)]
     history.append({"stage": "finetune", "kind": "epoch", "epoch": 1, "train_loss": 1.5, "train_acc": 60.0,
-                    "test_top1": 70.0})  # fmt: skip
+                    "eval_top1": 70.0})  # fmt: skip
     path = plot_training_curves(history, tmp_path / "curves.png")
     assert path is not None and path.stat().st_size > 0
 
