@@ -49,6 +49,12 @@ def train_options(fn: F) -> F:
             help="Cap the run at this many steps (the LR schedule spans them).",
         ),
         click.option("--seed", type=int, default=0, show_default=True),
+        click.option(
+            "--threads",
+            type=click.IntRange(min=1),
+            help="CPU threads of training (default: every core). Runs repeat exactly at the same seed "
+            "and thread count.",
+        ),
         click.option("--channels-last", is_flag=True, help="channels_last memory format."),
         click.option("--bf16", is_flag=True, help="bf16 autocast (on a GPU)."),
         click.option("--resume", is_flag=True, help="Continue the run in --out where it stopped."),
@@ -62,7 +68,7 @@ def train_config(epochs: int, kw: dict[str, Any]) -> TrainConfig:
     """A TrainConfig from the options of `train_options` (popped from `kw`)."""
     names = (
         "lr", "batch_size", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "kd_temperature",
-        "kd_alpha", "max_steps", "seed", "channels_last", "bf16",
+        "kd_alpha", "max_steps", "seed", "threads", "channels_last", "bf16",
     )  # fmt: skip
     return TrainConfig(epochs=epochs, **{n: kw.pop(n) for n in names})
 

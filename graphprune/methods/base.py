@@ -6,7 +6,8 @@ exports and reports. Methods never mutate `ctx.model`: they work on their own co
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,15 @@ class MethodResult:
     model: nn.Module
     report: dict[str, Any] = field(default_factory=dict)
     plots: list[Path] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Draw the random numbers inside (gate initialisation) from torch's generator seeded with `seed`,
+    leaving the caller's generator state as it was: a method decides the same in every process."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 Method = Callable[[MethodContext], MethodResult]

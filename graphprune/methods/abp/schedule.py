@@ -30,6 +30,7 @@ from graphprune.methods.abp.budget import (
 )
 from graphprune.methods.abp.regulariser import GateRegulariser
 from graphprune.methods.abp.voting import Vote, calibrate, vote
+from graphprune.methods.base import seeded
 from graphprune.passes.block_gates import InsertBlockGates, forget_marks, gates_of
 from graphprune.train import TrainConfig, fit
 from graphprune.train.data import DataBundle
@@ -134,7 +135,8 @@ def run_abp(
     resume: bool = False,
 ) -> AbpOutcome:
     """Stages 1 and 2 on a gated copy of `pg.gm`; returns the pruned gated network (gates still in)."""
-    gated = InsertBlockGates(pg.blocks, cfg.gate_hidden, cfg.init_mark)(pg.gm).graph_module
+    with seeded(train_cfg.seed):
+        gated = InsertBlockGates(pg.blocks, cfg.gate_hidden, cfg.init_mark)(pg.gm).graph_module
     reg = GateRegulariser(block_shares(pg), keep_target(pg, budget), cfg.reg_weight, cfg.polar)
 
     def gate_group(model: nn.Module) -> list[dict[str, Any]]:

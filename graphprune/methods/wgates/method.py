@@ -28,7 +28,7 @@ from graphprune.efficiency import DifferentiableFlops, FlopsModel
 from graphprune.efficiency.loss import budget_loss
 from graphprune.fileio import write_text
 from graphprune.graph import PrunableGraph
-from graphprune.methods.base import MethodContext, MethodError, MethodResult
+from graphprune.methods.base import MethodContext, MethodError, MethodResult, seeded
 from graphprune.methods.wgates.gates import WeightGate, build_gates
 from graphprune.methods.wgates.readoff import gate_scores, read_off
 from graphprune.methods.wgates.repair import repair
@@ -97,14 +97,15 @@ def gate_channels(
     removed from `pg`'s model (abp+wgates) and are only recorded in the plan."""
     opts = ctx.options
     groups = [g for g in pg.prunable_groups]
-    gates = build_gates(
-        pg.gm,
-        groups,
-        hidden=int(opts.get("gate_hidden", 16)),
-        init_score=float(opts.get("gate_init", 0.5)),
-        prior_weight=float(opts.get("gate_prior", 1.0)),
-        min_open=1.0 - float(opts.get("max_ratio", 0.9)),
-    )
+    with seeded((ctx.train_cfg or TrainConfig()).seed):
+        gates = build_gates(
+            pg.gm,
+            groups,
+            hidden=int(opts.get("gate_hidden", 16)),
+            init_score=float(opts.get("gate_init", 0.5)),
+            prior_weight=float(opts.get("gate_prior", 1.0)),
+            min_open=1.0 - float(opts.get("max_ratio", 0.9)),
+        )
     if not gates:
         raise MethodError("wgates: the model has no prunable channel group with a conv / linear producer")
     gm = InsertChannelGates(groups, gates)(pg.gm).graph_module
