@@ -8,6 +8,7 @@ print(evaluate(model, data).top1)
 
 from __future__ import annotations
 
+from graphprune.train.bn_recal import recalibrate_bn
 from graphprune.train.config import TrainConfig
 from graphprune.train.data import DataBundle, DataError, ImageTensors, load_data
 from graphprune.train.distill import distill_loss
@@ -31,4 +32,5 @@ __all__ = [
     "finetune",
     "fit",
     "load_data",
+    "recalibrate_bn",
 ]
