@@ -1,116 +1,175 @@
-"""Suite 1: top-1 against FLOPs on CIFAR-10 JPEG, graphprune methods against Torch-Pruning, equal fine-tuning.
+"""Suite 1: top-1 against FLOPs on CIFAR-10 JPEG, graphprune's methods against L1 and Torch-Pruning.
 
-    python benchmarks/accuracy_suite.py --smoke   # a few steps on a few images (CI)
-    python benchmarks/accuracy_suite.py --quick   # ResNet-20, 1 seed, short schedule (< 30 min on 2 cores)
-    python benchmarks/accuracy_suite.py --full    # ResNet-56, 2 seeds; resumable, CUDA when present
+    python benchmarks/accuracy_suite.py --smoke      # every arm, a few steps on a few images (CI)
+    python benchmarks/accuracy_suite.py --quick      # ResNet-20 at -40/-50/-60%, 1 seed, short budget
+    python benchmarks/accuracy_suite.py --standard   # the evidence: ResNet-20 (2 seeds), ResNet-56, -60%
 
-Every arm starts from the shared JPEG baseline (`cifar10jpeg_resnet{20,56}.th`), is pruned to the same
-FLOPs target, then fine-tuned by the same `graphprune.train.fit` with the same TrainConfig and knowledge
-distillation from the unpruned baseline. Arms: the graphprune methods abp, wgates, abp+wgates and l1 from
-the methods registry (a method that is not registered is recorded as "not available", never faked), and
-Torch-Pruning's MagnitudeImportance (L1) and GroupNormImportance (group L2), each global and per layer,
-pruned to the same FLOPs (`tp_arms`). The unpruned control is fine-tuned with the same budget. Each arm's
-result is written atomically to OUT/accuracy_arms/<mode>/ as soon as it finishes and skipped on re-runs;
-accuracy.json, accuracy.md and accuracy.png are rebuilt from those files at the end.
+The rules (see accuracy_verdicts for how they are judged):
+- Every arm starts from the shared JPEG baseline and trains for exactly the mode's optimiser steps at
+  the same batch size: a learned method's own stages, and DepGraph's sparse training, take their
+  configured shares of that budget, and the distilled fine-tune (KD from the baseline) the rest. The
+  unpruned control is fine-tuned for the whole budget. Each record carries its steps, counted from the
+  stages' own `done.json`.
+- 5,000 training images are held out (class-stratified, seeded) as the validation split; every decision
+  (calibration, votes, evaluation during training, the best arm of a kind) uses it. The test split is
+  evaluated once per arm, at the end.
+- Right after pruning each arm gets the fast numbers: validation top-1 raw and after BatchNorm
+  recalibration. The fine-tune then starts from the recalibrated model, for every arm alike.
+- Each arm's record is written atomically as soon as it finishes, under OUT/accuracy_arms/<mode>/, and
+  skipped on re-runs, so a killed run resumes per arm (and inside an arm from its stage checkpoints
+  under --work-dir). accuracy.json/.md/.png are rebuilt from the records of every mode.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
+import os
+import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import accuracy_verdicts
 import click
-import numpy as np
 import run_meta
 import torch
-import tp_arms
 from torch import nn
 
 import graphprune as gp
 from graphprune import shared
-from graphprune.export import export_onnx
 from graphprune.fileio import write_text
-from graphprune.latency import paired_latency
 from graphprune.modelspec import resolve_model
 from graphprune.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
-GP_METHODS = ("abp", "wgates", "abp+wgates", "l1")
-TP_ARMS = {
-    "tp-magnitude-global": ("magnitude", True),
-    "tp-magnitude-layer": ("magnitude", False),
-    "tp-groupnorm-global": ("groupnorm", True),
-    "tp-groupnorm-layer": ("groupnorm", False),
-}
 CONTROL = "unpruned"
+FAIL_ENV = "GRAPHPRUNE_ACCURACY_FAIL_ARM"
+"""Names an arm that raises on purpose: the test that a failing arm fails the strict smoke run."""
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One way to prune. `stage_shares` are the shares of the step budget a learned method's own stages
+    (or DepGraph's sparse training) take, in stage order; the fine-tune gets the rest."""
+
+    name: str
+    kind: str  # learned | l1 | torch_pruning | control
+    method: str | None = None
+    stage_shares: tuple[float, ...] = ()
+    importance: str | None = None
+    global_pruning: bool = True
+    sparse: bool = False
+    round_to: int = 1
+
+
+def _tp(importance: str, global_pruning: bool, round_to: int = 1) -> Arm:
+    name = f"tp-{importance}-{'global' if global_pruning else 'layer'}" + (
+        f"-r{round_to}" if round_to > 1 else ""
+    )
+    return Arm(name, "torch_pruning", importance=importance, global_pruning=global_pruning, round_to=round_to)
+
+
+ARMS = {
+    a.name: a
+    for a in (
+        Arm(CONTROL, "control"),
+        Arm("l1", "l1", method="l1"),
+        Arm("l1-r8", "l1", method="l1", round_to=8),
+        Arm("abp", "learned", method="abp", stage_shares=(0.15, 0.25)),
+        Arm("wgates", "learned", method="wgates", stage_shares=(0.25,)),
+        Arm("abp+wgates", "learned", method="abp+wgates", stage_shares=(0.1, 0.15, 0.2)),
+        *(_tp(imp, g) for imp in ("groupnorm", "bnscale", "taylor") for g in (True, False)),
+        _tp("groupnorm", True, 8),
+        Arm("tp-depgraph", "torch_pruning", importance="groupnorm", sparse=True, stage_shares=(0.25,)),
+    )
+}
+TP_IMPORTANCE_ARMS = tuple(
+    n for n, a in ARMS.items() if a.kind == "torch_pruning" and not a.sparse and a.round_to == 1
+)
+BEST_TWO = "tp-best-two"
+"""Placeholder in a mode's arm list: the two Torch-Pruning importance arms with the best validation
+top-1 in the quick mode's records (the standard mode defers them until those exist)."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """A model of a mode: its spec, the baseline weights, the FLOPs reductions and seeds it is run at."""
+
+    model: str
+    weights: str
+    reductions: tuple[float, ...]
+    seeds: tuple[int, ...]
 
 
 @dataclass(frozen=True)
 class Mode:
-    """One way to run the suite: model, seeds, targets (FLOPs reductions) and the shared training budget."""
+    """One way to run the suite: models, arms and the one training budget every arm gets."""
 
     name: str
-    model: str
-    weights: str
-    seeds: tuple[int, ...]
-    reductions: tuple[float, ...]
-    finetune: dict[str, Any]
-    """TrainConfig fields of the fine-tuning every arm (and the control) gets."""
-    method_options: dict[str, Any]
-    """Options handed to learned methods for their own stages, which train with the fine-tuning
-    TrainConfig (its max_steps included): `epochs` (abp stages 1 and 2), `stage_epochs` (wgates)."""
+    blocks: tuple[Block, ...]
+    arms: tuple[str, ...]
+    steps: int | None = None
+    """Optimiser steps per arm; None: `epochs` of the training images."""
+    epochs: int = 1
+    batch_size: int = 128
+    lr: float = 0.01
+    extra_arms: dict[float, tuple[str, ...]] = field(default_factory=dict)
+    """Arms run only at some targets (per-layer variants, rounding to 8)."""
+    val_images: int = 5000
+    recal_images: int = 1024
+    calib_images: int = 512
     data_limit: int | None = None
-    eval_batches: int | None = None
-    pre_eval_batches: int | None = 4
-    """Batches (of 512) for the top-1 right after pruning, before fine-tuning: an indication only."""
-    latency_rounds: int = 5
-    tp_arms: tuple[str, ...] = tuple(TP_ARMS)
+    eval_batch_size: int = 512
 
 
+R20 = ("graphprune:cifar_resnet20", "cifar10jpeg_resnet20.th")
+R56 = ("graphprune:cifar_resnet56", "cifar10jpeg_resnet56.th")
+LEARNED = ("abp", "wgates", "abp+wgates")
 MODES = {
     "smoke": Mode(
         "smoke",
-        "graphprune:cifar_resnet20",
-        "cifar10jpeg_resnet20.th",
-        (0,),
-        (0.5,),
-        {"epochs": 1, "max_steps": 2, "batch_size": 32, "log_every": 1, "verbose": False},
-        {"epochs": [1, 1], "stage_epochs": [1]},
-        data_limit=256,
-        eval_batches=1,
-        pre_eval_batches=1,
-        latency_rounds=1,
-        tp_arms=("tp-magnitude-layer",),
+        (Block(*R20, (0.5,), (0,)),),
+        ("l1", *LEARNED, *TP_IMPORTANCE_ARMS, "tp-depgraph", "l1-r8", "tp-groupnorm-global-r8"),
+        steps=4,
+        batch_size=32,
+        val_images=100,
+        recal_images=64,
+        calib_images=64,
+        data_limit=300,
     ),
     "quick": Mode(
         "quick",
-        "graphprune:cifar_resnet20",
-        "cifar10jpeg_resnet20.th",
-        (0,),
-        (0.4, 0.5, 0.6),
-        {"epochs": 1, "max_steps": 48, "batch_size": 128, "lr": 0.01, "eval_every_epoch": False},
-        {"epochs": [1, 1], "stage_epochs": [1]},
+        (Block(*R20, (0.4, 0.5, 0.6), (0,)),),
+        ("l1", *LEARNED, "tp-groupnorm-global", "tp-bnscale-global", "tp-taylor-global", "tp-depgraph"),
+        steps=160,
+        lr=0.01,
+        extra_arms={
+            0.5: (
+                "tp-groupnorm-layer",
+                "tp-bnscale-layer",
+                "tp-taylor-layer",
+                "l1-r8",
+                "tp-groupnorm-global-r8",
+            )
+        },
     ),
-    "full": Mode(
-        "full",
-        "graphprune:cifar_resnet56",
-        "cifar10jpeg_resnet56.th",
-        (0, 1),
-        (0.4, 0.5, 0.6),
-        {"epochs": 15, "batch_size": 128, "lr": 0.02},
-        {"epochs": [2, 2], "stage_epochs": [3]},
+    "standard": Mode(
+        "standard",
+        (Block(*R20, (0.6,), (0, 1)), Block(*R56, (0.6,), (0,))),
+        ("l1", "tp-depgraph", BEST_TWO, *LEARNED),
+        epochs=6,
+        lr=0.02,
     ),
 }
 
 
-class NotRegistered(LookupError):
-    """A graphprune arm whose method no branch has registered yet: recorded as not available."""
+class NotAvailable(LookupError):
+    """An arm whose dependency is absent (a method not registered, torch-pruning not installed)."""
 
 
 def _one_line(exc: BaseException) -> str:
@@ -118,364 +177,332 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
 
-def arm_names(mode: Mode | None = None) -> list[str]:
-    """Every arm of the suite (the smoke mode runs one Torch-Pruning arm)."""
-    return [*GP_METHODS, *(mode.tp_arms if mode else TP_ARMS)]
+def arm_file(out: Path, mode: str, model: str, arm: str, reduction: float | None, seed: int) -> Path:
+    short = model.split(":", 1)[-1]
+    target = f"@{reduction:g}" if reduction is not None else ""
+    return out / "accuracy_arms" / mode / f"{short}-{arm.replace('+', '_')}{target}-seed{seed}.json"
 
 
-def prune(
-    arm: str,
-    model: nn.Module,
-    x: tuple[torch.Tensor, ...],
-    keep: float,
-    data: Any,
-    cfg: Any,
-    mode: Mode,
-    run_dir: Path,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """The pruned (not yet fine-tuned) model of `arm` and notes on how it was made.
+def best_two(out: Path) -> list[str] | None:
+    """The two Torch-Pruning importance arms with the best mean validation top-1 over the quick mode's
+    targets (arms that missed a budget count as missing there); None before the quick mode has run."""
+    quick = [json.loads(p.read_text()) for p in sorted((out / "accuracy_arms" / "quick").glob("*.json"))]
+    scores: dict[str, list[float]] = {}
+    for a in quick:
+        if a["arm"] in TP_IMPORTANCE_ARMS and a["status"] == "ok":
+            met = a["flops_ratio"] <= 1 - a["reduction"] + accuracy_verdicts.BUDGET_SLACK
+            scores.setdefault(a["arm"], []).append(a["val_top1"] if met else 0.0)
+    if len(scores) < 2:
+        return None
+    targets = max(len(v) for v in scores.values())
+    ranked = sorted(scores, key=lambda k: (-sum(scores[k]) / targets, k))
+    return ranked[:2]
 
-    Raises NotRegistered when a graphprune method is not in the registry.
-    """
-    if arm in TP_ARMS:
-        importance, global_pruning = TP_ARMS[arm]
-        notes: dict[str, Any] = {"round_to": 8, "global": global_pruning}
-        kwargs: dict[str, Any] = {"importance": importance, "global_pruning": global_pruning}
-        try:
-            res = tp_arms.tp_prune_to_flops(model, x, keep, **kwargs)
-        except tp_arms.BrokenModelError as exc:
-            # Torch-Pruning couples the zero-padded option-A shortcut wrongly: keep it off the residual stream
-            ignored = tuple(tp_arms.coupled_convs(model, x))
-            notes.update(first_attempt=str(exc), ignored_residual_convs=len(ignored))
-            res = tp_arms.tp_prune_to_flops(model, x, keep, ignored=ignored, **kwargs)
-        notes.update(pruning_ratio=res.pruning_ratio, matched=res.matched)
-        return res.model, notes
 
+def jobs(mode: Mode, out: Path) -> list[tuple[Block, str, float | None, int]]:
+    """(block, arm, reduction, seed) in run order: per model the control, then per seed the arms."""
+    arms = list(mode.arms)
+    if BEST_TWO in arms:
+        chosen = best_two(out)
+        at = arms.index(BEST_TWO)
+        arms[at : at + 1] = chosen or []
+        if chosen is None:
+            click.echo("Torch-Pruning's best two importances: deferred until the quick mode has records")
+    order = []
+    for b in mode.blocks:
+        order += [(b, CONTROL, None, s) for s in b.seeds]
+        for seed in b.seeds:
+            for r in b.reductions:
+                order += [(b, a, r, seed) for a in [*arms, *mode.extra_arms.get(r, ())]]
+    return order
+
+
+def steps_done(run_dir: Path) -> dict[str, int]:
+    """Optimiser steps of every finished training stage under `run_dir`, by stage path."""
+    return {
+        str(p.parent.relative_to(run_dir)): int(json.loads(p.read_text())["steps"])
+        for p in sorted(run_dir.rglob("done.json"))
+    }
+
+
+def calibration_batches(data: Any, n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A fixed class-stratified sample of `n` un-augmented training images, in batches of 128."""
+    from graphprune.train.data import stratified_sample
+    from graphprune.train.loader import BatchLoader
+
+    sample = data.train.take(stratified_sample(data.train.labels, n, seed))
+    return list(BatchLoader(sample.images, sample.labels, min(128, n), mean=data.mean, std=data.std))
+
+
+def prune_tp(
+    arm: Arm, model: nn.Module, x: tuple[torch.Tensor, ...], keep: float, data: Any, cfg: Any, run_dir: Path,
+    stage_steps: list[int], calib: list[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[nn.Module, dict[str, Any]]:  # fmt: skip
+    """A Torch-Pruning arm: (DepGraph: sparse training first, then) a ratio search to the FLOPs cap."""
+    try:
+        import tp_arms
+    except ImportError as exc:
+        raise NotAvailable(f"torch-pruning is not installed ({exc})") from None
+    from graphprune.train import fit
+
+    assert arm.importance is not None
+    notes: dict[str, Any] = {"importance": arm.importance, "global": arm.global_pruning}
+    search = {"importance": arm.importance, "global_pruning": arm.global_pruning, "round_to": arm.round_to,
+              "calibration": calib, "group_norm_pruner": arm.sparse}  # fmt: skip
+    ignored: tuple[str, ...] = ()
+    try:  # whether the coupling is broken does not depend on the importance
+        tp_arms.tp_prune(
+            model, x, importance="groupnorm", pruning_ratio=0.5, global_pruning=arm.global_pruning
+        )
+    except tp_arms.BrokenModelError as exc:
+        # Torch-Pruning couples the zero-padded option-A shortcut wrongly: keep it off the residual stream
+        ignored = tuple(tp_arms.coupled_convs(model, x))
+        notes.update(first_attempt=str(exc), ignored_residual_convs=len(ignored))
+    if arm.sparse:
+        sparse = copy.deepcopy(model)
+        steps = stage_steps[0]
+        regularize = tp_arms.depgraph_regulariser(
+            sparse, x, global_pruning=arm.global_pruning, ignored=ignored
+        )
+        fit(sparse, data, replace(cfg, epochs=_epochs(steps, data, cfg), max_steps=steps), teacher=model,
+            after_backward=regularize, run_dir=run_dir, stage="depgraph-sparse", resume=True)  # fmt: skip
+        model = sparse.cpu().eval()
+        notes.update(reg=tp_arms.DEPGRAPH_REG)
+    res = tp_arms.tp_prune_to_flops(model, x, keep, ignored=ignored, **search)
+    notes.update(
+        pruning_ratio=res.pruning_ratio, matched=res.matched, reachable=res.reachable, trials=res.trials
+    )
+    return res.model, notes
+
+
+def prune_gp(
+    arm: Arm, model: nn.Module, x: tuple[torch.Tensor, ...], keep: float, data: Any, cfg: Any, run_dir: Path,
+    stage_steps: list[int],
+) -> tuple[nn.Module, dict[str, Any]]:  # fmt: skip
+    """A graphprune arm: the L1 criterion (data-free), or a learned method from the registry."""
+    pg = gp.trace(model, x)
+    if arm.method == "l1":
+        plan = gp.criteria.plan_by_criterion(pg, "l1", keep, "global", round_to=arm.round_to)
+        return gp.apply(pg, plan), {"criterion": "l1", "scope": "global"}
     from graphprune.methods import Budget, MethodContext, get_method, method_names
 
-    if arm not in method_names():
-        raise NotRegistered(f"method {arm!r} is not registered (registered: {', '.join(method_names())})")
-    method = get_method(arm)
-    pg = gp.trace(model, x)
+    assert arm.method is not None
+    if arm.method not in method_names():
+        raise NotAvailable(f"method {arm.method!r} is not registered")
+    options = {"epochs": [_epochs(s, data, cfg) for s in stage_steps], "stage_steps": stage_steps}
     ctx = MethodContext(
-        model=model,
-        example_inputs=x,
-        pg=pg,
-        budget=Budget(target_flops=keep),
-        data=data,
-        train_cfg=cfg,
-        teacher=model,
-        run_dir=run_dir / "method",
-        resume=True,
-        options=dict(mode.method_options),
-    )
-    result = method(ctx)
+        model=model, example_inputs=x, pg=pg, budget=Budget(target_flops=keep), data=data, train_cfg=cfg,
+        teacher=model, run_dir=run_dir / "method", resume=True, options=options,
+    )  # fmt: skip
+    result = get_method(arm.method)(ctx)
     slim = gp.apply(gp.trace(result.model, x), result.plan)
     report = {k: v for k, v in result.report.items() if isinstance(v, (int, float, str, bool))}
-    return slim, {"method_report": report, "method_options": mode.method_options}
+    return slim, {"method_report": report, "method_options": options, "removed_blocks": result.plan.blocks}
+
+
+def _epochs(steps: int, data: Any, cfg: Any) -> int:
+    return max(1, math.ceil(steps / (len(data.train) // cfg.batch_size)))
 
 
 def run_arm(
-    arm: str, reduction: float | None, seed: int, mode: Mode, data: Any, work: Path, original_onnx: Path
-) -> dict[str, Any]:
-    """Prune, fine-tune (KD from the baseline), evaluate, export and time one arm; never raises."""
-    from graphprune.train import TrainConfig, evaluate, fit
+    arm_name: str, block: Block, reduction: float | None, seed: int, mode: Mode, data: Any, work: Path,
+    threads: int, device: str, code: str,
+) -> dict[str, Any]:  # fmt: skip
+    """Prune, take the fast numbers, fine-tune to the budget, evaluate once on test; never raises."""
+    from graphprune.train import TrainConfig, evaluate, fit, recalibrate_bn
 
-    resolved = resolve_model(mode.model)
-    baseline = load_weights(resolved.model, shared.weights_file(mode.weights)).eval()
+    arm = ARMS[arm_name]
+    resolved = resolve_model(block.model)
+    baseline = load_weights(resolved.model, shared.weights_file(block.weights)).eval()
     x = resolved.example_inputs
-    base_flops = gp.count_flops(baseline, x)
-    cfg = TrainConfig(**{**mode.finetune, "seed": seed})
+    per_epoch = len(data.train) // mode.batch_size
+    budget = mode.steps or mode.epochs * per_epoch
+    cfg = TrainConfig(
+        epochs=1, batch_size=mode.batch_size, lr=mode.lr, seed=seed, threads=threads, device=device,
+        eval_every_epoch=False, eval_batch_size=mode.eval_batch_size, verbose=False,
+    )  # fmt: skip
+    stage_steps = [max(1, round(s * budget)) for s in arm.stage_shares]
     run_dir = (
-        work / f"{arm}@{reduction:g}" / f"seed{seed}" if reduction is not None else work / arm / f"seed{seed}"
+        work
+        / block.model.split(":")[-1]
+        / (f"{arm_name}@{reduction:g}" if reduction else arm_name)
+        / f"seed{seed}"
     )
-    out: dict[str, Any] = {"arm": arm, "reduction": reduction, "seed": seed, "finetune": cfg.to_dict()}
+    out: dict[str, Any] = {
+        "mode": mode.name, "model": block.model, "weights": block.weights, "arm": arm_name, "kind": arm.kind,
+        "reduction": reduction, "seed": seed, "round_to": arm.round_to, "threads": threads, "device": device,
+        "code": code, "commit": run_meta.versions()["git"], "command": run_meta.command_line(),
+        "budget_steps": budget, "batch_size": mode.batch_size, "lr": mode.lr,
+        "stage_shares": list(arm.stage_shares),
+    }  # fmt: skip
     start = time.perf_counter()
     try:
+        if os.environ.get(FAIL_ENV) == arm_name:
+            raise RuntimeError(f"failure injected by {FAIL_ENV}")
         torch.manual_seed(seed)
-        if reduction is None:
+        base_flops = gp.count_flops(baseline, x)
+        if arm.kind == "control":
             slim, notes = copy.deepcopy(baseline), {}
         else:
-            slim, notes = prune(arm, baseline, x, 1.0 - reduction, data, cfg, mode, run_dir)
-        out["notes"] = notes
-        out["flops"] = gp.count_flops(slim, x)
-        out["flops_ratio"] = out["flops"] / base_flops
-        out["params"] = gp.count_params(slim)
-        out["top1_pruned"] = evaluate(slim, data, max_batches=mode.pre_eval_batches).top1
-        fit(slim, data, cfg, teacher=baseline, run_dir=run_dir, stage="finetune", resume=True)
+            assert reduction is not None
+            keep = 1.0 - reduction
+            if arm.kind == "torch_pruning":
+                calib = calibration_batches(data, mode.calib_images, seed)
+                slim, notes = prune_tp(arm, baseline, x, keep, data, cfg, run_dir, stage_steps, calib)
+            else:
+                slim, notes = prune_gp(arm, baseline, x, keep, data, cfg, run_dir, stage_steps)
         slim = slim.cpu().eval()
-        result = evaluate(slim, data, max_batches=mode.eval_batches)
-        out.update(top1=result.top1, top5=result.top5, test_images=result.n)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "arm.onnx"
-            export_onnx(slim, x, path)
-            t = paired_latency(original_onnx, path, x[0].shape, rounds=mode.latency_rounds, runs=5)
-        out.update(
-            latency_ms=t["candidate_ms"], original_latency_ms=t["baseline_ms"], latency_ratio=t["ratio"]
-        )
+        out.update(notes=notes, flops=gp.count_flops(slim, x), params=gp.count_params(slim))
+        out["flops_ratio"] = out["flops"] / base_flops
+        fast = time.perf_counter()
+        out["val_top1_raw"] = evaluate(slim, data, "val").top1
+        recalibrate_bn(slim, data, images=mode.recal_images, seed=seed)
+        out["val_top1_bnrecal"] = evaluate(slim, data, "val").top1
+        out["fast_seconds"] = round(time.perf_counter() - fast, 2)
+        used = sum(steps_done(run_dir).values()) if run_dir.is_dir() else 0
+        left = budget - used
+        if left < 1:
+            raise RuntimeError(
+                f"the arm's own stages used {used} of the {budget} steps: none left to fine-tune"
+            )
+        tune = replace(cfg, epochs=_epochs(left, data, cfg), max_steps=left)
+        result = fit(slim, data, tune, teacher=baseline,
+                     run_dir=run_dir, stage="finetune", resume=True)  # fmt: skip
+        slim = slim.cpu().eval()
+        stages = steps_done(run_dir)
+        out.update(stage_steps=stages, total_steps=sum(stages.values()))
+        if out["total_steps"] != budget:
+            raise RuntimeError(f"trained {out['total_steps']} steps ({stages}), the budget is {budget}")
+        val = result.test if result.test is not None else evaluate(slim, data, "val")
+        test = evaluate(slim, data, "test")
+        out.update(val_top1=val.top1, test_top1=test.top1, test_top5=test.top5, test_images=test.n)
         out["status"] = "ok"
-    except NotRegistered as exc:
+    except NotAvailable as exc:
         out.update(status="not available", error=str(exc))
-    except Exception as exc:  # recorded as this arm's failure, shown in the table
-        out.update(status="failed", error=_one_line(exc), traceback=traceback.format_exc(limit=4))
+    except Exception as exc:  # recorded as this arm's failure, shown on the page, fails --strict
+        out.update(status="failed", error=_one_line(exc), traceback=traceback.format_exc(limit=6))
     out["seconds"] = round(time.perf_counter() - start, 1)
     return out
 
 
-def aggregate(arms: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (arm, target): top-1 mean and half-range over seeds, FLOPs, params, latency."""
-    keys = sorted({(a["arm"], a["reduction"]) for a in arms}, key=lambda k: (k[0], k[1] or 0.0))
-    rows = []
-    for arm, reduction in keys:
-        runs = [a for a in arms if a["arm"] == arm and a["reduction"] == reduction]
-        ok = [a for a in runs if a["status"] == "ok"]
-        row: dict[str, Any] = {"arm": arm, "reduction": reduction, "seeds": len(runs), "ok": len(ok)}
-        if not ok:
-            row.update(status=runs[0]["status"], error=runs[0].get("error", ""))
-        else:
-            top1 = np.array([a["top1"] for a in ok])
-            row.update(
-                status="ok",
-                top1_mean=float(top1.mean()),
-                top1_spread=float((top1.max() - top1.min()) / 2),
-                top1_pruned_mean=float(np.mean([a["top1_pruned"] for a in ok])),
-                flops_ratio=float(np.mean([a["flops_ratio"] for a in ok])),
-                flops=int(np.mean([a["flops"] for a in ok])),
-                params=int(np.mean([a["params"] for a in ok])),
-                latency_ratio=float(np.median([a["latency_ratio"] for a in ok])),
-                latency_ms=float(np.median([a["latency_ms"] for a in ok])),
-            )
-        rows.append(row)
-    return rows
-
-
-def markdown(data: dict[str, Any]) -> str:
-    """accuracy.md: every number from accuracy.json."""
-    meta, mode = data["meta"], data["mode"]
-    lines = [
-        "# Accuracy against FLOPs on CIFAR-10 JPEG (suite 1)",
-        "",
-        f"Generated by `{meta['command']}` on {meta['date']} ({meta['mode']} mode); {mode['model']} from "
-        f"`{mode['weights']}`, seeds {mode['seeds']}; every arm fine-tuned with the same TrainConfig "
-        f"{mode['finetune']} and KD from the baseline. Top-1 on the JPEG test split "
-        f"({'first ' + str(mode['eval_batches']) + ' batch(es)' if mode['eval_batches'] else 'all images'}).",
-        "Top-1 is mean ± half-range over seeds; latency is onnxruntime batch 1, 1 thread, pruned / original "
-        "(interleaved rounds).",
-        f"Learned methods (abp, wgates) also train in their own stages before that fine-tuning, with "
-        f"options {mode['method_options']}; the other arms are pruned without training.",
-        "",
-        "| arm | target reduction | FLOPs kept | params | top-1 pruned (subset) | top-1 | latency ratio |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in data["rows"]:
-        target = "—" if r["reduction"] is None else f"{r['reduction']:.0%}"
-        if r["status"] != "ok":
-            lines.append(f"| {r['arm']} | {target} | {r['status']}: {r.get('error', '')} | | | | |")
-            continue
-        lines.append(
-            f"| {r['arm']} | {target} | {r['flops_ratio']:.3f} | {r['params']:,} | "
-            f"{r['top1_pruned_mean']:.2f} | {r['top1_mean']:.2f} ± {r['top1_spread']:.2f} | "
-            f"{r['latency_ratio']:.3f} |"
+def summarise(out: Path) -> dict[str, Any]:
+    """accuracy.json from the per-arm records of every mode run so far."""
+    arms = [json.loads(p.read_text()) for p in sorted((out / "accuracy_arms").glob("*/*.json"))]
+    table = accuracy_verdicts.rows(arms)
+    notes = []
+    broken = next((a["notes"]["first_attempt"] for a in arms if "first_attempt" in a.get("notes", {})), None)
+    if broken:
+        notes.append(
+            "Torch-Pruning's first pruned model does not run on the option-A CIFAR ResNets (it couples the "
+            f"zero-padded shortcut as if elementwise: {broken!r}), so its residual-stream convs are passed "
+            "as `ignored_layers`, the peer's documented way round it: its arms prune only the convs inside "
+            "the blocks. That is the peer's limitation, kept."
         )
-    lines += [""] + verdicts(data["rows"])
-    lines += (
-        [
-            "- Where the learned arms keep far more accuracy right after pruning but end level with or",
-            "  below Torch-Pruning, the fine-tuning budget decides: this mode's is short (see TrainConfig",
-            "  above), and the full mode's longer one is the test of which start is better.",
-        ]
-        if meta["mode"] != "full"
-        else []
+    unreachable = sorted({f"{a['arm']} @ −{a['reduction']:.0%}" for a in arms
+                          if a.get("notes", {}).get("reachable") is False})  # fmt: skip
+    if unreachable:
+        notes.append(
+            f"Torch-Pruning could not reach the FLOPs cap at its largest ratio: {', '.join(unreachable)}."
+        )
+    notes.append(
+        "Channel counts are unrounded (round 1) in the main comparison for both tools; the `-r8` arms round "
+        "to multiples of 8 on both sides, where the learned methods cannot yet take part."
     )
-    seconds = sum(float(a.get("seconds", 0.0)) for a in data["arms"])
-    lines += [f"- Summed time of the arms (each timed as it ran): {seconds / 60:.0f} min."]
-    if any("first_attempt" in a.get("notes", {}) for a in data["arms"]):
-        lines += [
-            "",
-            "Torch-Pruning's first pruned model did not run (it couples the zero-padded option-A shortcut",
-            "as if elementwise), so its residual-stream convs were passed as `ignored_layers`: its arms",
-            "prune only the convs inside the blocks. That is the peer's documented way round it, and it",
-            "limits where it can take FLOPs from.",
-        ]
-    lines += ["", "Per-seed results, with the Torch-Pruning ratio search and method reports, are in "]
-    lines[-1] += "`accuracy.json` (`arms`).\n"
-    return "\n".join(lines)
+    cpu_hours = sum(a["seconds"] * a.get("threads", 1) for a in arms) / 3600
+    return {
+        "meta": run_meta.describe_run("+".join(sorted({a["mode"] for a in arms})) or "none"),
+        "modes": {
+            name: {k: v for k, v in vars(m).items() if k != "blocks"}
+            | {"blocks": [vars(b) for b in m.blocks]}
+            for name, m in MODES.items()
+        },
+        "verdicts": accuracy_verdicts.verdicts(table),
+        "fast_number": accuracy_verdicts.fast_number_correlation(arms),
+        "cpu_hours": cpu_hours,
+        "notes": notes,
+        "rows": table,
+        "arms": arms,
+    }
 
 
-BUDGET_SLACK = 0.02
-"""An arm meets a target if it keeps at most (1 - reduction) + this share of the FLOPs."""
-
-
-def targets(rows: list[dict[str, Any]]) -> list[float]:
-    """The FLOPs reductions the finished arms were pruned to, in order."""
-    return sorted({r["reduction"] for r in rows if r["status"] == "ok" and r["reduction"] is not None})
-
-
-def best_within_budget(
-    rows: list[dict[str, Any]], reduction: float
-) -> tuple[dict[str, Any] | None, dict[str, Any] | None, list[dict[str, Any]]]:
-    """(best graphprune arm, best Torch-Pruning arm, the arms that missed the budget) at `reduction`.
-
-    Only arms keeping at most (1 - reduction) + BUDGET_SLACK of the FLOPs compete: one that kept more had
-    an easier task."""
-    at = [r for r in rows if r["status"] == "ok" and r["reduction"] == reduction]
-    met = [r for r in at if r["flops_ratio"] <= 1 - reduction + BUDGET_SLACK]
-    gp_rows = [r for r in met if r["arm"] in GP_METHODS]
-    tp_rows = [r for r in met if r["arm"] in TP_ARMS]
-    best_gp = max(gp_rows, key=lambda r: r["top1_mean"], default=None)
-    best_tp = max(tp_rows, key=lambda r: r["top1_mean"], default=None)
-    return best_gp, best_tp, [r for r in at if r not in met]
-
-
-def verdicts(rows: list[dict[str, Any]]) -> list[str]:
-    """Per target: the best graphprune arm against the best Torch-Pruning arm, among the arms that met the
-    FLOPs budget (an arm that kept more FLOPs had an easier task), whichever wins; then the arms that
-    missed it."""
-    out = []
-    for t in targets(rows):
-        g, p, missed = best_within_budget(rows, t)
-        if g and p:
-            diff = g["top1_mean"] - p["top1_mean"]
-            who = "graphprune wins" if diff > 0 else "graphprune loses" if diff < 0 else "tie"
-            out.append(
-                f"- -{t:.0%} FLOPs: best graphprune arm {g['arm']} {g['top1_mean']:.2f}% (FLOPs kept "
-                f"{g['flops_ratio']:.3f}) vs best Torch-Pruning arm {p['arm']} {p['top1_mean']:.2f}% "
-                f"(FLOPs kept {p['flops_ratio']:.3f}): {who} by {abs(diff):.2f} points."
-            )
-            out.append(
-                f"  Right after pruning, before fine-tuning (subset): {g['arm']} "
-                f"{g['top1_pruned_mean']:.2f}%, {p['arm']} {p['top1_pruned_mean']:.2f}%."
-            )
-        elif g or p:
-            out.append(f"- -{t:.0%} FLOPs: only {'graphprune' if g else 'Torch-Pruning'} arms met it.")
-        if missed:
-            names = ", ".join(f"{r['arm']} ({r['flops_ratio']:.4f})" for r in missed)
-            limit = 1 - t + BUDGET_SLACK
-            out.append(f"  Missed the budget (kept over {limit:.3f} of the FLOPs; not compared): {names}.")
-    return out
-
-
-def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The (FLOPs, top-1) points no other point beats on both (fewer FLOPs and higher top-1), by FLOPs."""
-    front: list[tuple[float, float]] = []
-    for f, a in sorted(points, key=lambda p: (p[0], -p[1])):
-        if not front or a > front[-1][1]:
-            front.append((f, a))
-    return front
-
-
-def plot(data: dict[str, Any], path: Path) -> None:
-    """Top-1 against FLOPs kept, one colour per arm, its Pareto line, the unpruned control dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for arm in arm_names():
-        rows = [r for r in data["rows"] if r["arm"] == arm and r["status"] == "ok"]
-        if not rows:
+def missing(mode: Mode, out: Path, only: tuple[str, ...] = ()) -> list[str]:
+    """The mode's arms (those in `only`, if given) that have no record, or one that is not `ok`."""
+    bad = []
+    for block, arm, reduction, seed in jobs(mode, out):
+        if only and arm not in only:
             continue
-        pts = [(r["flops_ratio"], r["top1_mean"]) for r in rows]
-        err = [r["top1_spread"] for r in rows]
-        peer = arm in TP_ARMS  # Torch-Pruning: squares and dashed Pareto lines
-        line = ax.errorbar(*zip(*pts, strict=True), yerr=err, fmt="s" if peer else "o", ms=4, label=arm)
-        front = pareto(pts)
-        ax.plot(*zip(*front, strict=True), "--" if peer else "-", color=line.lines[0].get_color(), lw=1)
-    control = [r for r in data["rows"] if r["arm"] == CONTROL and r["status"] == "ok"]
-    if control:
-        ax.axhline(control[0]["top1_mean"], color="k", ls="--", lw=0.8, label="unpruned, same epochs")
-    ax.set_xlabel("FLOPs kept (of the original)")
-    ax.set_ylabel("top-1 (%)")
-    ax.set_title(f"{data['mode']['model']}, CIFAR-10 JPEG ({data['meta']['mode']})", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        path = arm_file(out, mode.name, block.model, arm, reduction, seed)
+        status = json.loads(path.read_text())["status"] if path.is_file() else "missing"
+        if status != "ok":
+            bad.append(f"{path.stem}: {status}")
+    return bad
 
 
 @click.command()
-@click.option("--smoke", "mode_name", flag_value="smoke", help="A few steps on a few images (CI).")
-@click.option("--quick", "mode_name", flag_value="quick", help="ResNet-20, 1 seed, short schedule.")
-@click.option("--full", "mode_name", flag_value="full", default=True, help="ResNet-56, 2 seeds (default).")
+@click.option("--smoke", "mode_name", flag_value="smoke", help="Every arm, a few steps on a few images (CI).")
+@click.option(
+    "--quick", "mode_name", flag_value="quick", help="ResNet-20 at -40/-50/-60%, one seed, short budget."
+)
+@click.option(
+    "--standard", "mode_name", flag_value="standard", default=True,
+    help="The evidence: ResNet-20 (2 seeds), ResNet-56, -60%, 6 epochs per arm (default).",
+)  # fmt: skip
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=ROOT / "docs" / "results")
 @click.option(
-    "--work-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Checkpoints of the runs (default: a temporary folder for --smoke, ./runs/accuracy-<mode>).",
-)
+    "--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Checkpoints of the runs (default: a temporary folder for --smoke, runs/accuracy-<mode>).",
+)  # fmt: skip
 @click.option("--arm", "only", multiple=True, help="Run only these arms (repeatable; 'unpruned' too).")
+@click.option("--threads", type=click.IntRange(min=1), default=max(1, (os.cpu_count() or 2) - 1),
+              show_default=True,
+              help="CPU threads of every arm (recorded; runs repeat exactly at the same count).")  # fmt: skip
 @click.option("--device", default="auto", show_default=True, help="Training device (auto: CUDA if present).")
-@click.option("--max-steps", type=int, default=None, help="Override the fine-tuning (and stage) step limit.")
+@click.option("--strict", is_flag=True, help="Exit 1 unless every arm of the mode has an ok record.")
+@click.option("--no-summary", is_flag=True, help="Only run arms; do not rebuild accuracy.json/.md/.png.")
 def main(
-    mode_name: str,
-    out: Path,
-    work_dir: Path | None,
-    only: tuple[str, ...],
-    device: str,
-    max_steps: int | None,
-) -> None:
-    """Run (or resume) the accuracy suite and rebuild accuracy.json, accuracy.md and accuracy.png."""
-    from graphprune.train import TrainConfig, load_data
+    mode_name: str, out: Path, work_dir: Path | None, only: tuple[str, ...], threads: int, device: str,
+    strict: bool, no_summary: bool,
+) -> None:  # fmt: skip
+    """Run (or resume) the accuracy suite, then rebuild accuracy.json, accuracy.md and accuracy.png."""
+    from graphprune.train import load_data
 
     mode = MODES[mode_name]
-    unknown = sorted(set(only) - {CONTROL, *arm_names()})
+    unknown = sorted(set(only) - set(ARMS))
     if unknown:
-        choices = ", ".join([CONTROL, *arm_names()])
-        raise click.BadParameter(f"unknown arm {unknown[0]!r} (choose from {choices})", param_hint="--arm")
-    finetune = {**mode.finetune, "device": device}
-    if max_steps is not None:
-        finetune["max_steps"] = max_steps
-    mode = replace(mode, finetune=finetune)
-    current = TrainConfig(**finetune).to_dict()
-    arms_dir = out / "accuracy_arms" / mode.name
+        raise click.BadParameter(
+            f"unknown arm {unknown[0]!r} (choose from {', '.join(ARMS)})", param_hint="--arm"
+        )
+    torch.set_num_threads(threads)
+    code = run_meta.code_version("graphprune/methods")  # the learned methods' code
     with tempfile.TemporaryDirectory() as tmp:
         work = work_dir or (Path(tmp) if mode.name == "smoke" else ROOT / "runs" / f"accuracy-{mode.name}")
-        data = load_data("cifar10:", limit=mode.data_limit)
-        resolved = resolve_model(mode.model)
-        baseline = load_weights(resolved.model, shared.weights_file(mode.weights)).eval()
-        original_onnx = Path(tmp) / "original.onnx"
-        export_onnx(baseline, resolved.example_inputs, original_onnx)
-        jobs: list[tuple[str, float | None, int]] = [(CONTROL, None, s) for s in mode.seeds]
-        jobs += [(a, r, s) for r in mode.reductions for a in arm_names(mode) for s in mode.seeds]
-        for arm, reduction, seed in jobs:
+        data = load_data("cifar10:", limit=mode.data_limit, val_split=mode.val_images, val_seed=0)
+        for block, arm, reduction, seed in jobs(mode, out):
             if only and arm not in only:
                 continue
-            name = f"{arm}@{reduction:g}-seed{seed}" if reduction is not None else f"{arm}-seed{seed}"
-            path = arms_dir / f"{name.replace('+', '_')}.json"
+            path = arm_file(out, mode.name, block.model, arm, reduction, seed)
             if path.exists():
-                earlier = json.loads(path.read_text()).get("finetune", {})
-                keys = ("epochs", "max_steps", "lr", "batch_size")
-                changed = [k for k in keys if earlier.get(k) != current[k]]
-                note = f" (with other {', '.join(changed)}: delete it to re-run)" if changed else ""
-                click.echo(f"{name}: done earlier ({path}), skipped{note}")
+                click.echo(f"{path.stem}: done earlier, skipped (delete {path} to re-run)")
                 continue
-            result = run_arm(arm, reduction, seed, mode, data, work, original_onnx)
+            result = run_arm(arm, block, reduction, seed, mode, data, work, threads, device, code)
             write_text(path, json.dumps(result, indent=1) + "\n")
-            click.echo(f"{name}: {result['status']} top-1 {result.get('top1')} ({result['seconds']} s)")
-    arms = [json.loads(p.read_text()) for p in sorted(arms_dir.glob("*.json"))]
-    summary = {
-        "meta": run_meta.describe_run(mode.name),
-        "mode": {
-            "model": mode.model,
-            "weights": mode.weights,
-            "seeds": list(mode.seeds),
-            "reductions": list(mode.reductions),
-            "finetune": mode.finetune,
-            "method_options": mode.method_options,
-            "data_limit": mode.data_limit,
-            "eval_batches": mode.eval_batches,
-            "pre_eval_batches": mode.pre_eval_batches,
-        },
-        "rows": aggregate(arms),
-        "arms": arms,
-    }
-    write_text(out / "accuracy.json", json.dumps(summary, indent=1) + "\n")
-    write_text(out / "accuracy.md", markdown(summary))
-    plot(summary, out / "accuracy.png")
-    click.echo(f"wrote {out / 'accuracy.json'}, accuracy.md, accuracy.png")
+            shown = (
+                f"test top-1 {result['test_top1']:.2f}"
+                if result["status"] == "ok"
+                else result.get("error", "")
+            )
+            click.echo(f"{path.stem}: {result['status']} {shown} ({result['seconds']} s)", file=sys.stderr)
+    if not no_summary:
+        summary = summarise(out)
+        write_text(out / "accuracy.json", json.dumps(summary, indent=1) + "\n")
+        write_text(out / "accuracy.md", accuracy_verdicts.markdown(summary))
+        accuracy_verdicts.plot(summary, out / "accuracy.png")
+        click.echo(f"wrote {out / 'accuracy.json'}, accuracy.md, accuracy.png")
+    if strict:
+        bad = missing(mode, out, only)
+        if bad:
+            click.echo(f"error: {len(bad)} arm(s) not ok: {'; '.join(bad)}", err=True)
+            sys.exit(1)
 
 
 if __name__ == "__main__":

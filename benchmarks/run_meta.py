@@ -73,6 +73,22 @@ def versions() -> dict[str, str]:
     return out
 
 
+def code_version(path: str = "graphprune") -> str:
+    """The git tree of `path` this checkout runs (`-dirty` with uncommitted changes in it): two results
+    with the same value ran the same code there, whatever else changed between them."""
+    try:
+        tree = subprocess.run(
+            ["git", "rev-parse", "--short", f"HEAD:{path}"], cwd=ROOT, capture_output=True, text=True,
+            check=True,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", path], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return tree + ("-dirty" if dirty else "")
+
+
 def describe_run(mode: str) -> dict[str, Any]:
     """The `meta` object of a results JSON. `load_average` (1, 5, 15 min) says how busy the machine was
     when the run began: timings taken beside other work are noisier (ratios of interleaved runs less so)."""

@@ -53,8 +53,8 @@ def recalibrate_bn(
         for x, _ in loader:
             model(x)
     finally:
-        for m, momentum in zip(norms, momenta, strict=True):
-            m.momentum = momentum
-        for m, training in modes.items():
-            m.train(training)
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
+        for module, training in modes.items():
+            module.train(training)
     return model

@@ -157,12 +157,15 @@ def fit(
     stage: str = "finetune",
     resume: bool = False,
     on_epoch_end: EpochCallback | None = None,
+    after_backward: Callable[[nn.Module], None] | None = None,
 ) -> FitResult:
     """Train `model` in place on `data.train`; the caller passes its own copy.
 
     With a `teacher`, the loss is `distill_loss` (cfg.kd_temperature, cfg.kd_alpha); `extra_loss(model,
     x, logits)` is added every step; `extra_params` are further optimiser param groups (dicts with
-    "params" and optionally "lr", "weight_decay"). With `run_dir`, checkpoints go to
+    "params" and optionally "lr", "weight_decay"). `after_backward(model)` runs between the backward pass
+    and the optimiser step (a regulariser that edits gradients, as Torch-Pruning's sparse training
+    does). With `run_dir`, checkpoints go to
     `run_dir/stages/<stage>/checkpoint.pt` every epoch and on Ctrl-C, metrics to `run_dir/metrics.jsonl`,
     and the finished stage writes `done.json`; `resume=True` continues from the checkpoint, or, on a
     finished stage, loads its final weights and returns at once.
@@ -263,6 +266,8 @@ def fit(
                         logits, loss = forward(x, y)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    if after_backward is not None:
+                        after_backward(model)
                     optimizer.step()
                     with torch.no_grad():  # running sums stay on the device: no sync per step
                         sums[0] += loss.detach().float() * len(y)

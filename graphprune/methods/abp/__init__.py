@@ -58,9 +58,15 @@ def block_budget(ctx: MethodContext) -> BlockBudget:
 
 
 def abp_config(options: dict[str, Any]) -> AbpConfig:
-    """AbpConfig from method options (`epochs` as a list: the first two are stages 1 and 2)."""
+    """AbpConfig from method options (`epochs` and `stage_steps` as lists: the first two entries are
+    stages 1 and 2; None or absent means the default)."""
     known = {f.name for f in fields(AbpConfig)}
-    kw = {k: v for k, v in options.items() if k in known}
+    kw = {k: v for k, v in options.items() if k in known and v is not None}
+    if "stage_steps" in kw:
+        steps = [None if s is None else int(s) for s in kw["stage_steps"]]
+        if len(steps) < 2 or any(s is not None and s < 1 for s in steps):
+            raise MethodError(f"abp: stage_steps needs >= 1 steps for stages 1 and 2, got {steps}")
+        kw["stage_steps"] = (steps[0], steps[1])
     if "epochs" in kw:
         epochs = [int(e) for e in kw["epochs"]]
         if len(epochs) < 2 or any(e < 0 for e in epochs):

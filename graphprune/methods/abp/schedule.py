@@ -45,6 +45,7 @@ class AbpConfig:
     """ABP's knobs; the defaults are the choices documented in docs/methods.md."""
 
     epochs: tuple[int, int] = (2, 2)  # stage 1, stage 2 (stage 3 is the pipeline's fine-tune)
+    stage_steps: tuple[int | None, int | None] = (None, None)  # caps on each stage's optimiser steps
     gate_hidden: int = 16
     init_mark: float = 0.9
     gate_lr_scale: float = 10.0  # gate learning rate = backbone learning rate x this
@@ -144,11 +145,12 @@ def run_abp(
         return [{"params": params, "lr": train_cfg.lr * cfg.gate_lr_scale, "weight_decay": 0.0}]
 
     e1, e2 = cfg.epochs
+    s1, s2 = cfg.stage_steps
     # stage 1: backbone and gates together, CE + regulariser
     if e1 > 0:
         fit(
-            gated, data, replace(train_cfg, epochs=e1), extra_loss=reg, extra_params=gate_group(gated),
-            run_dir=run_dir, stage=STAGE_GATES, resume=resume,
+            gated, data, replace(train_cfg, epochs=e1, max_steps=s1), extra_loss=reg,
+            extra_params=gate_group(gated), run_dir=run_dir, stage=STAGE_GATES, resume=resume,
         )  # fmt: skip
 
     # stage 2: prune by vote a share of the blocks at the start of every epoch, KD + CE from stage 1's net
@@ -170,7 +172,7 @@ def run_abp(
             _save_votes(run_dir, votes)
 
     if e2 > 0:
-        stage2 = replace(train_cfg, epochs=e2)  # KD temperature and weight: the training config's
+        stage2 = replace(train_cfg, epochs=e2, max_steps=s2)  # KD temperature and weight: the config's
         fit(
             gated, data, stage2, teacher=teacher, extra_loss=reg, extra_params=gate_group(gated),
             run_dir=run_dir, stage=STAGE_PRUNE, resume=resume, on_epoch_end=revote,

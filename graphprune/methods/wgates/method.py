@@ -65,13 +65,17 @@ def flops_cost(pg: PrunableGraph, ratio: float, groups: list[str]) -> CostModel:
 
 def stage_config(ctx: MethodContext, index: int = 0) -> TrainConfig | None:
     """The training config of the method's `index`-th stage: `options["epochs"][index]` (the --epochs
-    list) overrides its epochs; None when that is 0 (the gates are read off untrained)."""
+    list) overrides its epochs and `options["stage_steps"][index]` caps its steps; None when the epochs
+    are 0 (the gates are read off untrained)."""
     cfg = ctx.train_cfg or TrainConfig()
     epochs = ctx.options.get("epochs")
     if epochs and index < len(epochs):
         if int(epochs[index]) == 0:
             return None
         cfg = dataclasses.replace(cfg, epochs=int(epochs[index]))
+    steps = ctx.options.get("stage_steps")
+    if steps and index < len(steps) and steps[index] is not None:
+        cfg = dataclasses.replace(cfg, max_steps=int(steps[index]))
     return cfg
 
 
