@@ -54,32 +54,21 @@ def _meta_lines(meta: dict[str, Any] | None) -> list[str]:
 
 
 def accuracy_section(data: dict[str, Any]) -> list[str]:
-    """Top-1 per arm (rows) and FLOPs target (columns), with FLOPs kept."""
-    rows = data.get("rows", [])
-    targets = sorted({r["reduction"] for r in rows if r["reduction"] is not None})
-    lines = [
-        f"{data['mode']['model']}; cells: top-1 % (mean ± half-range over seeds {data['mode']['seeds']}) "
-        "at the FLOPs kept.",
-        "",
-        "| arm | " + " | ".join(f"-{t:.0%} FLOPs" for t in targets) + " |",
-        "|---|" + "---|" * len(targets),
-    ]
-    control = [r for r in rows if r["reduction"] is None and r["status"] == "ok"]
-    for arm in dict.fromkeys(r["arm"] for r in rows if r["reduction"] is not None):
-        cells = []
-        for t in targets:
-            r = next((r for r in rows if r["arm"] == arm and r["reduction"] == t), None)
-            if r is None:
-                cells.append("—")
-            elif r["status"] != "ok":
-                cells.append(r["status"])
-            else:
-                cells.append(f"{r['top1_mean']:.2f} ± {r['top1_spread']:.2f} ({r['flops_ratio']:.2f})")
-        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-    if control:
-        c = control[0]
-        lines += ["", f"Unpruned control, same fine-tuning: {c['top1_mean']:.2f} ± {c['top1_spread']:.2f}."]
+    """The verdicts (best arm of each kind per mode, model and target) and the fast number's correlation."""
+    import accuracy_verdicts
+
+    lines = [*accuracy_verdicts.verdict_table(data["verdicts"]), ""]
+    for mode, c in data.get("fast_number", {}).items():
+        lines.append(
+            f"Fast number ({mode}): Spearman correlation of validation top-1 right after pruning with the "
+            f"final test top-1: raw {_rho(c['raw'])}, after BN recalibration {_rho(c['bnrecal'])} "
+            f"({c['arms']} arms)."
+        )
     return [*lines, "", "Details: [accuracy.md](accuracy.md).", "", "![accuracy vs FLOPs](accuracy.png)", ""]
+
+
+def _rho(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def latency_section(data: dict[str, Any]) -> list[str]:
@@ -168,8 +157,9 @@ def page(results: dict[str, dict[str, Any]], folder: Path) -> str:
     lines += [
         "Commands (each writes its JSON, a page and a plot here; `--smoke` runs a few steps into `--out`):",
         "",
-        "- `python benchmarks/accuracy_suite.py --quick` (ResNet-20, 1 seed) or `--full` (ResNet-56,",
-        "  2 seeds, resumable per arm, CUDA when present)",
+        "- `python benchmarks/accuracy_suite.py --quick` (ResNet-20, 1 seed, short budget) or `--standard`",
+        "  (ResNet-20 with 2 seeds and ResNet-56 at -60%, 6 epochs per arm; resumable per arm, CUDA when",
+        "  present)",
         "- `python benchmarks/latency_suite.py` (six models, three targets; `--model SPEC` for a subset,",
         "  `--resume` to keep the models already measured)",
         "- `python benchmarks/tool_speed.py` (suite 3)",
@@ -200,27 +190,54 @@ def page(results: dict[str, dict[str, Any]], folder: Path) -> str:
     return "\n".join(lines)
 
 
+def accuracy_lines(acc: dict[str, Any]) -> list[str]:
+    """One line per verdict of a real (non-smoke) mode: best learned, L1, Torch-Pruning and control."""
+    out = []
+    for v in acc.get("verdicts", []):
+        if v["mode"] == "smoke":
+            continue
+        b = v["best"]
+        cells = [
+            f"{kind} {b[key]['arm']} {b[key]['top1_mean']:.2f}" if b[key] else f"{kind} —"
+            for kind, key in (("learned", "learned"), ("L1", "l1"), ("Torch-Pruning", "torch_pruning"),
+                              ("control", "control"))
+        ]  # fmt: skip
+        valid = "" if v["equal_steps"] else " (INVALID: unequal steps)"
+        where = f"{v['mode']}, {v['model']}, -{v['target_reduction']:.0%} FLOPs, round {v['round_to']}"
+        out.append(
+            f"Accuracy ({where}, seeds {v['seeds']}, test top-1 of the best arm by validation){valid}: "
+            f"{', '.join(cells)}."
+        )
+    return out
+
+
 def summary(results: dict[str, dict[str, Any]]) -> list[str]:
-    """At most five lines for the project README, from non-smoke runs only."""
-    real = {k: v for k, v in results.items() if v.get("meta", {}).get("mode") not in (None, "smoke")}
+    """One line per suite result for the project README (every suite, wins and losses), non-smoke only."""
+    real = {k: v for k, v in results.items() if v.get("meta", {}).get("mode") not in ("smoke",)}
     out = []
     acc = real.get("accuracy.json")
-    if acc:
-        import accuracy_suite  # heavy (torch): only when there is an accuracy run to summarise
-
-        cells = []
-        for t in accuracy_suite.targets(acc["rows"]):
-            g, p, _ = accuracy_suite.best_within_budget(acc["rows"], t)
-            if g and p:
-                cells.append(f"-{t:.0%} {g['top1_mean']:.2f} vs {p['top1_mean']:.2f}")
-        if cells:
-            out.append(
-                f"Accuracy ({acc['mode']['model']}, {acc['meta']['mode']} run, top-1 of the best graphprune "
-                f"arm vs the best Torch-Pruning arm within each FLOPs budget): {', '.join(cells)}."
-            )
+    if acc and "verdicts" in acc:
+        out += accuracy_lines(acc)
     lat = real.get("latency.json")
-    if lat:
+    if lat and lat.get("meta"):
         out += [f"Latency: {line}" for line in latency_answers(lat)]
+    speed = results.get("tool_speed.json")
+    if speed and speed.get("results"):
+        rows = speed["results"]
+        fast = ", ".join(f"{r['model']} {r['ratio_analysis_apply']:.2f}" for r in rows)
+        verified = sum(r["ratio_with_verify"] <= 1.0 for r in rows)
+        out.append(
+            f"Tool speed (graphprune / Torch-Pruning, median wall time): analysis + apply {fast}; with the "
+            f"default verification graphprune is no slower on {verified} of {len(rows)} models."
+        )
+    pred = results.get("predictor_error.json")
+    if pred and pred.get("rows"):
+        cells = ", ".join(f"{r['model']} {r['held_out_mape_pct']:.1f}%" for r in pred["rows"])
+        met = sum(r["meets_goal"] for r in pred["rows"])
+        out.append(
+            f"Latency predictor, held-out MAPE (goal <= {pred['goal_mape_pct']}%): {cells}; "
+            f"{met} of {len(pred['rows'])} meet the goal."
+        )
     thr = results.get("train_throughput.json")
     if thr and thr.get("rows") and all("epoch_seconds_50k" in r for r in thr["rows"]):
         epochs = ", ".join(f"{r['model']} {r['epoch_seconds_50k']:.0f} s" for r in thr["rows"])
@@ -233,7 +250,6 @@ def summary(results: dict[str, dict[str, Any]]) -> list[str]:
             f"L1 to {ft['flops_ratio']:.2f} of ResNet-20's FLOPs from {ft['baseline_top1']:.2f}%, "
             f"{ft['config'].get('epochs')} fine-tune epochs: {arms}."
         )
-    out = out[:4]
     if not out:
         out.append("No full benchmark run has been committed yet; suites and commands are in docs/results.")
     out.append("All tables, plots, commands and machine details: [docs/results](docs/results/README.md).")

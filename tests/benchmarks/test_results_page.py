@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import accuracy_suite
+import accuracy_verdicts
 import latency_suite
 import results_page
 
@@ -52,40 +52,6 @@ def test_latency_rows_are_ratios_of_the_measured_medians() -> None:
     assert (cmp["cases"], cmp["a_faster"], cmp["median_latency_ratio"]) == (1, 1, 4.0 / 6.0)
 
 
-def test_pareto_keeps_points_no_other_point_beats() -> None:
-    pts = [(0.4, 80.0), (0.5, 79.0), (0.6, 85.0), (0.45, 82.0)]
-    assert accuracy_suite.pareto(pts) == [(0.4, 80.0), (0.45, 82.0), (0.6, 85.0)]
-
-
-def test_accuracy_verdicts_compare_only_arms_that_met_the_budget() -> None:
-    def row(arm: str, kept: float, top1: float) -> dict[str, object]:
-        return {"arm": arm, "reduction": 0.6, "status": "ok", "flops_ratio": kept, "top1_mean": top1} | {
-            "top1_pruned_mean": top1 / 2
-        }
-
-    rows = [row("abp", 0.30, 70.0), row("l1", 0.40, 75.0), row("tp-magnitude-layer", 0.505, 81.0)]
-    rows.append(row("tp-magnitude-global", 0.39, 68.0))
-    text = "\n".join(accuracy_suite.verdicts(rows))
-    assert "best graphprune arm l1 75.00%" in text and "tp-magnitude-global 68.00%" in text
-    assert "graphprune wins by 7.00 points" in text
-    assert (
-        "Missed the budget (kept over 0.420 of the FLOPs; not compared): tp-magnitude-layer (0.5050)" in text
-    )
-
-
-def test_accuracy_aggregate_means_over_seeds_and_keeps_unavailable_arms() -> None:
-    ok = {"status": "ok", "top1_pruned": 10.0, "flops": 50, "flops_ratio": 0.5, "params": 7}
-    ok |= {"latency_ms": 1.0, "latency_ratio": 0.6}
-    arms = [
-        {"arm": "l1", "reduction": 0.5, "seed": 0, **ok, "top1": 80.0},
-        {"arm": "l1", "reduction": 0.5, "seed": 1, **ok, "top1": 84.0},
-        {"arm": "abp", "reduction": 0.5, "seed": 0, "status": "not available", "error": "unknown method"},
-    ]
-    rows = {r["arm"]: r for r in accuracy_suite.aggregate(arms)}
-    assert rows["l1"]["top1_mean"] == 82.0 and rows["l1"]["top1_spread"] == 2.0
-    assert rows["abp"]["status"] == "not available"
-
-
 def test_page_shows_the_json_numbers_and_the_run_description(tmp_path: Path) -> None:
     (tmp_path / "latency.json").write_text(json.dumps(_latency("full")))
     (tmp_path / "tool_speed.json").write_text(
@@ -110,15 +76,15 @@ def test_readme_block_is_replaced_and_smoke_runs_are_not_summarised(tmp_path: Pa
     assert twice.startswith("# project\n\ntext\n")
 
 
-def test_readme_accuracy_line_compares_within_each_budget() -> None:
-    def row(arm: str, kept: float, top1: float) -> dict[str, object]:
-        return {"arm": arm, "reduction": 0.6, "status": "ok", "flops_ratio": kept, "top1_mean": top1}
+def test_readme_has_a_line_per_suite_including_losses() -> None:
+    import test_accuracy_verdicts as tv
 
-    rows = [
-        row("l1", 0.40, 75.0),
-        row("tp-magnitude-layer", 0.505, 81.0),
-        row("tp-magnitude-global", 0.39, 68.0),
-    ]
-    acc = {"meta": _meta("quick"), "mode": {"model": "m"}, "rows": rows}
-    (line,) = [x for x in results_page.summary({"accuracy.json": acc}) if x.startswith("Accuracy")]
-    assert line.endswith("-60% 75.00 vs 68.00.")
+    acc = {"meta": _meta("quick"), "verdicts": accuracy_verdicts.verdicts(accuracy_verdicts.rows(tv.ARMS))}
+    speed = {"results": [{"model": "r", "ratio_analysis_apply": 0.4, "ratio_with_verify": 1.3}]}
+    pred = {"goal_mape_pct": 5.0, "rows": [{"model": "m", "held_out_mape_pct": 7.9, "meets_goal": False}]}
+    found = {"accuracy.json": acc, "tool_speed.json": speed, "predictor_error.json": pred}
+    lines = results_page.summary(found)
+    (acc_line,) = [x for x in lines if x.startswith("Accuracy")]
+    assert "learned abp 71.00, L1 l1 70.00, Torch-Pruning tp-groupnorm-global 69.00" in acc_line
+    assert any("no slower on 0 of 1 models" in x for x in lines)
+    assert any("m 7.9%" in x and "0 of 1 meet the goal" in x for x in lines)

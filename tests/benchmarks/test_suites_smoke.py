@@ -1,7 +1,7 @@
 """Every benchmark suite runs end to end in its smoke mode, so that the benchmarks never rot.
 
-Each suite writes into a temporary folder (never docs/results). Suites owned by other branches are run
-when their script is present and takes --smoke and --out; otherwise the test says why it is skipped.
+Each suite writes into a temporary folder (never docs/results). A smoke test fails when any arm of its
+suite fails or is missing, or when its script is gone: nothing here turns into a skip.
 """
 
 from __future__ import annotations
@@ -18,13 +18,17 @@ ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = ROOT / "benchmarks"
 
 
-def run_script(script: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+def run_script(
+    script: Path, *args: str | Path, env: dict[str, str] | None = None, expect: int = 0
+) -> subprocess.CompletedProcess[str]:
     """Run a benchmark script from the repository root with this checkout's package importable."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    assert script.is_file(), f"{script} is missing"
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path, **(env or {})}
     proc = subprocess.run(
         [sys.executable, str(script), *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True
     )
-    assert proc.returncode == 0, f"{script.name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == expect, f"{script.name}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
 
@@ -41,24 +45,44 @@ def test_latency_suite_smoke(latency_out: Path) -> None:
     entries = data["models"][0]["entries"]
     assert {e["arm"] for e in entries.values()} == {"original", "gp-channel", "gp-block", "gp-block+channel",
                                                     "tp-magnitude"}  # fmt: skip
-    built = [e for e in entries.values() if "error" not in e and e["arm"] != "original"]
-    assert built and all(e["flops"] < entries["original"]["flops"] for e in built)
+    built = [e for e in entries.values() if e["arm"] != "original"]
+    assert all("error" not in e for e in built), [e.get("error") for e in built]
+    assert all(e["flops"] < entries["original"]["flops"] for e in built)
     assert all(r["p50_ms"] > 0 and r["speedup"] > 0 for r in data["rows"])
     assert (latency_out / "latency.md").is_file() and (latency_out / "latency.png").stat().st_size > 0
 
 
-def test_accuracy_suite_smoke(tmp_path: Path, shared_dir: Path) -> None:
-    run_script(BENCHMARKS / "accuracy_suite.py", "--smoke", "--out", tmp_path)
+def test_accuracy_suite_smoke_runs_every_arm_under_the_rules(tmp_path: Path, shared_dir: Path) -> None:
+    import accuracy_suite
+
+    run_script(BENCHMARKS / "accuracy_suite.py", "--smoke", "--strict", "--out", tmp_path)
     data = json.loads((tmp_path / "accuracy.json").read_text())
-    rows = {r["arm"]: r for r in data["rows"]}
-    assert rows["unpruned"]["status"] == "ok" and rows["l1"]["status"] == "ok"
-    assert rows["l1"]["flops_ratio"] <= 0.5 + 1e-9
-    assert rows["tp-magnitude-layer"]["status"] == "ok"
-    assert {"abp", "wgates", "abp+wgates"} <= set(rows)  # run, or recorded as not available / failed
-    arm_files = sorted((tmp_path / "accuracy_arms" / "smoke").glob("*.json"))
-    assert len(arm_files) == len(data["arms"])
-    again = run_script(BENCHMARKS / "accuracy_suite.py", "--smoke", "--out", tmp_path)  # resumes: all done
-    assert again.stdout.count("skipped") == len(arm_files)
+    mode = accuracy_suite.MODES["smoke"]
+    expected = {CONTROL := accuracy_suite.CONTROL, *mode.arms}
+    arms = {a["arm"]: a for a in data["arms"]}
+    assert set(arms) == expected and all(a["status"] == "ok" for a in arms.values())
+    assert {a["total_steps"] for a in arms.values()} == {mode.steps}  # equal budgets, control included
+    assert all(a["threads"] >= 1 and a["code"] and a["commit"] for a in arms.values())
+    for name, a in arms.items():
+        if name != CONTROL:
+            assert a["flops_ratio"] <= 0.5 + 0.01 + 1e-9, name
+    assert len(arms["abp+wgates"]["stage_steps"]) == 4  # three method stages and the fine-tune
+    assert "depgraph-sparse" in " ".join(arms["tp-depgraph"]["stage_steps"])
+    verdicts = {v["round_to"]: v for v in data["verdicts"]}
+    assert verdicts[1]["equal_steps"] and all(verdicts[1]["best"].values())
+    again = run_script(BENCHMARKS / "accuracy_suite.py", "--smoke", "--strict", "--out", tmp_path)
+    assert again.stdout.count("skipped") == len(arms)  # resumes per arm: all done
+
+
+def test_accuracy_smoke_fails_when_an_arm_raises(tmp_path: Path, shared_dir: Path) -> None:
+    import accuracy_suite
+
+    env = {accuracy_suite.FAIL_ENV: "l1"}
+    proc = run_script(
+        BENCHMARKS / "accuracy_suite.py", "--smoke", "--strict", "--arm", "l1", "--no-summary",
+        "--out", tmp_path, env=env, expect=1,
+    )  # fmt: skip
+    assert "1 arm(s) not ok" in proc.stderr and "l1@0.5-seed0: failed" in proc.stderr
 
 
 def test_results_page_from_smoke_results(latency_out: Path, tmp_path: Path) -> None:
@@ -70,26 +94,8 @@ def test_results_page_from_smoke_results(latency_out: Path, tmp_path: Path) -> N
     assert "No full benchmark run" in readme.read_text()
 
 
-def _owned_elsewhere(pattern: str, owner: str) -> Path:
-    scripts = sorted(BENCHMARKS.glob(pattern))
-    if not scripts:
-        pytest.skip(f"no benchmarks/{pattern} on this branch (suite owned by branch {owner})")
-    script = scripts[0]
-    help_text = run_script(script, "--help").stdout
-    if "--smoke" not in help_text or "--out" not in help_text:
-        pytest.skip(f"{script.name} has no --smoke/--out options to run it outside docs/results")
-    return script
-
-
 def test_tool_speed_suite_smoke(tmp_path: Path) -> None:
-    script = _owned_elsewhere("tool_speed.py", "flops")
-    run_script(script, "--smoke", "--out", tmp_path)
-    assert list(tmp_path.glob("*.json"))
-
-
-def test_predictor_suite_smoke(tmp_path: Path) -> None:
-    script = _owned_elsewhere("*predictor*.py", "wgates")
-    run_script(script, "--smoke", "--out", tmp_path)
+    run_script(BENCHMARKS / "tool_speed.py", "--smoke", "--out", tmp_path)
     assert list(tmp_path.glob("*.json"))
 
 

@@ -1,0 +1,66 @@
+"""The accuracy suite's rules, judged from arm records alone: budgets, validation choice, equal steps."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import accuracy_verdicts as av
+import pytest
+
+
+def arm(name: str, kind: str, kept: float, val: float, test: float, seed: int = 0) -> dict[str, Any]:
+    return {
+        "mode": "quick", "model": "m", "arm": name, "kind": kind,
+        "reduction": None if kind == "control" else 0.6,
+        "seed": seed, "round_to": 1, "status": "ok", "flops_ratio": kept, "params": 10, "val_top1": val,
+        "test_top1": test, "val_top1_raw": val / 4, "val_top1_bnrecal": val / 2, "total_steps": 100,
+        "code": "abc", "threads": 1, "seconds": 3600.0,
+    }  # fmt: skip
+
+
+ARMS = [
+    arm("unpruned", "control", 1.0, 90.0, 89.0),
+    arm("abp", "learned", 0.40, 80.0, 71.0),
+    arm("wgates", "learned", 0.40, 79.0, 75.0),  # better on test, worse on val: not chosen
+    arm("l1", "l1", 0.399, 78.0, 70.0),
+    arm("tp-groupnorm-global", "torch_pruning", 0.405, 77.0, 69.0),
+    arm("tp-bnscale-global", "torch_pruning", 0.43, 99.0, 99.0),  # over target + 0.01: not compared
+]
+
+
+def test_best_arm_is_chosen_by_validation_and_over_budget_arms_are_listed() -> None:
+    (v,) = av.verdicts(av.rows(ARMS))
+    assert v["best"]["learned"]["arm"] == "abp" and v["best"]["learned"]["top1_mean"] == 71.0
+    assert v["best"]["torch_pruning"]["arm"] == "tp-groupnorm-global"
+    assert v["best"]["control"]["top1_mean"] == 89.0
+    assert v["not_compared"] == [{"arm": "tp-bnscale-global", "flops_kept": 0.43}]
+    assert v["equal_steps"] and v["same_code"] and v["seeds"] == [0]
+
+
+def test_unequal_steps_make_the_verdict_invalid_on_the_page() -> None:
+    arms = copy.deepcopy(ARMS)
+    arms[1]["total_steps"] = 200
+    (v,) = av.verdicts(av.rows(arms))
+    assert not v["equal_steps"] and v["total_steps"] == [100, 200]
+    assert "invalid: unequal steps" in "\n".join(av.verdict_table([v]))
+
+
+def test_learned_arms_on_other_method_code_are_named() -> None:
+    arms = copy.deepcopy(ARMS)
+    arms[2]["code"] = "def"
+    (v,) = av.verdicts(av.rows(arms))
+    assert not v["same_code"] and v["code_differs"] == {"abp": ["abc"], "wgates": ["def"]}
+
+
+def test_seeds_give_mean_and_half_range() -> None:
+    arms = [*ARMS, arm("abp", "learned", 0.40, 82.0, 73.0, seed=1)]
+    row = next(r for r in av.rows(arms) if r["arm"] == "abp")
+    assert row["test_top1_mean"] == 72.0 and row["test_top1_spread"] == 1.0 and row["seeds"] == [0, 1]
+
+
+def test_fast_number_correlation_ranks_the_pruned_arms() -> None:
+    corr = av.fast_number_correlation(ARMS)["quick"]
+    assert corr["arms"] == 5  # the control is not pruned
+    assert corr["bnrecal"] == pytest.approx(av.spearman([80, 79, 78, 77, 99], [71, 75, 70, 69, 99]))
+    assert av.spearman([1, 2], [2, 1]) is None and av.spearman([1, 1, 1], [1, 2, 3]) is None
