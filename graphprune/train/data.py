@@ -107,6 +107,13 @@ class DataBundle:
         c, h, w = self.train.images.shape[1:]
         return (int(c), int(h), int(w))
 
+    def sampled(self, split: str, n: int, seed: int = 0) -> DataBundle:
+        """This dataset with `split` cut to a fixed class-stratified sample of `n` images (all if fewer)."""
+        data = self.split(split)
+        if n >= len(data):
+            return self
+        return replace(self, **{split: data.take(stratified_sample(data.labels, n, seed))})
+
     def split(self, name: str) -> ImageTensors:
         if name == "val" and self.val is None:
             raise DataError(f"{self.name}: no validation split held out (use with_val / --val-split)")

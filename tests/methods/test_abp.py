@@ -40,8 +40,9 @@ def test_abp_removes_voted_blocks_to_budget_and_returns_a_plan_for_the_original(
     assert all(p.is_file() for p in res.plots)
     stages = tmp_path / "stages"
     assert (stages / schedule.STAGE_GATES / "done.json").is_file()
-    assert (stages / schedule.STAGE_PRUNE / "done.json").is_file()
-    assert json.loads((stages / schedule.STAGE_PRUNE / "votes.json").read_text())[0]["epoch"] == 0
+    assert (stages / schedule.STAGE_PRUNE / "step0" / "done.json").is_file()
+    votes = json.loads((stages / schedule.STAGE_PRUNE / "votes.json").read_text())
+    assert votes[0]["step"] == 0 and set(votes[0]["removal_loss"]) == {b.name for b in ctx.pg.blocks}
 
 
 def test_resume_inside_stage_two_continues_to_the_same_result(
@@ -54,7 +55,7 @@ def test_resume_inside_stage_two_continues_to_the_same_result(
 
     def killed_at_the_third_vote(*args: object, **kwargs: object) -> object:
         calls["n"] += 1
-        if calls["n"] == 3:  # end of stage 2's second epoch, before its checkpoint
+        if calls["n"] == 3:  # stage 2's third pruning step, after two parts trained
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)  # type: ignore[arg-type]
 
@@ -62,8 +63,8 @@ def test_resume_inside_stage_two_continues_to_the_same_result(
     run = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
         get_method("abp")(_context(run, Budget(num_blocks=3), [1, 3]))
-    assert (run / "stages" / schedule.STAGE_PRUNE / "checkpoint.pt").is_file()
-    assert not (run / "stages" / schedule.STAGE_PRUNE / "done.json").exists()
+    assert (run / "stages" / schedule.STAGE_PRUNE / "step1" / "done.json").is_file()
+    assert not (run / "stages" / schedule.STAGE_PRUNE / "step2").exists()
     monkeypatch.setattr(schedule, "prune_step", real_step)
     resumed = get_method("abp")(_context(run, Budget(num_blocks=3), [1, 3], resume=True))
     assert resumed.plan.blocks == whole.plan.blocks and len(resumed.plan.blocks) == 3

@@ -77,4 +77,4 @@ def test_prune_method_abp_writes_a_run_with_the_gate_report(tmp_path: Path) -> N
     md = (out / "report.md").read_text()
     assert "abp_marks.png" in md and "votes over" in md
     stages = {json.loads(line)["stage"] for line in (out / "metrics.jsonl").read_text().splitlines()}
-    assert {"abp-1-gates", "abp-2-prune", "finetune"} <= stages
+    assert {"abp-1-gates", "abp-2-prune/step0", "finetune"} <= stages

@@ -82,7 +82,10 @@ def abp(ctx: MethodContext) -> MethodResult:
         raise MethodError("abp trains gates: it needs a dataset (--data) and a training config")
     budget = block_budget(ctx)
     cfg = abp_config(ctx.options)
-    out = run_abp(ctx.pg, ctx.data, ctx.train_cfg, budget, cfg, run_dir=ctx.run_dir, resume=ctx.resume)
+    out = run_abp(
+        ctx.pg, ctx.data, ctx.train_cfg, budget, cfg, teacher=ctx.teacher, run_dir=ctx.run_dir,
+        resume=ctx.resume,
+    )  # fmt: skip
     vote = out.final_vote
     assert vote is not None
     removed = set(out.removed)
@@ -103,7 +106,7 @@ def abp(ctx: MethodContext) -> MethodResult:
         f"{b} {vote.votes[vote.blocks.index(b)]} ({mean[b]:.2f} ± {vote.std_mark[vote.blocks.index(b)]:.2f})"
         for b in vote.ranking
     )
-    steps = "; ".join(f"epoch {s['epoch']}: {', '.join(s['pruned_now']) or '-'}" for s in out.votes)
+    steps = "; ".join(f"step {s['step']}: {', '.join(s['pruned_now']) or '-'}" for s in out.votes)
     report: dict[str, Any] = {
         "removed_blocks": plan.blocks,
         "predicted_flops": out.predicted_flops,

@@ -1,8 +1,13 @@
-"""The ABP schedule on the training layer: stage 1 soft-gated training, stage 2 progressive pruning by vote.
+"""The ABP schedule on the training layer: stage 1 soft-gated training, stage 2 progressive pruning.
 
-Stage 3 (gates removed, architecture fixed, CE + KD from the original) is the pipeline's "finetune" stage.
-Every stage is a `fit(stage=...)`, so it checkpoints atomically and `resume` continues where it stopped;
-which blocks are pruned lives in the gates' `pruned` buffers, i.e. in the model checkpoint itself.
+Stage 1 trains backbone and gates (KD from the original + the gate regulariser). Stage 2 is `prune_steps`
+pruning steps, each followed by recovery training (KD from stage 1's net) for its share of stage 2's
+steps, whatever the number of epochs: a step ranks the blocks still in, switches off its share of those
+the budget needs, and re-estimates the BatchNorm statistics (the structure changed). Stage 3 (gates
+removed, architecture fixed) is the pipeline's fine-tune.
+
+Every training part is a `fit(stage=...)`, so it checkpoints atomically and `resume` continues where it
+stopped; which blocks are pruned lives in the gates' `pruned` buffers, i.e. in the checkpoints.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from graphprune.methods.abp.regulariser import GateRegulariser
 from graphprune.methods.abp.voting import Vote, calibrate, vote
 from graphprune.methods.base import seeded
 from graphprune.passes.block_gates import InsertBlockGates, forget_marks, gates_of
-from graphprune.train import TrainConfig, fit
+from graphprune.errors import PlanError
+from graphprune.train import TrainConfig, evaluate, fit, recalibrate_bn
 from graphprune.train.data import DataBundle
 from graphprune.train.state import stage_dir
 
@@ -46,6 +52,11 @@ class AbpConfig:
 
     epochs: tuple[int, int] = (2, 2)  # stage 1, stage 2 (stage 3 is the pipeline's fine-tune)
     stage_steps: tuple[int | None, int | None] = (None, None)  # caps on each stage's optimiser steps
+    prune_steps: int = 3  # pruning steps in stage 2, each followed by its share of recovery training
+    rank_by: str = "measured"  # "measured": removal loss per FLOPs saved; "vote": the paper's vote
+    measure_images: int = 1024  # validation images the removal loss of a candidate is measured on
+    recal_images: int = 1024  # training images BatchNorm statistics are re-estimated on after a change
+    kd_stage1: bool = True  # distil from the original in stage 1 too
     gate_hidden: int = 16
     init_mark: float = 0.9
     gate_lr_scale: float = 10.0  # gate learning rate = backbone learning rate x this
@@ -91,6 +102,30 @@ def _pruned(model: nn.Module) -> list[str]:
     return [name for name, g in gates_of(model).items() if bool(g.pruned)]
 
 
+def removal_losses(
+    model: nn.Module, data: DataBundle, candidates: list[str], cfg: AbpConfig
+) -> dict[str, float]:
+    """Each candidate block's removal cost: the increase of the loss on a fixed stratified sample of the
+    validation split (the training split when none is held out; never the test split) when its gate is
+    switched off (on a copy, BatchNorm statistics re-estimated).
+
+    Measured, not predicted: a downsampling block that is cheap to remove by its FLOPs but costly to
+    lose scores what it costs."""
+    split = "val" if data.val is not None else "train"
+    sample = data.sampled(split, cfg.measure_images, seed=cfg.calib_seed)
+
+    def loss_without(blocks: list[str]) -> float:
+        probe = copy.deepcopy(model)
+        gates = gates_of(probe)
+        for b in blocks:
+            gates[b].pruned.fill_(True)
+        recalibrate_bn(probe, data, images=cfg.recal_images, seed=cfg.calib_seed)
+        return evaluate(probe, sample, split).loss
+
+    base = loss_without([])
+    return {b: loss_without([b]) - base for b in candidates}
+
+
 def prune_step(
     model: nn.Module,
     pg: PrunableGraph,
@@ -99,18 +134,31 @@ def prune_step(
     cfg: AbpConfig,
     steps_left: int,
 ) -> dict[str, Any]:
-    """Vote on the calibration set and switch off this step's share of the blocks the budget still needs."""
+    """Rank the blocks still in and switch off this step's share of the blocks the budget still needs.
+
+    The vote on the calibration set is always taken and recorded; with `rank_by="measured"` the ranking
+    is by measured removal loss per share of the block FLOPs saved (lowest first), else by the vote."""
+    forget_marks(model)
     pruned = _pruned(model)
     names, marks = calibrate(model, calibration_batches(model, data, cfg))
     needed_now = len(removal_for_budget(pg, pruned + [n for n in names if n not in pruned], budget).blocks)
     v = vote(names, marks, k=max(1, needed_now - len(pruned)), exclude=pruned)
-    removal = removal_for_budget(pg, pruned + list(v.ranking), budget)
+    record: dict[str, Any] = {"pruned_before": pruned, "vote": v.to_dict()}
+    ranking = list(v.ranking)
+    if cfg.rank_by == "measured":
+        losses = removal_losses(model, data, ranking, cfg)
+        shares = block_shares(pg)
+        ranking = sorted(ranking, key=lambda b: (losses[b] / max(shares[b], 1e-12), ranking.index(b)))
+        record["removal_loss"] = {b: round(losses[b], 5) for b in ranking}
+    elif cfg.rank_by != "vote":
+        raise PlanError(f"abp: rank_by must be 'measured' or 'vote', got {cfg.rank_by!r}")
+    removal = removal_for_budget(pg, pruned + ranking, budget)
     new = [b for b in removal.blocks if b not in pruned]
     take = new[: blocks_this_step(len(pruned), len(removal.blocks), steps_left)]
     gates = gates_of(model)
     for b in take:
         gates[b].pruned.fill_(True)
-    return {"pruned_before": pruned, "pruned_now": take, "vote": v.to_dict()}
+    return {**record, "ranking": ranking, "pruned_now": take}
 
 
 def _save_votes(run_dir: Path | None, votes: list[dict[str, Any]]) -> None:
@@ -125,6 +173,12 @@ def _load_votes(run_dir: Path | None) -> list[dict[str, Any]]:
     return list(json.loads(path.read_text())) if path.is_file() else []
 
 
+def _split_steps(total: int, parts: int) -> list[int]:
+    """`total` steps in `parts` near-equal shares (the first ones one longer), none empty."""
+    parts = max(1, min(parts, total))
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
 def run_abp(
     pg: PrunableGraph,
     data: DataBundle,
@@ -132,10 +186,12 @@ def run_abp(
     budget: BlockBudget,
     cfg: AbpConfig,
     *,
+    teacher: nn.Module | None = None,
     run_dir: Path | None = None,
     resume: bool = False,
 ) -> AbpOutcome:
-    """Stages 1 and 2 on a gated copy of `pg.gm`; returns the pruned gated network (gates still in)."""
+    """Stages 1 and 2 on a gated copy of `pg.gm`; returns the pruned gated network (gates still in).
+    `teacher` (the original) is distilled from in stage 1 when `cfg.kd_stage1`."""
     with seeded(train_cfg.seed):
         gated = InsertBlockGates(pg.blocks, cfg.gate_hidden, cfg.init_mark)(pg.gm).graph_module
     reg = GateRegulariser(block_shares(pg), keep_target(pg, budget), cfg.reg_weight, cfg.polar)
@@ -145,42 +201,43 @@ def run_abp(
         return [{"params": params, "lr": train_cfg.lr * cfg.gate_lr_scale, "weight_decay": 0.0}]
 
     e1, e2 = cfg.epochs
-    s1, s2 = cfg.stage_steps
-    # stage 1: backbone and gates together, CE + regulariser
+    s1, s2 = (s if s is not None else train_cfg.max_steps for s in cfg.stage_steps)
+    # stage 1: backbone and gates together, KD (or CE) + regulariser
     if e1 > 0:
         fit(
             gated, data, replace(train_cfg, epochs=e1, max_steps=s1), extra_loss=reg,
-            extra_params=gate_group(gated), run_dir=run_dir, stage=STAGE_GATES, resume=resume,
+            teacher=teacher if cfg.kd_stage1 else None, extra_params=gate_group(gated), run_dir=run_dir,
+            stage=STAGE_GATES, resume=resume,
         )  # fmt: skip
 
-    # stage 2: prune by vote a share of the blocks at the start of every epoch, KD + CE from stage 1's net
+    # stage 2: prune_steps x (prune a share by rank, re-estimate BN, recover with KD from stage 1's net)
     forget_marks(gated)
-    teacher = copy.deepcopy(gated).eval()
+    stage1 = copy.deepcopy(gated).eval()
+    per_epoch = max(1, len(data.train) // train_cfg.batch_size)
+    total = min(e2 * per_epoch, s2) if s2 is not None else e2 * per_epoch
+    parts = _split_steps(total, cfg.prune_steps) if e2 > 0 and total > 0 else [0]
     votes = _load_votes(run_dir) if resume else []
-    first = next((v for v in votes if v["epoch"] == 0), None)
-    if first is None:
-        votes = [{"epoch": 0, **prune_step(gated, pg, data, budget, cfg, steps_left=max(1, e2))}]
-        _save_votes(run_dir, votes)
-    else:  # killed before stage 2's first checkpoint: redo the first step as voted (a checkpoint overrides)
-        for b in first["pruned_now"]:
-            gates_of(gated)[b].pruned.fill_(True)
-
-    def revote(model: nn.Module, epoch: int, metrics: dict[str, Any]) -> None:
-        if epoch < e2:
-            step = {"epoch": epoch, **prune_step(model, pg, data, budget, cfg, steps_left=e2 - epoch)}
-            votes[:] = [v for v in votes if v["epoch"] < epoch] + [step]  # a redone epoch votes again
+    for k, steps in enumerate(parts):
+        done = next((v for v in votes if v.get("step") == k), None)
+        if done is None:
+            votes = [v for v in votes if v.get("step", -1) < k]
+            votes.append({"step": k, **prune_step(gated, pg, data, budget, cfg, steps_left=len(parts) - k)})
             _save_votes(run_dir, votes)
-
-    if e2 > 0:
-        stage2 = replace(train_cfg, epochs=e2, max_steps=s2)  # KD temperature and weight: the config's
-        fit(
-            gated, data, stage2, teacher=teacher, extra_loss=reg, extra_params=gate_group(gated),
-            run_dir=run_dir, stage=STAGE_PRUNE, resume=resume, on_epoch_end=revote,
-        )  # fmt: skip
-    # a short run (max_steps) may stop before every step has pruned: the final model meets the budget anyway
+        else:  # recorded before a kill: the same blocks (a checkpoint of the part overrides anyway)
+            for b in done["pruned_now"]:
+                gates_of(gated)[b].pruned.fill_(True)
+        recalibrate_bn(gated, data, images=cfg.recal_images, seed=cfg.calib_seed)
+        if steps > 0:
+            part = replace(train_cfg, epochs=-(-steps // per_epoch), max_steps=steps)
+            fit(
+                gated, data, part, teacher=stage1, extra_loss=reg, extra_params=gate_group(gated),
+                run_dir=run_dir, stage=f"{STAGE_PRUNE}/step{k}", resume=resume,
+            )  # fmt: skip
+    # a short run may stop before every step has pruned: the final model meets the budget anyway
     if not meets_budget(pg, _pruned(gated), budget):
-        votes.append({"epoch": e2, **prune_step(gated, pg, data, budget, cfg, steps_left=1)})
+        votes.append({"step": len(parts), **prune_step(gated, pg, data, budget, cfg, steps_left=1)})
         _save_votes(run_dir, votes)
+        recalibrate_bn(gated, data, images=cfg.recal_images, seed=cfg.calib_seed)
 
     names, marks = calibrate(gated, calibration_batches(gated, data, cfg))
     forget_marks(gated)
