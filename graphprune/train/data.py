@@ -112,7 +112,10 @@ class DataBundle:
         data = self.split(split)
         if n >= len(data):
             return self
-        return replace(self, **{split: data.take(stratified_sample(data.labels, n, seed))})
+        sample = data.take(stratified_sample(data.labels, n, seed))
+        if split == "train":
+            return replace(self, train=sample)
+        return replace(self, val=sample) if split == "val" else replace(self, test=sample)
 
     def split(self, name: str) -> ImageTensors:
         if name == "val" and self.val is None:

@@ -23,6 +23,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from graphprune.errors import PlanError
 from graphprune.fileio import write_text
 from graphprune.graph import PrunableGraph
 from graphprune.methods.abp.budget import (
@@ -37,7 +38,6 @@ from graphprune.methods.abp.regulariser import GateRegulariser
 from graphprune.methods.abp.voting import Vote, calibrate, vote
 from graphprune.methods.base import seeded
 from graphprune.passes.block_gates import InsertBlockGates, forget_marks, gates_of
-from graphprune.errors import PlanError
 from graphprune.train import TrainConfig, evaluate, fit, recalibrate_bn
 from graphprune.train.data import DataBundle
 from graphprune.train.state import stage_dir

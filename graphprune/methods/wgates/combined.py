@@ -19,7 +19,8 @@ from typing import Any
 import graphprune as gp
 from graphprune.efficiency import FlopsModel
 from graphprune.methods.base import Budget, MethodContext, MethodError, MethodResult
-from graphprune.methods.wgates.method import budget_cost, flops_cost, gate_channels, trained_copy
+from graphprune.methods.wgates.cost import flops_cost
+from graphprune.methods.wgates.method import budget_cost, gate_channels, trained_copy
 
 
 def decide(ctx: MethodContext) -> MethodResult:

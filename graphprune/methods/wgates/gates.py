@@ -14,10 +14,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.fx as fx
 from torch import nn
 
 from graphprune.analysis.groups import ChannelGroup
 from graphprune.passes.channel_gates import producers
+from graphprune.trace import META_KEY, TensorSpec
 
 
 class BinaryStep(torch.autograd.Function):
@@ -67,6 +69,7 @@ class _Rows(nn.Module):
 class WeightGate(nn.Module):
     """The gate of one channel group: producer weights -> (group.size,) binary gates.
 
+    The score is the encoding's (plus the filter-norm prior) minus the budget's `threshold` buffer.
     `hidden`: width of the per-filter encoding; `init_score`: initial score of a filter of average norm (> 0:
     all gates open, so training starts from the unpruned model); `prior_weight`: initial weight of the
     relative filter norm in the score; `detach_weights`: the gate reads the weights
@@ -111,6 +114,9 @@ class WeightGate(nn.Module):
         # whose gates all close cuts the network in two, and no task gradient can then reopen them
         self.min_open = max(1, math.ceil(min_open * group.size)) if min_open > 0 else 0
         self.weight_modules = [m.site.target for m in members]
+        # the budget's threshold, subtracted from every score: raised while the gated net is over budget
+        # and lowered while under (a buffer, so a resumed run continues with it)
+        self.register_buffer("threshold", torch.zeros(()))
         self.last_score: torch.Tensor | None = None
         self.last_gate: torch.Tensor | None = None
 
@@ -124,7 +130,7 @@ class WeightGate(nn.Module):
             prior = rel if prior is None else prior + rel
         assert feats is not None and prior is not None
         n = len(weights)
-        return self.head(feats / n).squeeze(-1) + self.prior_weight * (prior / n - 1.0)
+        return self.head(feats / n).squeeze(-1) + self.prior_weight * (prior / n - 1.0) - self.threshold
 
     def forward(self, *weights: torch.Tensor) -> torch.Tensor:
         score = self.scores(*weights)
@@ -136,8 +142,25 @@ class WeightGate(nn.Module):
         return gate
 
 
-def build_gates(gm: nn.Module, groups: Sequence[ChannelGroup], **options: Any) -> dict[str, WeightGate]:
-    """A WeightGate for every group that has a conv / linear producer (others cannot be gated)."""
+def spans_resolutions(gm: fx.GraphModule, group: ChannelGroup) -> bool:
+    """Whether the group's producers write feature maps of more than one spatial size: a residual
+    stream carried across stages (as the zero-padded option-A shortcut does), whose channels every
+    later stage reads."""
+    nodes = {n.name: n for n in gm.graph.nodes}
+    sizes = set()
+    for m in producers(group):
+        spec = nodes[m.site.node].meta.get(META_KEY) if m.site.node in nodes else None
+        if isinstance(spec, TensorSpec):
+            sizes.add(tuple(spec.shape[2:]))
+    return len(sizes) > 1
+
+
+def build_gates(
+    gm: fx.GraphModule, groups: Sequence[ChannelGroup], *, span_floor: float = 0.0, **options: Any
+) -> dict[str, WeightGate]:
+    """A WeightGate for every group that has a conv / linear producer (others cannot be gated).
+
+    A group that spans several resolutions keeps at least `span_floor` of its channels open."""
     gates: dict[str, WeightGate] = {}
     for g in groups:
         members = producers(g)
@@ -146,5 +169,8 @@ def build_gates(gm: nn.Module, groups: Sequence[ChannelGroup], **options: Any) -
         mods = [gm.get_submodule(m.site.target) for m in members]
         weights = [m.weight for m in mods]
         flags = [bool(getattr(m, "transposed", False)) for m in mods]
-        gates[g.id] = WeightGate(g, weights, transposed=flags, **options)  # type: ignore[arg-type]
+        opts = dict(options)
+        if span_floor > 0 and spans_resolutions(gm, g):
+            opts["min_open"] = max(float(opts.get("min_open", 0.1)), span_floor)
+        gates[g.id] = WeightGate(g, weights, transposed=flags, **opts)  # type: ignore[arg-type]
     return gates

@@ -8,7 +8,7 @@ from pathlib import Path
 from graphprune.efficiency.latency import LatencyPredictor, build_latency_model, measure_plan
 from graphprune.graph import PrunableGraph
 from graphprune.methods.base import MethodContext
-from graphprune.methods.wgates.method import CostModel
+from graphprune.methods.wgates.cost import CostModel
 from graphprune.plan import PruningPlan
 
 

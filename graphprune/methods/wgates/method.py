@@ -1,14 +1,19 @@
 """The `wgates` method: train W-Gates jointly with the weights under a budget, read them off, repair.
 
 Schedule (one `fit` stage, "wgates"): gates are inserted into a copy of the model with every gate open;
-the task loss (KD from the teacher when there is one) plus `budget_loss(predicted cost)` trains weights
-and gates together (gates with their own learning rate, no weight decay). At the end the gates are read
-off into a plan, and the repair step moves the cheapest channels until the *measured* cost is within
-the target. The pipeline then applies the plan and fine-tunes.
+the task loss (KD from the teacher when there is one) trains weights and gates together (gates with their
+own learning rate, no weight decay) while the budget raises one threshold shared by every gate's score
+(`budget_form="threshold"`: dual ascent on the predicted cost's relative excess), so that the task
+loss, i.e. importance, decides which gates fall under it. At the end the gates are read off into a plan,
+and the repair step moves channels until the *measured* cost is within the target. The pipeline then
+applies the plan and fine-tunes.
 
-Options (`ctx.options`): gate_hidden (16), gate_lr (0.01), budget_weight (lambda, 2.0),
-budget_form ("hinge"), max_ratio (0.9), epochs (the --epochs list; wgates' gate stage is its first
-entry, abp+wgates' its third; 0 reads the gates off untrained).
+Options (`ctx.options`): gate_hidden (16), gate_lr (0.01), budget_form ("threshold"; "hinge" or
+"squared" put `budget_weight` x the excess on every gate in proportion to its cost, the earlier form),
+threshold_range (4.0: how far the threshold may move over the stage, in score units), budget_weight
+(2.0), max_ratio (0.9), span_floor (0.5: the share a group spanning several resolutions keeps),
+epochs / stage_steps (the --epochs list; wgates' gate stage is its first entry, abp+wgates' its third;
+0 epochs reads the gates off untrained).
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,43 +28,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from graphprune.efficiency import DifferentiableFlops, FlopsModel
 from graphprune.efficiency.loss import budget_loss
 from graphprune.fileio import write_text
 from graphprune.graph import PrunableGraph
 from graphprune.methods.base import MethodContext, MethodError, MethodResult, seeded
+from graphprune.methods.wgates.cost import CostModel, flops_cost
 from graphprune.methods.wgates.gates import WeightGate, build_gates
 from graphprune.methods.wgates.readoff import gate_scores, read_off
 from graphprune.methods.wgates.repair import repair
 from graphprune.passes.channel_gates import InsertChannelGates, RemoveChannelGates, gate_slots
 from graphprune.plan import PruningPlan
 from graphprune.train import TrainConfig, fit
-
-Predictor = Callable[[dict[str, torch.Tensor]], torch.Tensor]
-
-
-@dataclasses.dataclass
-class CostModel:
-    """A budget in one unit: a differentiable prediction for training, a measurement for repair."""
-
-    unit: str  # "MACs" or "ms"
-    target: float
-    predict: Predictor  # gate vectors by group id -> predicted cost (torch scalar)
-    measure: Callable[[PruningPlan], float]
-    original: float
-
-
-def flops_cost(pg: PrunableGraph, ratio: float, groups: list[str]) -> CostModel:
-    """MACs: DifferentiableFlops for training, FlopsModel (== count_flops of the applied plan) for repair."""
-    diff = DifferentiableFlops(pg, groups)
-    exact = FlopsModel(pg)
-    return CostModel(
-        "MACs",
-        ratio * pg.flops,
-        lambda keep: diff(keep),
-        lambda plan: float(exact.flops(plan.channels, plan.blocks)),
-        float(pg.flops),
-    )
 
 
 def stage_config(ctx: MethodContext, index: int = 0) -> TrainConfig | None:
@@ -109,27 +87,42 @@ def gate_channels(
             init_score=float(opts.get("gate_init", 0.5)),
             prior_weight=float(opts.get("gate_prior", 1.0)),
             min_open=1.0 - float(opts.get("max_ratio", 0.9)),
+            span_floor=float(opts.get("span_floor", 0.5)),
         )
     if not gates:
         raise MethodError("wgates: the model has no prunable channel group with a conv / linear producer")
     gm = InsertChannelGates(groups, gates)(pg.gm).graph_module
     slots = gate_slots(gm)
     weight = float(opts.get("budget_weight", 2.0))
-    form = opts.get("budget_form", "hinge")
+    form = opts.get("budget_form", "threshold")
     history: list[dict[str, float]] = []
-
-    def extra_loss(model: nn.Module, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        keep = _last_gates(slots)
-        predicted = cost.predict(keep)
-        total = sum(v.numel() for v in keep.values())
-        opened = sum(float(v.detach().sum()) for v in keep.values()) / max(1, total)
-        history.append({"step": len(history), "open_ratio": opened, "predicted": float(predicted.detach())})
-        return budget_loss(predicted, cost.target, weight, form).to(logits.device, logits.dtype)
-
-    gate_params = [p for s in slots.values() for p in s.gate.parameters()]
     cfg = stage_config(ctx, stage_index)
     if ctx.data is None:
         raise MethodError("wgates trains its gates: it needs --data")
+    stage_steps = _stage_steps(cfg, ctx.data) if cfg is not None else 1
+    # the threshold moves by at most about `threshold_range` score units over the stage
+    rate = float(opts.get("threshold_range", 4.0)) / max(1, stage_steps)
+
+    def extra_loss(model: nn.Module, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        keep = _last_gates(slots)
+        total = sum(v.numel() for v in keep.values())
+        opened = sum(float(v.detach().sum()) for v in keep.values()) / max(1, total)
+        if form == "threshold":
+            # the budget acts on one threshold shared by every gate (dual ascent on the relative excess):
+            # the task loss alone trains the scores, so importance, not cost, decides which gates close
+            with torch.no_grad():
+                predicted = cost.predict({k: v.detach() for k, v in keep.items()})
+                step = rate * (float(predicted) / cost.target - 1.0)
+                for slot in slots.values():
+                    slot.gate.threshold.add_(step)  # type: ignore[union-attr, operator]
+            loss = torch.zeros((), device=logits.device, dtype=logits.dtype)
+        else:
+            predicted = cost.predict(keep)
+            loss = budget_loss(predicted, cost.target, weight, form).to(logits.device, logits.dtype)
+        history.append({"step": len(history), "open_ratio": opened, "predicted": float(predicted.detach())})
+        return loss
+
+    gate_params = [p for s in slots.values() for p in s.gate.parameters()]
     if cfg is not None:
         fit(
             gm,
@@ -189,6 +182,12 @@ def gate_channels(
         if history:
             plots.append(_plot_open_ratio(history, Path(ctx.run_dir) / f"{stage}_open_ratio.png"))
     return plan, trained, report, plots
+
+
+def _stage_steps(cfg: TrainConfig, data: Any) -> int:
+    """The optimiser steps a stage with `cfg` takes on `data`."""
+    total = cfg.epochs * max(1, len(data.train) // cfg.batch_size)
+    return min(total, cfg.max_steps) if cfg.max_steps is not None else total
 
 
 def _last_gates(slots: dict[str, Any]) -> dict[str, torch.Tensor]:
