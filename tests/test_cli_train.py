@@ -106,3 +106,59 @@ def test_onnx_eval_disagreeing_with_pytorch_is_an_error(
     result = run("eval", tiny["model"], "--input-shape", "1,3,8,8", "--data", tiny["data"],
                  "--onnx", tmp_path / "net.onnx")  # fmt: skip
     assert result.exit_code == 2 and "differs from PyTorch" in result.stderr
+
+
+def test_a_pruned_run_is_fine_tuned_twice_each_continuing_from_the_last(
+    tiny: dict[str, str], tmp_path: Path
+) -> None:
+    from graphprune.checkpoint import RunInfo, file_sha256
+    from graphprune.modelspec import resolve_model
+
+    torch = pytest.importorskip("torch")
+    weights = tmp_path / "orig.pt"  # the original's own weights: the teacher
+    torch.save(resolve_model(tiny["model"], input_shape=(1, 3, 8, 8)).model.state_dict(), weights)
+    first = tmp_path / "pr"
+    result = run(
+        "prune", tiny["model"], "--weights", weights, "--input-shape", "1,3,8,8", "--method", "l1",
+        "--target-flops", "0.5", "--round-to", "1", "--data", tiny["data"], "--finetune-epochs", "1",
+        "--batch-size", "8", "--no-export", "--out", first,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    info = RunInfo.load(first)
+    assert info.teacher is not None and info.teacher.model == tiny["model"]
+    assert info.teacher.weights == str(weights.resolve()) and info.teacher.sha256 == file_sha256(weights)
+
+    previous = first
+    for name in ("ft1", "ft2"):
+        out = tmp_path / name
+        before = load_run(previous).model.state_dict()
+        cont = run("finetune", previous, "--epochs", "1", "--batch-size", "8", "--no-export", "--out", out)
+        assert cont.exit_code == 0, cont.output
+        report = json.loads((out / "report.json").read_text())
+        assert report["finetune"]["steps"] == 3 and "KD from the original" in report["finetune_summary"]
+        assert RunInfo.load(out).teacher == info.teacher  # the same teacher, recorded again
+        after = load_run(out).model.state_dict()
+        assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+        # it started from the previous run's pruned weights: the original evaluates the same
+        assert (
+            report["original"]["top1"] == json.loads((first / "report.json").read_text())["original"]["top1"]
+        )
+        previous = out
+
+    # the plan and pruned weights of a run, given as MODEL --plan --weights, continue as well
+    plain = run("finetune", tiny["model"], "--input-shape", "1,3,8,8", "--plan", first / "plan.json",
+                "--weights", first / "model.safetensors", "--data", tiny["data"], "--epochs", "1",
+                "--batch-size", "8", "--no-export", "--out", tmp_path / "ft3")  # fmt: skip
+    assert plain.exit_code == 0, plain.output
+    assert RunInfo.load(tmp_path / "ft3").teacher == info.teacher
+
+    no_kd = run("finetune", first, "--epochs", "1", "--batch-size", "8", "--no-kd", "--no-export",
+                "--out", tmp_path / "ft5")  # fmt: skip
+    assert no_kd.exit_code == 0, no_kd.output
+    assert RunInfo.load(tmp_path / "ft5").teacher is None
+
+    weights.write_bytes(weights.read_bytes() + b"\0")  # the teacher changed since: said, not used
+    changed = run("finetune", first, "--epochs", "1", "--no-export", "--out", tmp_path / "ft4")
+    assert changed.exit_code == 2 and "teacher) weights" in changed.stderr and "changed" in changed.stderr
+    same_dir = run("finetune", first, "--epochs", "1", "--out", first)
+    assert same_dir.exit_code == 2 and "--out must be a new directory" in same_dir.stderr

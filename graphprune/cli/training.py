@@ -19,6 +19,17 @@ DATA_HELP = (
 )
 
 
+def val_split_option(fn: F) -> F:
+    """--val-split FRACTION, for the commands that train."""
+    return click.option(
+        "--val-split",
+        type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+        metavar="FRACTION",
+        help="Hold out this fraction of the training images (class-stratified, fixed) as a validation "
+        "split: evaluation during training, and --keep best, use it instead of the test split.",
+    )(fn)
+
+
 def data_options(fn: F) -> F:
     fn = click.option("--image-size", type=click.IntRange(min=1), help="Resize imagefolder images to this.")(
         fn
@@ -51,7 +62,25 @@ def train_options(fn: F) -> F:
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--channels-last", is_flag=True, help="channels_last memory format."),
         click.option("--bf16", is_flag=True, help="bf16 autocast (on a GPU)."),
-        click.option("--resume", is_flag=True, help="Continue the run in --out where it stopped."),
+        click.option(
+            "--keep",
+            type=click.Choice(["last", "best"]),
+            default="last",
+            show_default=True,
+            help="Weights the run ends with: the last step's, or the epoch's with the best validation "
+            "top-1 (best.safetensors is kept beside the last checkpoint either way).",
+        ),
+        click.option(
+            "--resume",
+            is_flag=True,
+            help="Continue the run in --out where it stopped; more --epochs or --max-steps than were done "
+            "trains the difference.",
+        ),
+        click.option(
+            "--override",
+            is_flag=True,
+            help="With --resume, accept a changed batch size, learning rate, seed, data ... (else an error).",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -62,9 +91,11 @@ def train_config(epochs: int, kw: dict[str, Any]) -> TrainConfig:
     """A TrainConfig from the options of `train_options` (popped from `kw`)."""
     names = (
         "lr", "batch_size", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "kd_temperature",
-        "kd_alpha", "max_steps", "seed", "channels_last", "bf16",
+        "kd_alpha", "max_steps", "seed", "channels_last", "bf16", "keep", "override",
     )  # fmt: skip
-    return TrainConfig(epochs=epochs, **{n: kw.pop(n) for n in names})
+    values = {n: kw.pop(n) for n in names}
+    values["resume_override"] = values.pop("override")
+    return TrainConfig(epochs=epochs, **values)
 
 
 def print_run_summary(report: dict[str, Any], out_dir: Any) -> None:
