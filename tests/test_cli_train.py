@@ -162,3 +162,30 @@ def test_a_pruned_run_is_fine_tuned_twice_each_continuing_from_the_last(
     assert changed.exit_code == 2 and "teacher) weights" in changed.stderr and "changed" in changed.stderr
     same_dir = run("finetune", first, "--epochs", "1", "--out", first)
     assert same_dir.exit_code == 2 and "--out must be a new directory" in same_dir.stderr
+
+
+def test_bad_data_is_one_error_line_with_exit_code_2(tiny: dict[str, str], tmp_path: Path) -> None:
+    write_tree(tmp_path / "tree", per_class=2)
+    (tmp_path / "tree" / "train" / "class0" / "000.png").write_bytes(b"broken")  # the very first image
+    for spec in (
+        f"imagefolder:{tmp_path / 'tree'}",
+        f"cifar10:{tmp_path / 'tree' / 'test' / 'class0' / '000.png'}",
+    ):
+        result = run("finetune", tiny["model"], "--input-shape", "1,3,8,8", "--data", spec, "--epochs", "1",
+                     "--no-kd", "--no-export", "--out", tmp_path / "out")  # fmt: skip
+        assert result.exit_code == 2, result.output
+        errors = [line for line in result.stderr.splitlines() if not line.startswith("done ")]
+        assert len(errors) == 1 and errors[0].startswith("error: ") and "000.png" in errors[0]
+
+
+def test_greyscale_images_get_a_note_and_train(tiny: dict[str, str], tmp_path: Path) -> None:
+    from PIL import Image
+
+    write_tree(tmp_path / "tree", per_class=4)
+    grey = tmp_path / "tree" / "train" / "class0" / "000.png"
+    Image.open(grey).convert("L").save(grey)
+    spec = f"imagefolder:{tmp_path / 'tree'}"
+    result = run("finetune", tiny["model"], "--input-shape", "1,3,8,8", "--data", spec, "--epochs", "1",
+                 "--batch-size", "4", "--no-kd", "--no-export", "--out", tmp_path / "out")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "note: " in result.stderr and "converted 1 greyscale image(s) to RGB" in result.stderr

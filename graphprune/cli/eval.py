@@ -76,7 +76,7 @@ def eval_command(
     if data_spec is None:
         raise DataError("eval needs --data SPEC")
     with step(f"Loading {data_spec}"):
-        data = load_data(data_spec, image_size=image_size)
+        data = load_data(data_spec, image_size=image_size, channels=shape[1] if len(shape) == 4 else None)
     data.check_num_classes(num_outputs(net, example), name)
     with step(f"Evaluating {name} on the {split} split ({len(data.split(split))} images)"):
         result = evaluate(net.eval(), data, split, batch_size=batch_size)

@@ -132,7 +132,11 @@ def run(req: PipelineRequest, step: Step = _null_step) -> dict[str, Any]:
     if req.data is not None:
         with step(f"Loading {req.data}"):
             data = load_data(
-                req.data, image_size=req.image_size, limit=req.data_limit, val_split=req.val_split
+                req.data,
+                image_size=req.image_size,
+                limit=req.data_limit,
+                val_split=req.val_split,
+                channels=rm.input_shape[1] if len(rm.input_shape) == 4 else None,
             )
         data.check_num_classes(num_outputs(rm.model, rm.example_inputs), rm.name)
         if tuple(rm.input_shape[1:]) != data.input_shape:

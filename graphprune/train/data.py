@@ -24,6 +24,10 @@ class DataError(GraphpruneError):
     """A `--data` spec or the dataset it names is unusable (missing split, bad image, ...)."""
 
 
+class DataNote(UserWarning):
+    """Something done to the data the user should know of (images converted to the model's channels)."""
+
+
 @dataclass(frozen=True)
 class ImageTensors:
     """One split: uint8 images (N, C, H, W) and int64 labels (N,)."""
@@ -163,6 +167,7 @@ def load_data(
     std: Sequence[float] | None = None,
     val_split: int | float | None = None,
     val_seed: int = 0,
+    channels: int | None = None,
 ) -> DataBundle:
     """Decode the dataset `spec` names (`scheme:PATH`) into uint8 tensors.
 
@@ -171,7 +176,8 @@ def load_data(
     `limit` keeps the first images of each split (class-balanced where the format allows), for smoke runs.
     `cache_dir` (default: `$GRAPHPRUNE_DATA_CACHE`, if set) keeps the decoded tensors on disk.
     `val_split` (images, or a fraction below 1) holds out a class-stratified validation split of the
-    training images, drawn with `val_seed` (see `DataBundle.with_val`).
+    training images, drawn with `val_seed` (see `DataBundle.with_val`). `channels` is the model's input
+    channel count: image files are converted to it (default RGB; Fashion-MNIST stays greyscale).
     """
     from graphprune.train import datasets
 
@@ -185,7 +191,10 @@ def load_data(
             f"unknown data scheme {scheme!r} in {spec!r} (choose from {sorted(datasets.SCHEMES)})"
         )
     cache_dir = cache_dir if cache_dir is not None else os.environ.get(CACHE_ENV_VAR) or None
-    bundle = datasets.SCHEMES[scheme](path, image_size=image_size, cache_dir=cache_dir, limit=limit)
+    options = {"channels": channels} if channels is not None and scheme != "fashion-mnist" else {}
+    bundle = datasets.SCHEMES[scheme](
+        path, image_size=image_size, cache_dir=cache_dir, limit=limit, **options
+    )
     if mean is not None or std is not None:
         bundle = replace(
             bundle,

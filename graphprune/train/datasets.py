@@ -13,6 +13,7 @@ import hashlib
 import io
 import pickle
 import struct
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -24,12 +25,13 @@ from torch import Tensor
 
 from graphprune import shared
 from graphprune.fileio import save_tensors
-from graphprune.train.data import DataBundle, DataError, ImageTensors
+from graphprune.train.data import DataBundle, DataError, DataNote, ImageTensors
 from graphprune.train.loader import Augment
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+GREY_MODES = ("L", "LA", "1", "I", "I;16", "F")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 CACHE_VERSION = 1
 
@@ -108,9 +110,16 @@ class _Tree:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.archive = zipfile.ZipFile(path) if path.is_file() else None
+        if path.is_file() and not zipfile.is_zipfile(path):
+            raise DataError(f"{path} is neither a directory nor a zip archive")
+        try:
+            self.archive = zipfile.ZipFile(path) if path.is_file() else None
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise DataError(f"unreadable zip archive {path}: {exc}") from None
+        self.dirs: list[str] = []  # folders a zip lists (an empty class folder has no file to show it)
         if self.archive is not None:
             names = [n for n in self.archive.namelist() if not n.endswith("/")]
+            self.dirs = [n.rstrip("/") for n in self.archive.namelist() if n.endswith("/")]
         else:
             names = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
         self.files = sorted(names)
@@ -133,6 +142,12 @@ class _Tree:
                 by_class.setdefault(parts[1], []).append(name)
             elif len(parts) == 3:
                 by_class.setdefault(parts[1], [])
+        for name in self.dirs:
+            parts = PurePosixPath(name[len(self.prefix) :]).parts if name.startswith(self.prefix) else ()
+            if len(parts) >= 1 and parts[0] == split:
+                found = True
+                if len(parts) == 2:
+                    by_class.setdefault(parts[1], [])
         if self.archive is None:
             root = self.path / self.prefix / split
             if root.is_dir():
@@ -152,23 +167,27 @@ class _Tree:
             self.archive.close()
 
 
-def _decode(tree: _Tree, name: str, mode: str, size: int | None) -> np.ndarray:
+def _decode(tree: _Tree, name: str, mode: str, size: int | None) -> tuple[np.ndarray, bool]:
+    """The image `name` as an (H, W, C) array in `mode` ("L" or "RGB"), and whether it was converted
+    from another channel count."""
     where = f"{tree.path}:{name}" if tree.archive is not None else str(tree.path / name)
     try:
         with Image.open(io.BytesIO(tree.read(name))) as opened:
+            converted = (opened.getbands() == ("L",) or opened.mode in GREY_MODES) != (mode == "L")
             img = opened.convert(mode)
         if size is not None and img.size != (size, size):
             img = img.resize((size, size), Image.Resampling.BILINEAR)
         array = np.asarray(img)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"unreadable image {where}: {exc}") from None
-    return array if array.ndim == 3 else array[:, :, None]
+        raise DataError(f"unreadable image {where}: {shared.image_error(exc)}") from None
+    return (array if array.ndim == 3 else array[:, :, None]), converted
 
 
 def _image_tree(
-    path: Path, image_size: int | None, test_names: tuple[str, ...]
+    path: Path, image_size: int | None, test_names: tuple[str, ...], channels: int = 3
 ) -> tuple[Splits, tuple[str, ...]]:
-    """Decode `train/` and the first of `test_names` present from an ImageFolder directory or zip."""
+    """Decode `train/` and the first of `test_names` present from an ImageFolder directory or zip, every
+    image converted to `channels` (1: greyscale, else RGB), with a `DataNote` when some were not."""
     tree = _Tree(path)
     try:
         listed = {"train": tree.classes("train")}
@@ -190,9 +209,8 @@ def _image_tree(
             empty = [c for c in classes if not by_class[c]]
             if empty:
                 raise DataError(f"{path}: class folder {shown}/{empty[0]} holds no images")
-        first = listed["train"][classes[0]][0]
-        with Image.open(io.BytesIO(tree.read(first))) as probe:
-            mode = "L" if probe.mode in ("L", "1", "I;16") else "RGB"
+        mode = "L" if channels == 1 else "RGB"
+        converted: list[str] = []
         splits: Splits = {}
         for split, by_class in listed.items():
             assert by_class is not None
@@ -200,7 +218,9 @@ def _image_tree(
             labels: list[int] = []
             for label, cls in enumerate(classes):
                 for name in by_class[cls]:
-                    array = _decode(tree, name, mode, image_size)
+                    array, was_converted = _decode(tree, name, mode, image_size)
+                    if was_converted:
+                        converted.append(name)
                     if arrays and array.shape != arrays[0].shape:
                         raise DataError(
                             f"{path}: {name} is {array.shape[1]}x{array.shape[0]}, the first image "
@@ -212,6 +232,14 @@ def _image_tree(
             splits[split] = ImageTensors(images, torch.tensor(labels, dtype=torch.int64))
     finally:
         tree.close()
+    if converted:
+        kind = "RGB" if mode == "L" else "greyscale"
+        warnings.warn(
+            f"{path}: converted {len(converted)} {kind} image(s) to {'greyscale' if mode == 'L' else 'RGB'} "
+            f"for a {channels}-channel model (first: {converted[0]})",
+            DataNote,
+            stacklevel=2,
+        )
     return splits, tuple(classes)
 
 
@@ -229,7 +257,12 @@ def _existing(path: str, default: Path | None, what: str) -> Path:
 
 
 def load_cifar10(
-    path: str, *, image_size: int | None = None, cache_dir: str | Path | None = None, limit: int | None = None
+    path: str,
+    *,
+    image_size: int | None = None,
+    cache_dir: str | Path | None = None,
+    limit: int | None = None,
+    channels: int = 3,
 ) -> DataBundle:
     """CIFAR-10 from the JPEG zip (read straight from it), its extracted tree, or the python batches."""
     if path:
@@ -260,9 +293,9 @@ def load_cifar10(
         splits, classes = _cached(
             "cifar10-tree",
             p,
-            (image_size, limit),
+            (image_size, limit, channels),
             cache_dir,
-            lambda: _image_tree(p, image_size, ("test", "val")),
+            lambda: _image_tree(p, image_size, ("test", "val"), channels),
         )
     return DataBundle(
         name=f"cifar10:{p}",
@@ -340,7 +373,12 @@ def _idx_file(root: Path, stem: str) -> Path:
 
 
 def load_fashion_mnist(
-    path: str, *, image_size: int | None = None, cache_dir: str | Path | None = None, limit: int | None = None
+    path: str,
+    *,
+    image_size: int | None = None,
+    cache_dir: str | Path | None = None,
+    limit: int | None = None,
+    channels: int = 1,
 ) -> DataBundle:
     """Fashion-MNIST from `{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]` (default: Debian's path)."""
     if not path and not FASHION_MNIST_DIR.is_dir():
@@ -383,12 +421,22 @@ FASHION_MNIST_CLASSES = (
 
 
 def load_imagefolder(
-    path: str, *, image_size: int | None = None, cache_dir: str | Path | None = None, limit: int | None = None
+    path: str,
+    *,
+    image_size: int | None = None,
+    cache_dir: str | Path | None = None,
+    limit: int | None = None,
+    channels: int = 3,
 ) -> DataBundle:
-    """Any ImageFolder tree (directory or zip): `train/<class>/*` plus `val/` or `test/`."""
+    """Any ImageFolder tree (directory or zip): `train/<class>/*` plus `val/` or `test/`, decoded to
+    `channels` (1: greyscale, else RGB)."""
     root = _existing(path, None, "ImageFolder tree")
     splits, classes = _cached(
-        "imagefolder", root, (image_size,), cache_dir, lambda: _image_tree(root, image_size, ("val", "test"))
+        "imagefolder",
+        root,
+        (image_size, channels),
+        cache_dir,
+        lambda: _image_tree(root, image_size, ("val", "test"), channels),
     )
     channels = splits["train"].images.shape[1]
     size = splits["train"].images.shape[-1]
