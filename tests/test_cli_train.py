@@ -189,3 +189,75 @@ def test_greyscale_images_get_a_note_and_train(tiny: dict[str, str], tmp_path: P
                  "--batch-size", "4", "--no-kd", "--no-export", "--out", tmp_path / "out")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "note: " in result.stderr and "converted 1 greyscale image(s) to RGB" in result.stderr
+
+
+def test_val_split_is_watched_and_keep_best_keeps_its_best_epoch(
+    tiny: dict[str, str], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    result = run("finetune", tiny["model"], "--input-shape", "1,3,8,8", "--data", tiny["data"],
+                 "--epochs", "3", "--batch-size", "4", "--val-split", "0.25", "--keep", "best", "--no-kd",
+                 "--no-export", "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    history = report["finetune"]["history"]
+    assert [r["eval_split"] for r in history] == ["val"] * 3 and report["finetune"][
+        "steps"
+    ] == 12  # 18 train, batch 4
+    best = max(history, key=lambda r: r["eval_top1"])  # first of the best, as fit keeps it
+    from safetensors.torch import load_file
+
+    kept = load_file(out / "stages" / "finetune" / "best.safetensors")
+    final = load_file(out / "model.safetensors")
+    assert all(torch_equal(kept[k], final[k]) for k in kept)
+    data = load_data(tiny["data"])
+    assert report["pruned"]["top1"] == pytest.approx(
+        evaluate(load_run(out).model, data).top1
+    )  # test, not val
+    assert best["eval_top1"] >= history[-1]["eval_top1"]
+
+
+def torch_equal(a: object, b: object) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))  # type: ignore[arg-type]
+
+
+def test_export_and_timing_run_on_a_cpu_copy_after_fine_tuning(
+    tiny: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stand-in for a GPU: fit leaves the model "on its device"; the pipeline must bring it to the CPU
+    (Module.cpu) before it saves, evaluates, exports and times it."""
+    import torch
+
+    import graphprune.export
+    from graphprune.methods import pipeline
+
+    events: list[str] = []
+    trained: list[torch.nn.Module] = []
+    real_fit, real_cpu, real_export = pipeline.fit, torch.nn.Module.cpu, graphprune.export.export_onnx
+
+    def fit_on_device(model: torch.nn.Module, *args: object, **kw: object) -> object:
+        result = real_fit(model, *args, **kw)  # type: ignore[arg-type]
+        trained.append(model)
+        events.append("fit")
+        return result
+
+    def cpu(self: torch.nn.Module) -> torch.nn.Module:
+        if any(self is m for m in trained):
+            events.append("cpu")
+        return real_cpu(self)
+
+    def export(module: torch.nn.Module, *args: object, **kw: object) -> object:
+        if any(module is m for m in trained):
+            events.append("export")
+        return real_export(module, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline, "fit", fit_on_device)
+    monkeypatch.setattr(torch.nn.Module, "cpu", cpu)
+    monkeypatch.setattr(graphprune.export, "export_onnx", export)
+    result = run("finetune", tiny["model"], "--input-shape", "1,3,8,8", "--data", tiny["data"],
+                 "--epochs", "1", "--max-steps", "1", "--batch-size", "8", "--no-kd",
+                 "--out", tmp_path / "run")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert events == ["fit", "cpu", "export"]

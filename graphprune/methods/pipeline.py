@@ -227,8 +227,8 @@ def run(req: PipelineRequest, step: Step = _null_step) -> dict[str, Any]:
         with step("Evaluating the pruned model"):
             final = (
                 fit_result.test
-                if fit_result is not None and fit_result.test is not None
-                else evaluate(slim, data)
+                if fit_result is not None and fit_result.test is not None and data.eval_split == "test"
+                else evaluate(slim, data)  # the test split, never the validation split fit watched
             )
             pruned_row.update(_eval_dict(final))
     if req.export:
