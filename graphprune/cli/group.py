@@ -43,7 +43,7 @@ class _OneLineError(click.ClickException):
 
 def _show_note(message: Warning | str, category: type[Warning], *args: Any, **kw: Any) -> None:
     """A DataNote as one `note: ...` line on stderr; other warnings as Python shows them."""
-    from graphprune.train.data import DataNote
+    from graphprune.train.bundle import DataNote
 
     if issubclass(category, DataNote):
         click.echo(f"note: {message}", err=True)

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from graphprune import shared
 from graphprune.fileio import save_tensors
-from graphprune.train.data import DataBundle, DataError, DataNote, ImageTensors
+from graphprune.train.bundle import DataBundle, DataError, DataNote, ImageTensors
 from graphprune.train.loader import Augment
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")

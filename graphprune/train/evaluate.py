@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from graphprune.train import distributed
-from graphprune.train.data import DataBundle
+from graphprune.train.bundle import DataBundle
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from graphprune.errors import GraphpruneError
 from graphprune.train import distributed, state
+from graphprune.train.bundle import DataBundle
 from graphprune.train.config import TrainConfig
-from graphprune.train.data import DataBundle
 from graphprune.train.distill import distill_loss
 from graphprune.train.evaluate import EvalResult, evaluate
 from graphprune.train.interrupt import DeferredInterrupt

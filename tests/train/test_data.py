@@ -229,3 +229,21 @@ def test_greyscale_images_are_converted_to_the_models_channels(tmp_path: Path) -
     with pytest.warns(DataNote, match="to greyscale for a 1-channel model"):
         grey = load_data(f"imagefolder:{root}", channels=1)
     assert grey.input_shape == (1, 8, 8) and grey.train.images[0, 0, 0, 0] == 77
+
+
+def test_the_data_layer_imports_one_way() -> None:
+    """data (load_data) -> datasets (formats) -> bundle (DataBundle): no module imports one above it."""
+    import ast
+
+    import graphprune.train
+
+    root = Path(graphprune.train.__file__).parent
+    order = ["data", "datasets", "bundle"]
+    for i, name in enumerate(order):
+        tree = ast.parse((root / f"{name}.py").read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        imported |= {
+            f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names
+        }
+        above = {f"graphprune.train.{m}" for m in order[:i]}
+        assert not imported & above, (name, imported & above)
