@@ -7,7 +7,6 @@ from typing import Any
 
 import click
 
-from graphprune.cli.console import step
 from graphprune.cli.options import (
     MODEL_HELP,
     leaf_modules,
@@ -19,6 +18,7 @@ from graphprune.cli.pipeline import load_plan, opt_str
 from graphprune.cli.training import (
     data_options,
     print_run_summary,
+    run_step,
     train_config,
     train_options,
     val_split_option,
@@ -104,7 +104,7 @@ def finetune(
         raise DataError("finetune needs --data SPEC")
     request.data, request.image_size, request.val_split = data_spec, image_size, val_split
     request.finetune, request.resume, request.export = cfg, resume, not no_export
-    print_run_summary(run(request, step), out_dir)
+    print_run_summary(run(request, run_step()), out_dir)
 
 
 def _fits_model(model: str, weights: Path, shape: tuple[int, ...] | None) -> bool:

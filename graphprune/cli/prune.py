@@ -20,6 +20,7 @@ from graphprune.cli.pipeline import opt_str, print_before_after, resolve, run_pi
 from graphprune.cli.training import (
     data_options,
     print_run_summary,
+    run_step,
     train_config,
     train_options,
     val_split_option,
@@ -142,7 +143,7 @@ def prune_and_train(
         prune_layernorm=prune_layernorm(), val_split=val_split,
         options={"scope": scope, "round_to": round_to, "epochs": epochs, **(method_kw or {})},
     )  # fmt: skip
-    print_run_summary(run(request, step), out_dir)
+    print_run_summary(run(request, run_step()), out_dir)
 
 
 @click.command(

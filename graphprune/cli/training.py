@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
-from graphprune.cli.console import stdout, table
+from graphprune.cli.console import stdout, step, table
 from graphprune.cli.pipeline import print_lossless_note
 from graphprune.train.config import TrainConfig
 
@@ -63,6 +63,12 @@ def train_options(fn: F) -> F:
         click.option("--channels-last", is_flag=True, help="channels_last memory format."),
         click.option("--bf16", is_flag=True, help="bf16 autocast (on a GPU)."),
         click.option(
+            "--sync-bn",
+            is_flag=True,
+            help="Under torchrun on GPUs, BatchNorm statistics over the global batch (SyncBatchNorm); "
+            "plain BatchNorm keeps per-process statistics.",
+        ),
+        click.option(
             "--keep",
             type=click.Choice(["last", "best"]),
             default="last",
@@ -91,15 +97,28 @@ def train_config(epochs: int, kw: dict[str, Any]) -> TrainConfig:
     """A TrainConfig from the options of `train_options` (popped from `kw`)."""
     names = (
         "lr", "batch_size", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "kd_temperature",
-        "kd_alpha", "max_steps", "seed", "channels_last", "bf16", "keep", "override",
+        "kd_alpha", "max_steps", "seed", "channels_last", "bf16", "keep", "override", "sync_bn",
     )  # fmt: skip
     values = {n: kw.pop(n) for n in names}
     values["resume_override"] = values.pop("override")
     return TrainConfig(epochs=epochs, **values)
 
 
+def run_step() -> Any:
+    """The console's step spinner, or a silent one on the other ranks of a torchrun job."""
+    import contextlib
+
+    from graphprune.train.distributed import is_main_process
+
+    return step if is_main_process() else (lambda message: contextlib.nullcontext())
+
+
 def print_run_summary(report: dict[str, Any], out_dir: Any) -> None:
-    """Original vs pruned: accuracy, FLOPs, params, latency, as report.md has them."""
+    """Original vs pruned: accuracy, FLOPs, params, latency, as report.md has them (rank 0 alone)."""
+    from graphprune.train.distributed import is_main_process
+
+    if not is_main_process():
+        return
     orig, pruned = report["original"], report["pruned"]
     summary = table(f"{report['model']}: original vs pruned")
     for col, justify in (("metric", "left"), ("original", "right"), ("pruned", "right")):

@@ -25,6 +25,7 @@ from graphprune.graph import PrunableGraph, not_lossless_note, trace
 from graphprune.methods.base import Budget, MethodContext, MethodResult, get_method
 from graphprune.plan import PruningPlan
 from graphprune.rewrite import apply
+from graphprune.train import distributed
 from graphprune.train.config import TrainConfig
 from graphprune.train.data import DataBundle, load_data
 from graphprune.train.evaluate import EvalResult, evaluate
@@ -172,7 +173,9 @@ def run(req: PipelineRequest, step: Step = _null_step) -> dict[str, Any]:
     if req.teacher is not None:
         teacher_ref = ModelRef.of(req.teacher, req.teacher_weights)
     info = RunInfo(rm.name, rm.input_shape, req.data, method_name, num_classes, req.prune_layernorm)
-    replace(info, weights=weights_ref, teacher=teacher_ref if req.kd else None).save(out)
+    main = distributed.is_main_process()  # under torchrun, rank 0 alone writes, exports and times
+    if main:
+        replace(info, weights=weights_ref, teacher=teacher_ref if req.kd else None).save(out)
 
     # 2. apply
     with step("Applying the plan"):
@@ -186,7 +189,8 @@ def run(req: PipelineRequest, step: Step = _null_step) -> dict[str, Any]:
         from graphprune.weights import load_weights
 
         load_weights(slim, req.pruned_weights)
-    save_pruned(out, slim, plan, pg)
+    if main:
+        save_pruned(out, slim, plan, pg)
 
     # 3. fine-tune with KD from the original
     fit_result = None
@@ -205,7 +209,8 @@ def run(req: PipelineRequest, step: Step = _null_step) -> dict[str, Any]:
         )
         finetune_seconds = time.perf_counter() - start
         slim.cpu()  # fit trained it on its device; export, evaluation and timing run on the CPU
-        save_pruned(out, slim, plan, pg)
+        if main:
+            save_pruned(out, slim, plan, pg)
 
     # 4. export, 5. evaluate and time
     slim.eval()
@@ -231,7 +236,7 @@ def run(req: PipelineRequest, step: Step = _null_step) -> dict[str, Any]:
                 else evaluate(slim, data)  # the test split, never the validation split fit watched
             )
             pruned_row.update(_eval_dict(final))
-    if req.export:
+    if req.export and main:
         with tempfile.TemporaryDirectory(prefix="graphprune-") as tmp:
             original_onnx = Path(tmp) / "original.onnx"
             with step("Exporting the original model to ONNX (for comparison)"):
@@ -263,6 +268,9 @@ def run(req: PipelineRequest, step: Step = _null_step) -> dict[str, Any]:
         )
 
     # 6. report
+    if not main:
+        distributed.barrier()  # returns once rank 0 has written the run directory
+        return report
     plots = list(decided.plots)
     history = _history(out)
     curves = plot_training_curves(history, out / CURVES_PNG)
@@ -271,6 +279,7 @@ def run(req: PipelineRequest, step: Step = _null_step) -> dict[str, Any]:
     report["files"] = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
     write_text(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
     write_report_md(out, report, plots)
+    distributed.barrier()
     return report
 
 

@@ -46,6 +46,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None
     keep: Keep = "last"
+    sync_bn: bool = False
     resume_override: bool = False
 
     # What a resume may change without `resume_override`: the length of the run and how it is watched.

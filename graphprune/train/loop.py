@@ -206,6 +206,12 @@ def fit(
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if cfg.sync_bn and device.type != "cuda":
+        raise GraphpruneError(
+            "--sync-bn needs GPUs: torch's SyncBatchNorm does not run on the CPU (plain BatchNorm keeps "
+            "per-process statistics under DDP)"
+        )
+    synced = cfg.sync_bn and info.enabled and distributed.to_sync_batchnorm(model) > 0
 
     loader = data.loader(
         "train", cfg.batch_size, seed=cfg.seed, augment=cfg.augment, device=device, drop_last=True,
@@ -358,6 +364,8 @@ def fit(
                         raise KeyboardInterrupt
         finally:
             progress.close()
+    if synced:
+        distributed.to_plain_batchnorm(model)  # the caller exports it: plain BatchNorm again
     model.eval()
     if run_dir is not None and info.is_main:
         save()  # the last step's state, to resume from
