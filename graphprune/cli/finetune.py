@@ -16,6 +16,7 @@ from graphprune.cli.options import (
 )
 from graphprune.cli.pipeline import load_plan, opt_str
 from graphprune.cli.training import (
+    data_loading,
     data_options,
     print_run_summary,
     run_step,
@@ -104,6 +105,7 @@ def finetune(
         raise DataError("finetune needs --data SPEC")
     request.data, request.image_size, request.val_split = data_spec, image_size, val_split
     request.finetune, request.resume, request.export = cfg, resume, not no_export
+    request.data_options = {k: v for k, v in data_loading().items() if k != "workers"}
     print_run_summary(run(request, run_step()), out_dir)
 
 

@@ -18,6 +18,7 @@ from graphprune.cli.options import (
 )
 from graphprune.cli.pipeline import opt_str, print_before_after, resolve, run_pipeline, trace
 from graphprune.cli.training import (
+    data_loading,
     data_options,
     print_run_summary,
     run_step,
@@ -141,6 +142,7 @@ def prune_and_train(
         budget=budget, data=data_spec, image_size=image_size, finetune=finetune,
         method_train=method_train, kd=kd, resume=resume, export=export, leaf_modules=leaf_modules(),
         prune_layernorm=prune_layernorm(), val_split=val_split,
+        data_options={k: v for k, v in data_loading().items() if k != "workers"},
         options={"scope": scope, "round_to": round_to, "epochs": epochs, **(method_kw or {})},
     )  # fmt: skip
     print_run_summary(run(request, run_step()), out_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -30,7 +31,69 @@ def val_split_option(fn: F) -> F:
     )(fn)
 
 
+DATA_LOADING_KEY = "graphprune.data_loading"
+
+
+def _keep(name: str) -> Callable[[click.Context, Any, Any], None]:
+    """A click callback storing the option's value under `name` in the command's data loading options."""
+
+    def store(ctx: click.Context, _param: Any, value: Any) -> None:
+        ctx.meta.setdefault(DATA_LOADING_KEY, {})[name] = value
+
+    return store
+
+
+def data_loading() -> dict[str, Any]:
+    """The running command's --stream/--memory-budget/--cache-dir/--workers, as load_data and the loops
+    take them: {"stream", "memory_budget" (bytes), "cache_dir"} and "workers"."""
+    found: dict[str, Any] = dict(click.get_current_context().meta.get(DATA_LOADING_KEY, {}))
+    if found.get("memory_budget") is not None:
+        found["memory_budget"] = found["memory_budget"] * 2**30
+    return found
+
+
 def data_options(fn: F) -> F:
+    """--data, --image-size and how the data is loaded: --stream/--in-memory, --memory-budget,
+    --cache-dir, --workers (read with `data_loading()`)."""
+    loading = [
+        click.option(
+            "--stream/--in-memory",
+            "stream",
+            default=None,
+            expose_value=False,
+            callback=_keep("stream"),
+            help="Force the data path: stream image files through DataLoader workers, or decode them once "
+            "into memory (default: stream an imagefolder tree whose decoded images exceed --memory-budget).",
+        ),
+        click.option(
+            "--memory-budget",
+            type=click.FloatRange(min=0),
+            default=4.0,
+            show_default=True,
+            metavar="GIB",
+            expose_value=False,
+            callback=_keep("memory_budget"),
+            help="Decoded size (GiB) up to which an image folder is decoded once into memory.",
+        ),
+        click.option(
+            "--cache-dir",
+            type=click.Path(path_type=Path, file_okay=False),
+            expose_value=False,
+            callback=_keep("cache_dir"),
+            help="Keep decoded datasets here, by content hash (default: $GRAPHPRUNE_DATA_CACHE).",
+        ),
+        click.option(
+            "--workers",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            expose_value=False,
+            callback=_keep("workers"),
+            help="DataLoader worker processes decoding streamed images (0: in the training process).",
+        ),
+    ]
+    for option in reversed(loading):
+        fn = option(fn)
     fn = click.option("--image-size", type=click.IntRange(min=1), help="Resize imagefolder images to this.")(
         fn
     )
@@ -101,7 +164,7 @@ def train_config(epochs: int, kw: dict[str, Any]) -> TrainConfig:
     )  # fmt: skip
     values = {n: kw.pop(n) for n in names}
     values["resume_override"] = values.pop("override")
-    return TrainConfig(epochs=epochs, **values)
+    return TrainConfig(epochs=epochs, workers=data_loading().get("workers", 0), **values)
 
 
 def run_step() -> Any:

@@ -67,6 +67,7 @@ class PipelineRequest:
     prune_layernorm: bool = False  # LayerNorms over channels prunable (not lossless); model.json records it
     pruned_weights: str | None = None  # MODEL pruned by `plan` (a run continued): loaded after apply
     val_split: float | None = None  # hold out this fraction of train as the validation split
+    data_options: dict[str, Any] = field(default_factory=dict)  # load_data's stream, memory_budget, cache_dir
 
 
 def _null_step(message: str) -> Any:
@@ -138,6 +139,7 @@ def run(req: PipelineRequest, step: Step = _null_step) -> dict[str, Any]:
                 limit=req.data_limit,
                 val_split=req.val_split,
                 channels=rm.input_shape[1] if len(rm.input_shape) == 4 else None,
+                **req.data_options,
             )
         data.check_num_classes(num_outputs(rm.model, rm.example_inputs), rm.name)
         if tuple(rm.input_shape[1:]) != data.input_shape:
@@ -226,14 +228,15 @@ def run(req: PipelineRequest, step: Step = _null_step) -> dict[str, Any]:
         "flops": int(count_flops(slim, rm.example_inputs)),
         "params": int(count_params(slim)),
     }
+    workers = req.finetune.workers if req.finetune is not None else 0
     if data is not None:
         with step("Evaluating the original model"):
-            orig_row.update(_eval_dict(evaluate(original, data)))
+            orig_row.update(_eval_dict(evaluate(original, data, workers=workers)))
         with step("Evaluating the pruned model"):
             final = (
                 fit_result.test
                 if fit_result is not None and fit_result.test is not None and data.eval_split == "test"
-                else evaluate(slim, data)  # the test split, never the validation split fit watched
+                else evaluate(slim, data, workers=workers)  # the test split, never the validation split
             )
             pruned_row.update(_eval_dict(final))
     if req.export and main:

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from graphprune.errors import GraphpruneError
 from graphprune.train.loader import Augment, BatchLoader
+from graphprune.train.stream import ImageFiles, StreamLoader
 
 
 class DataError(GraphpruneError):
@@ -65,20 +66,28 @@ def stratified_sample(labels: Tensor, n: int, seed: int) -> Tensor:
     return torch.sort(torch.cat(picked)).values
 
 
+Split = ImageTensors | ImageFiles  # decoded into memory, or files decoded per batch (streamed)
+
+
 @dataclass(frozen=True)
 class DataBundle:
     """A decoded dataset: train and test splits (and a validation split held out of train, if any),
     plus how to normalise and augment them."""
 
     name: str
-    train: ImageTensors
-    test: ImageTensors
+    train: Split
+    test: Split
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: Augment = field(default_factory=Augment)
     classes: tuple[str, ...] = ()
-    val: ImageTensors | None = None
+    val: Split | None = None
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the splits are files decoded per batch (`stream.ImageFiles`), not tensors."""
+        return isinstance(self.train, ImageFiles)
 
     @property
     def eval_split(self) -> str:
@@ -103,10 +112,12 @@ class DataBundle:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of one image."""
+        if isinstance(self.train, ImageFiles):
+            return self.train.shape
         c, h, w = self.train.images.shape[1:]
         return (int(c), int(h), int(w))
 
-    def split(self, name: str) -> ImageTensors:
+    def split(self, name: str) -> Split:
         if name == "val" and self.val is None:
             raise DataError(f"{self.name}: no validation split held out (use with_val / --val-split)")
         if name not in ("train", "val", "test"):
@@ -125,10 +136,22 @@ class DataBundle:
         drop_last: bool | None = None,
         rank: int = 0,
         world_size: int = 1,
-    ) -> BatchLoader:
-        """Normalised float batches `(x, y)` of `split`; the train split shuffles and augments by default."""
+        workers: int = 0,
+    ) -> BatchLoader | StreamLoader:
+        """Normalised float batches `(x, y)` of `split`; the train split shuffles and augments by default.
+
+        Streamed splits are decoded by `workers` DataLoader processes (random-resized-crop and flip to
+        augment, resize and centre-crop else); decoded ones are batched from memory (`workers` unused)."""
         data = self.split(split)
         is_train = split == "train"
+        if isinstance(data, ImageFiles):
+            return StreamLoader(
+                data, batch_size, mean=self.mean, std=self.std,
+                shuffle=is_train if shuffle is None else shuffle, seed=seed,
+                augment=is_train if augment is None else augment, device=device,
+                drop_last=is_train if drop_last is None else drop_last, rank=rank, world_size=world_size,
+                workers=workers,
+            )  # fmt: skip
         return BatchLoader(
             data.images,
             data.labels,

@@ -18,7 +18,8 @@ class TrainConfig:
     `max_steps` caps a run (short benchmark budgets, smoke runs, CI); the learning-rate schedule spans
     the steps actually run, min(`epochs` x steps per epoch, `max_steps`), so a capped run still warms up
     and anneals. `kd_*` apply only when `fit` is given a teacher. `threads` defaults to every
-    CPU core (shared among the processes of a distributed run on one machine). `keep="best"` ends the
+    CPU core (shared among the processes of a distributed run on one machine). `workers` DataLoader
+    processes decode a streamed dataset (unused when it is decoded into memory). `keep="best"` ends the
     run with the weights of the epoch with the best top-1 on the evaluation split (the validation split
     when one is held out). `resume_override` lets a resume change fields other than `RESUMABLE_CHANGES`.
     """
@@ -47,12 +48,13 @@ class TrainConfig:
     threads: int | None = None
     keep: Keep = "last"
     sync_bn: bool = False
+    workers: int = 0
     resume_override: bool = False
 
     # What a resume may change without `resume_override`: the length of the run and how it is watched.
     RESUMABLE_CHANGES = (
         "epochs", "max_steps", "verbose", "log_every", "eval_every_epoch", "eval_batch_size", "device",
-        "threads", "keep", "resume_override",
+        "threads", "keep", "resume_override", "workers",
     )  # fmt: skip
 
     def __post_init__(self) -> None:

@@ -11,6 +11,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from graphprune.train import datasets
 from graphprune.train.bundle import DataBundle, DataError, DataNote, ImageTensors, stratified_sample
@@ -39,6 +40,8 @@ def load_data(
     val_split: int | float | None = None,
     val_seed: int = 0,
     channels: int | None = None,
+    stream: bool | None = None,
+    memory_budget: float | None = None,
 ) -> DataBundle:
     """Decode the dataset `spec` names (`scheme:PATH`) into uint8 tensors.
 
@@ -49,6 +52,8 @@ def load_data(
     `val_split` (images, or a fraction below 1) holds out a class-stratified validation split of the
     training images, drawn with `val_seed` (see `DataBundle.with_val`). `channels` is the model's input
     channel count: image files are converted to it (default RGB; Fashion-MNIST stays greyscale).
+    An `imagefolder` tree whose decoded images exceed `memory_budget` bytes (default 4 GiB) streams:
+    its files are decoded per batch by DataLoader workers (`stream.py`); `stream` True/False forces it.
     """
     scheme, sep, path = spec.partition(":")
     if not sep and scheme not in datasets.SCHEMES:
@@ -60,7 +65,15 @@ def load_data(
             f"unknown data scheme {scheme!r} in {spec!r} (choose from {sorted(datasets.SCHEMES)})"
         )
     cache_dir = cache_dir if cache_dir is not None else os.environ.get(CACHE_ENV_VAR) or None
-    options = {"channels": channels} if channels is not None and scheme != "fashion-mnist" else {}
+    options: dict[str, Any] = (
+        {"channels": channels} if channels is not None and scheme != "fashion-mnist" else {}
+    )
+    if scheme == "imagefolder":
+        options["stream"] = stream
+        if memory_budget is not None:
+            options["memory_budget"] = memory_budget
+    elif stream:
+        raise DataError(f"{spec}: only imagefolder: data streams; the others are decoded into memory")
     bundle = datasets.SCHEMES[scheme](
         path, image_size=image_size, cache_dir=cache_dir, limit=limit, **options
     )

@@ -25,8 +25,9 @@ from torch import Tensor
 
 from graphprune import shared
 from graphprune.fileio import save_tensors
-from graphprune.train.bundle import DataBundle, DataError, DataNote, ImageTensors
+from graphprune.train.bundle import DataBundle, DataError, DataNote, ImageTensors, Split
 from graphprune.train.loader import Augment
+from graphprune.train.stream import ImageFiles, list_files
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
@@ -34,6 +35,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 GREY_MODES = ("L", "LA", "1", "I", "I;16", "F")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 CACHE_VERSION = 1
+DEFAULT_MEMORY_BUDGET = 4 * 2**30  # bytes of decoded uint8 images above which an image folder streams
 
 Splits = dict[str, ImageTensors]
 _memory: dict[tuple[object, ...], tuple[Splits, tuple[str, ...]]] = {}
@@ -89,7 +91,7 @@ def _cached(
     return result
 
 
-def _balanced(split: ImageTensors, limit: int | None) -> ImageTensors:
+def _balanced(split: Split, limit: int | None) -> Split:
     """The first `limit // k` images of each of the k classes (one more for the first `limit % k`)."""
     if limit is None or limit >= len(split):
         return split
@@ -98,8 +100,7 @@ def _balanced(split: ImageTensors, limit: int | None) -> ImageTensors:
     for rank, c in enumerate(classes):
         idx = torch.nonzero(split.labels == c).flatten()
         keep.append(idx[: limit // len(classes) + (1 if rank < limit % len(classes) else 0)])
-    order = torch.sort(torch.cat(keep)).values
-    return ImageTensors(split.images[order].contiguous(), split.labels[order].contiguous())
+    return split.take(torch.sort(torch.cat(keep)).values)
 
 
 # ----------------------------------------------------------------------------- image trees
@@ -183,6 +184,61 @@ def _decode(tree: _Tree, name: str, mode: str, size: int | None) -> tuple[np.nda
     return (array if array.ndim == 3 else array[:, :, None]), converted
 
 
+def _listing(
+    tree: _Tree, path: Path, test_names: tuple[str, ...]
+) -> tuple[dict[str, dict[str, list[str]]], list[str]]:
+    """{"train", "test"} -> class -> file names, and the sorted classes, after checking both splits
+    exist, hold the same classes and no empty class folder."""
+    train = tree.classes("train")
+    test_split = next((s for s in test_names if tree.classes(s) is not None), None)
+    if train is None:
+        raise DataError(f"{path}: no train/ split")
+    if test_split is None:
+        raise DataError(f"{path}: no {' or '.join(s + '/' for s in test_names)} split")
+    test = tree.classes(test_split)
+    assert test is not None
+    listed = {"train": train, "test": test}
+    classes = sorted(train)
+    if not classes:
+        raise DataError(f"{path}: train/ holds no class folders")
+    for split, by_class in listed.items():
+        shown = "train" if split == "train" else test_split
+        if sorted(by_class) != classes:
+            extra = sorted(set(by_class) ^ set(classes))
+            raise DataError(f"{path}: {shown}/ and train/ have different classes (differ in {extra})")
+        empty = [c for c in classes if not by_class[c]]
+        if empty:
+            raise DataError(f"{path}: class folder {shown}/{empty[0]} holds no images")
+    return listed, classes
+
+
+def _streamed_tree(
+    path: Path, image_size: int | None, channels: int, memory_budget: float | None
+) -> tuple[dict[str, ImageFiles], list[str]] | None:
+    """The train and test files of an ImageFolder tree to stream, or None when `memory_budget` (bytes)
+    holds the decoded dataset (then it is decoded once). The image size is `image_size`, else the
+    first training image's shorter side."""
+    tree = _Tree(path)
+    try:
+        listed, classes = _listing(tree, path, ("val", "test"))
+        size = image_size
+        if size is None:
+            first = listed["train"][classes[0]][0]
+            where = f"{path}:{first}" if tree.archive is not None else str(path / first)
+            try:
+                with Image.open(io.BytesIO(tree.read(first))) as probe:
+                    size = min(probe.size)
+            except (UnidentifiedImageError, OSError, ValueError) as exc:
+                raise DataError(f"unreadable image {where}: {shared.image_error(exc)}") from None
+    finally:
+        tree.close()
+    count = sum(len(names) for by_class in listed.values() for names in by_class.values())
+    if memory_budget is not None and count * channels * size * size <= memory_budget:
+        return None
+    files = {s: list_files(path, by_class, classes, size, channels) for s, by_class in listed.items()}
+    return files, classes
+
+
 def _image_tree(
     path: Path, image_size: int | None, test_names: tuple[str, ...], channels: int = 3
 ) -> tuple[Splits, tuple[str, ...]]:
@@ -190,25 +246,7 @@ def _image_tree(
     image converted to `channels` (1: greyscale, else RGB), with a `DataNote` when some were not."""
     tree = _Tree(path)
     try:
-        listed = {"train": tree.classes("train")}
-        test_split = next((s for s in test_names if tree.classes(s) is not None), None)
-        if listed["train"] is None:
-            raise DataError(f"{path}: no train/ split")
-        if test_split is None:
-            raise DataError(f"{path}: no {' or '.join(s + '/' for s in test_names)} split")
-        listed["test"] = tree.classes(test_split)
-        classes = sorted(listed["train"])
-        if not classes:
-            raise DataError(f"{path}: train/ holds no class folders")
-        for split, by_class in listed.items():
-            assert by_class is not None
-            shown = "train" if split == "train" else test_split
-            if sorted(by_class) != classes:
-                extra = sorted(set(by_class) ^ set(classes))
-                raise DataError(f"{path}: {shown}/ and train/ have different classes (differ in {extra})")
-            empty = [c for c in classes if not by_class[c]]
-            if empty:
-                raise DataError(f"{path}: class folder {shown}/{empty[0]} holds no images")
+        listed, classes = _listing(tree, path, test_names)
         mode = "L" if channels == 1 else "RGB"
         converted: list[str] = []
         splits: Splits = {}
@@ -427,10 +465,28 @@ def load_imagefolder(
     cache_dir: str | Path | None = None,
     limit: int | None = None,
     channels: int = 3,
+    stream: bool | None = None,
+    memory_budget: float = DEFAULT_MEMORY_BUDGET,
 ) -> DataBundle:
     """Any ImageFolder tree (directory or zip): `train/<class>/*` plus `val/` or `test/`, decoded to
-    `channels` (1: greyscale, else RGB)."""
+    `channels` (1: greyscale, else RGB).
+
+    Decoded once into memory when the decoded images fit `memory_budget` bytes, else streamed (files
+    decoded per batch by DataLoader workers, `stream.py`); `stream` True or False forces either."""
     root = _existing(path, None, "ImageFolder tree")
+    if stream is not False:
+        streamed = _streamed_tree(root, image_size, channels, None if stream else memory_budget)
+        if streamed is not None:
+            files, names = streamed
+            return DataBundle(
+                name=f"imagefolder:{root}",
+                train=_balanced(files["train"], limit),
+                test=_balanced(files["test"], limit),
+                num_classes=len(names),
+                mean=IMAGENET_MEAN if channels == 3 else (0.5,) * channels,
+                std=IMAGENET_STD if channels == 3 else (0.5,) * channels,
+                classes=tuple(names),
+            )
     splits, classes = _cached(
         "imagefolder",
         root,

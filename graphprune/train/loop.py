@@ -215,7 +215,7 @@ def fit(
 
     loader = data.loader(
         "train", cfg.batch_size, seed=cfg.seed, augment=cfg.augment, device=device, drop_last=True,
-        rank=info.rank, world_size=info.world_size,
+        rank=info.rank, world_size=info.world_size, workers=cfg.workers,
     )  # fmt: skip
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
@@ -340,7 +340,8 @@ def fit(
                     }  # fmt: skip
                     if cfg.eval_every_epoch or step >= end:
                         test = evaluate(model, data, data.eval_split, batch_size=cfg.eval_batch_size,
-                                        device=device, channels_last=cfg.channels_last)  # fmt: skip
+                                        device=device, channels_last=cfg.channels_last,
+                                        workers=cfg.workers)  # fmt: skip
                         record.update(
                             eval_split=data.eval_split, eval_top1=test.top1, eval_top5=test.top5,
                             eval_loss=test.loss,
