@@ -261,3 +261,27 @@ def test_export_and_timing_run_on_a_cpu_copy_after_fine_tuning(
                  "--out", tmp_path / "run")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert events == ["fit", "cpu", "export"]
+
+
+def test_resume_from_the_cli_trains_the_difference_and_refuses_other_changes(
+    tiny: dict[str, str], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    base = ["finetune", tiny["model"], "--input-shape", "1,3,8,8", "--data", tiny["data"], "--no-kd",
+            "--no-export", "--out", out]  # fmt: skip
+    first = run(*base, "--epochs", "1", "--max-steps", "2", "--batch-size", "8")
+    assert first.exit_code == 0, first.output
+    changed = run(*base, "--epochs", "2", "--batch-size", "4", "--resume")
+    assert changed.exit_code == 2
+    assert changed.stderr.strip().splitlines()[-1] == (
+        "error: cannot resume stage finetune: batch_size was 8, now 4 (give --override to resume anyway)"
+    )
+    more = run(*base, "--epochs", "2", "--batch-size", "8", "--resume")
+    assert more.exit_code == 0, more.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["finetune"]["steps"] == 6  # 24 images, batch 8: 3 steps per epoch
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in steps) == 6
+    forced = run(*base, "--epochs", "3", "--batch-size", "4", "--resume", "--override")
+    assert forced.exit_code == 0, forced.output
+    assert json.loads((out / "report.json").read_text())["finetune"]["steps"] == 18  # 6 per epoch now
