@@ -128,10 +128,13 @@ def _records(run_dir: Path) -> list[dict[str, object]]:
 
 def test_resume_with_more_epochs_or_steps_trains_the_difference(tmp_path: Path) -> None:
     data = tiny_bundle()  # 4 steps per epoch
-    first = fit(tiny_net(), data, quiet(epochs=1, max_steps=2), run_dir=tmp_path)
+    first = fit(tiny_net(), data, quiet(epochs=1, max_steps=2, log_every=1), run_dir=tmp_path)
     assert first.steps == 2
-    longer = fit(tiny_net(seed=1), data, quiet(epochs=1), run_dir=tmp_path, resume=True)
+    longer = fit(tiny_net(seed=1), data, quiet(epochs=1, log_every=1), run_dir=tmp_path, resume=True)
     assert longer.resumed_at == 2 and longer.steps == 4
+    lrs = {r["step"]: r["lr"] for r in _records(tmp_path) if r["kind"] == "step"}
+    assert lrs[2] == pytest.approx(0.1 * lr_factor(1, 2, 0, "onecycle"))  # planned over 2 steps
+    assert lrs[3] == pytest.approx(0.1 * lr_factor(2, 4, 0, "onecycle"))  # re-planned over 4 from step 2
     model = tiny_net(seed=2)
     again = fit(model, data, quiet(epochs=2), run_dir=tmp_path, resume=True)
     assert again.resumed_at == 4 and again.steps == 8 and len(again.history) == 3
