@@ -94,9 +94,11 @@ def data_options(fn: F) -> F:
     ]
     for option in reversed(loading):
         fn = option(fn)
-    fn = click.option("--image-size", type=click.IntRange(min=1), help="Resize imagefolder images to this.")(
-        fn
-    )
+    fn = click.option(
+        "--image-size",
+        type=click.IntRange(min=1),
+        help="Image side: imagefolder images are resized to it (streamed: cropped to it).",
+    )(fn)
     return click.option("--data", "data_spec", metavar="SPEC", help=DATA_HELP)(fn)
 
 
