@@ -156,6 +156,13 @@ def test_a_pruned_run_is_fine_tuned_twice_each_continuing_from_the_last(
                 "--out", tmp_path / "ft5")  # fmt: skip
     assert no_kd.exit_code == 0, no_kd.output
     assert RunInfo.load(tmp_path / "ft5").teacher is None
+    after_no_kd = run("finetune", tmp_path / "ft5", "--epochs", "1", "--batch-size", "8", "--no-export",
+                      "--out", tmp_path / "ft6")  # fmt: skip
+    assert after_no_kd.exit_code == 0, after_no_kd.output
+    assert (
+        "records no teacher: no distillation" in " ".join(after_no_kd.stderr.split())
+        and "no KD" in (tmp_path / "ft6" / "report.md").read_text()
+    )
 
     weights.write_bytes(weights.read_bytes() + b"\0")  # the teacher changed since: said, not used
     changed = run("finetune", first, "--epochs", "1", "--no-export", "--out", tmp_path / "ft4")

@@ -177,6 +177,10 @@ def _continue_request(
         prune_layernorm=info.prune_layernorm or prune_layernorm(),
         kd=not no_kd and (kd_from is not None or teacher is not None),
     )  # fmt: skip
+    if not no_kd and kd_from is None and teacher is None:
+        from graphprune.cli.console import note
+
+        note(f"{run_dir} records no teacher: no distillation (--kd-from TEACHER distils)")
     if kd_from is not None:
         request.teacher, request.teacher_weights = kd_from, opt_str(kd_weights)
     elif teacher is not None and teacher != info.weights:
