@@ -8,6 +8,7 @@ A run directory is self-contained: `plan.json`, `model.safetensors` (the pruned 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -53,9 +54,56 @@ def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike[str
         save_file(plain, str(tmp))
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file's bytes (hex), to tell later whether a recorded file is still the same."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model a run was built from: MODEL spec, weights file (absolute path) and its sha256."""
+
+    model: str
+    weights: str | None = None
+    sha256: str | None = None
+
+    @classmethod
+    def of(cls, model: str, weights: str | os.PathLike[str] | None) -> ModelRef:
+        if weights is None:
+            return cls(model)
+        return cls(model, str(Path(weights).resolve()), file_sha256(weights))
+
+    def checked_weights(self, role: str) -> str | None:
+        """The weights path, after checking the file is still there with the recorded content."""
+        if self.weights is None:
+            return None
+        path = Path(self.weights)
+        if not path.is_file():
+            raise WeightsError(f"{role} weights {path} recorded by the run are gone")
+        if self.sha256 is not None and file_sha256(path) != self.sha256:
+            raise WeightsError(f"{role} weights {path} changed since the run (sha256 differs)")
+        return self.weights
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "weights": self.weights, "sha256": self.sha256}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> ModelRef | None:
+        if data is None:
+            return None
+        return cls(str(data["model"]), data.get("weights"), data.get("sha256"))
+
+
 @dataclass(frozen=True)
 class RunInfo:
-    """`model.json`: how to rebuild a run's model without anything but the run directory."""
+    """`model.json`: how to rebuild a run's model without anything but the run directory.
+
+    `weights` is the original MODEL's weights file (as given to the run) and `teacher` the model the
+    fine-tune distilled from (None: no distillation), so a continued run starts from the same ones."""
 
     model: str
     input_shape: tuple[int, ...]
@@ -63,6 +111,8 @@ class RunInfo:
     method: str | None = None
     num_classes: int | None = None
     prune_layernorm: bool = False  # traced with LayerNorms over channels prunable: the plan may need it
+    weights: ModelRef | None = None
+    teacher: ModelRef | None = None
 
     def save(self, run_dir: str | os.PathLike[str]) -> None:
         data = {
@@ -74,6 +124,8 @@ class RunInfo:
             "method": self.method,
             "num_classes": self.num_classes,
             "prune_layernorm": self.prune_layernorm,
+            "weights": self.weights.to_dict() if self.weights is not None else None,
+            "teacher": self.teacher.to_dict() if self.teacher is not None else None,
         }
         write_text(Path(run_dir) / INFO_FILE, json.dumps(data, indent=2) + "\n")
 
@@ -91,6 +143,8 @@ class RunInfo:
                 method=data.get("method"),
                 num_classes=data.get("num_classes"),
                 prune_layernorm=bool(data.get("prune_layernorm", False)),
+                weights=ModelRef.from_dict(data.get("weights")),
+                teacher=ModelRef.from_dict(data.get("teacher")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise GraphpruneError(f"{path} is malformed: {exc!r}") from None

@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from graphprune.errors import GraphpruneError
 
@@ -101,12 +101,22 @@ def load_cifar10_jpeg(
             labels += [label] * len(files)
         images = np.empty((len(names), 32, 32, 3), dtype=np.uint8)
         for i, name in enumerate(names):
-            with Image.open(io.BytesIO(archive.read(name))) as img:
-                array = np.asarray(img.convert("RGB"))
+            try:
+                with Image.open(io.BytesIO(archive.read(name))) as img:
+                    array = np.asarray(img.convert("RGB"))
+            except (UnidentifiedImageError, OSError, ValueError) as exc:
+                raise GraphpruneError(f"unreadable image {path}:{name}: {image_error(exc)}") from None
             if array.shape != (32, 32, 3):
                 raise GraphpruneError(f"{path}: {name} is {array.shape[1]}x{array.shape[0]}, expected 32x32")
             images[i] = array
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels, dtype=torch.int64)
+
+
+def image_error(exc: BaseException) -> str:
+    """PIL's reason an image did not decode, without the `<_io.BytesIO object at 0x...>` it names."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image PIL can identify"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def normalize_cifar10(images: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import click
 from graphprune.cli.console import stdout, step, table
 from graphprune.cli.options import MODEL_HELP, model_options
 from graphprune.cli.pipeline import load_plan, resolve, trace
-from graphprune.cli.training import data_options
+from graphprune.cli.training import data_loading, data_options
 
 ONNX_TOLERANCE_PT = 0.1
 
@@ -76,10 +76,14 @@ def eval_command(
     if data_spec is None:
         raise DataError("eval needs --data SPEC")
     with step(f"Loading {data_spec}"):
-        data = load_data(data_spec, image_size=image_size)
+        loading = data_loading()
+        workers = loading.pop("workers", 0)
+        data = load_data(
+            data_spec, image_size=image_size, channels=shape[1] if len(shape) == 4 else None, **loading
+        )
     data.check_num_classes(num_outputs(net, example), name)
     with step(f"Evaluating {name} on the {split} split ({len(data.split(split))} images)"):
-        result = evaluate(net.eval(), data, split, batch_size=batch_size)
+        result = evaluate(net.eval(), data, split, batch_size=batch_size, workers=workers)
     rows: list[tuple[str, str]] = [
         ("top-1 (%)", f"{result.top1:.2f}"),
         ("top-5 (%)", f"{result.top5:.2f}"),

@@ -6,6 +6,7 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import click
@@ -40,6 +41,19 @@ class _OneLineError(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
+def _show_note(message: Warning | str, category: type[Warning], *args: Any, **kw: Any) -> None:
+    """A DataNote as one `note: ...` line on stderr; other warnings as Python shows them."""
+    from graphprune.train.bundle import DataNote
+
+    if issubclass(category, DataNote):
+        click.echo(f"note: {message}", err=True)
+    else:
+        _python_showwarning(message, category, *args, **kw)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def _one_line(message: str) -> str:
     return " ".join(line.strip() for line in message.splitlines() if line.strip()) or "failed"
 
@@ -49,7 +63,9 @@ class _Cli(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_note
+                return super().invoke(ctx)
         except GraphpruneError as exc:
             raise _OneLineError(_one_line(str(exc))) from None
         except KeyboardInterrupt:

@@ -17,7 +17,15 @@ from graphprune.cli.options import (
     static_batch_option,
 )
 from graphprune.cli.pipeline import opt_str, print_before_after, resolve, run_pipeline, trace
-from graphprune.cli.training import data_options, print_run_summary, train_config, train_options
+from graphprune.cli.training import (
+    data_loading,
+    data_options,
+    print_run_summary,
+    run_step,
+    train_config,
+    train_options,
+    val_split_option,
+)
 from graphprune.fileio import check_writable_dir
 
 
@@ -109,6 +117,7 @@ def prune_and_train(
     finetune_epochs: int,
     method_epochs: str | None,
     kd: bool,
+    val_split: float | None = None,
     resume: bool,
     out_dir: Path,
     export: bool,
@@ -132,10 +141,11 @@ def prune_and_train(
         model=model, out_dir=out_dir, weights=opt_str(weights), input_shape=shape, method=method,
         budget=budget, data=data_spec, image_size=image_size, finetune=finetune,
         method_train=method_train, kd=kd, resume=resume, export=export, leaf_modules=leaf_modules(),
-        prune_layernorm=prune_layernorm(),
+        prune_layernorm=prune_layernorm(), val_split=val_split,
+        data_options={k: v for k, v in data_loading().items() if k != "workers"},
         options={"scope": scope, "round_to": round_to, "epochs": epochs, **(method_kw or {})},
     )  # fmt: skip
-    print_run_summary(run(request, step), out_dir)
+    print_run_summary(run(request, run_step()), out_dir)
 
 
 @click.command(
@@ -199,6 +209,7 @@ Examples:
     "kernels, so unrounded pruning can cut FLOPs without cutting latency. 1 = exact FLOPs target.",
 )
 @data_options
+@val_split_option
 @click.option(
     "--finetune-epochs",
     type=click.IntRange(min=0),
@@ -229,6 +240,7 @@ def prune(
     round_to: int,
     data_spec: str | None,
     image_size: int | None,
+    val_split: float | None,
     finetune_epochs: int,
     method_epochs: str | None,
     no_kd: bool,
@@ -255,7 +267,8 @@ def prune(
             model, weights, input_shape, method=method, target_flops=budget, scope=scope,
             round_to=round_to,
             data_spec=data_spec, image_size=image_size, finetune_epochs=finetune_epochs,
-            method_epochs=method_epochs, kd=not no_kd, resume=resume, out_dir=out_dir, export=not no_export,
+            method_epochs=method_epochs, kd=not no_kd, val_split=val_split, resume=resume, out_dir=out_dir,
+            export=not no_export,
             train_kw=train_kw, method_kw={"calib_batches": calib_batches, "reg_weight": reg_weight,
                                            "latency_model": opt_str(latency_model)},
         )  # fmt: skip

@@ -11,20 +11,22 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from graphprune.checkpoint import RunInfo, save_pruned
+from graphprune.checkpoint import ModelRef, RunInfo, save_pruned
 from graphprune.errors import GraphpruneError
 from graphprune.fileio import write_text
 from graphprune.graph import PrunableGraph, not_lossless_note, trace
 from graphprune.methods.base import Budget, MethodContext, MethodResult, get_method
 from graphprune.plan import PruningPlan
 from graphprune.rewrite import apply
+from graphprune.train import distributed
+from graphprune.train.bn_recal import recalibrate_bn
 from graphprune.train.config import TrainConfig
 from graphprune.train.data import DataBundle, load_data
 from graphprune.train.evaluate import EvalResult, evaluate
@@ -64,6 +66,9 @@ class PipelineRequest:
     leaf_modules: tuple[str, ...] = ()
     data_limit: int | None = None
     prune_layernorm: bool = False  # LayerNorms over channels prunable (not lossless); model.json records it
+    pruned_weights: str | None = None  # MODEL pruned by `plan` (a run continued): loaded after apply
+    val_split: float | None = None  # hold out this fraction of train as the validation split
+    data_options: dict[str, Any] = field(default_factory=dict)  # load_data's stream, memory_budget, cache_dir
 
 
 def _null_step(message: str) -> Any:
@@ -82,9 +87,21 @@ def num_outputs(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> i
     return int(out.shape[1])
 
 
-def kept_channels(pg: PrunableGraph, plan: PruningPlan) -> list[tuple[str, int, int]]:
-    """(group id, channels, kept) for every prunable group."""
-    return [(g.id, g.size, g.size - len(plan.channels.get(g.id, ()))) for g in pg.prunable_groups]
+def kept_channels(pg: PrunableGraph, plan: PruningPlan) -> list[tuple[str, int, int, bool]]:
+    """(layer name, channels, kept, removed) for every prunable group; `removed` when every layer of the
+    group sits in a block the plan removes (then none is kept)."""
+    blocks = tuple(plan.blocks)
+    rows = []
+    for g in pg.prunable_groups:
+        modules = [m for m in g.modules if m]
+        removed = (
+            bool(blocks)
+            and bool(modules)
+            and all(any(m == b or m.startswith(b + ".") for b in blocks) for m in modules)
+        )
+        kept = 0 if removed else g.size - len(plan.channels.get(g.id, ()))
+        rows.append((modules[0] if modules else g.id, g.size, kept, removed))
+    return rows
 
 
 def _latencies(path: Path, input_shape: tuple[int, ...]) -> dict[str, float]:
@@ -117,7 +134,14 @@ def run(req: PipelineRequest, step: Step = _null_step) -> dict[str, Any]:
     data: DataBundle | None = None
     if req.data is not None:
         with step(f"Loading {req.data}"):
-            data = load_data(req.data, image_size=req.image_size, limit=req.data_limit)
+            data = load_data(
+                req.data,
+                image_size=req.image_size,
+                limit=req.data_limit,
+                val_split=req.val_split,
+                channels=rm.input_shape[1] if len(rm.input_shape) == 4 else None,
+                **req.data_options,
+            )
         data.check_num_classes(num_outputs(rm.model, rm.example_inputs), rm.name)
         if tuple(rm.input_shape[1:]) != data.input_shape:
             raise GraphpruneError(
@@ -147,7 +171,14 @@ def run(req: PipelineRequest, step: Step = _null_step) -> dict[str, Any]:
     plan = decided.plan
     plan.meta.setdefault("method", method_name)
     num_classes = data.num_classes if data else None
-    RunInfo(rm.name, rm.input_shape, req.data, method_name, num_classes, req.prune_layernorm).save(out)
+    weights_ref = ModelRef.of(rm.name, req.weights) if req.weights is not None else None
+    teacher_ref = weights_ref or ModelRef(rm.name)  # the original, unless --kd-from
+    if req.teacher is not None:
+        teacher_ref = ModelRef.of(req.teacher, req.teacher_weights)
+    info = RunInfo(rm.name, rm.input_shape, req.data, method_name, num_classes, req.prune_layernorm)
+    main = distributed.is_main_process()  # under torchrun, rank 0 alone writes, exports and times
+    if main:
+        replace(info, weights=weights_ref, teacher=teacher_ref if req.kd else None).save(out)
 
     # 2. apply
     with step("Applying the plan"):
@@ -157,7 +188,12 @@ def run(req: PipelineRequest, step: Step = _null_step) -> dict[str, Any]:
             else trace(decided.model, rm.example_inputs, prune_layernorm=req.prune_layernorm)
         )
         slim: nn.Module = apply(source_pg, plan)
-    save_pruned(out, slim, plan, pg)
+    if req.pruned_weights is not None:
+        from graphprune.weights import load_weights
+
+        load_weights(slim, req.pruned_weights)
+    if main:
+        save_pruned(out, slim, plan, pg)
 
     # 3. fine-tune with KD from the original
     fit_result = None
@@ -171,11 +207,16 @@ def run(req: PipelineRequest, step: Step = _null_step) -> dict[str, Any]:
             else:
                 teacher = copy.deepcopy(original)
         start = time.perf_counter()
+        if (plan.blocks or plan.channels) and req.pruned_weights is None:
+            # the structure changed: BatchNorm statistics re-estimated before fine-tuning starts
+            recalibrate_bn(slim, data, seed=req.finetune.seed)
         fit_result = fit(
             slim, data, req.finetune, teacher=teacher, run_dir=out, stage="finetune", resume=req.resume
         )
         finetune_seconds = time.perf_counter() - start
-        save_pruned(out, slim, plan, pg)
+        slim.cpu()  # fit trained it on its device; export, evaluation and timing run on the CPU
+        if main:
+            save_pruned(out, slim, plan, pg)
 
     # 4. export, 5. evaluate and time
     slim.eval()
@@ -191,17 +232,18 @@ def run(req: PipelineRequest, step: Step = _null_step) -> dict[str, Any]:
         "flops": int(count_flops(slim, rm.example_inputs)),
         "params": int(count_params(slim)),
     }
+    workers = req.finetune.workers if req.finetune is not None else 0
     if data is not None:
         with step("Evaluating the original model"):
-            orig_row.update(_eval_dict(evaluate(original, data)))
+            orig_row.update(_eval_dict(evaluate(original, data, workers=workers)))
         with step("Evaluating the pruned model"):
             final = (
                 fit_result.test
-                if fit_result is not None and fit_result.test is not None
-                else evaluate(slim, data)
+                if fit_result is not None and fit_result.test is not None and data.eval_split == "test"
+                else evaluate(slim, data, workers=workers)  # the test split, never the validation split
             )
             pruned_row.update(_eval_dict(final))
-    if req.export:
+    if req.export and main:
         with tempfile.TemporaryDirectory(prefix="graphprune-") as tmp:
             original_onnx = Path(tmp) / "original.onnx"
             with step("Exporting the original model to ONNX (for comparison)"):
@@ -233,6 +275,9 @@ def run(req: PipelineRequest, step: Step = _null_step) -> dict[str, Any]:
         )
 
     # 6. report
+    if not main:
+        distributed.barrier()  # returns once rank 0 has written the run directory
+        return report
     plots = list(decided.plots)
     history = _history(out)
     curves = plot_training_curves(history, out / CURVES_PNG)
@@ -241,17 +286,19 @@ def run(req: PipelineRequest, step: Step = _null_step) -> dict[str, Any]:
     report["files"] = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
     write_text(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
     write_report_md(out, report, plots)
+    distributed.barrier()
     return report
 
 
 def _history(run_dir: Path) -> list[dict[str, Any]]:
-    """The epoch records of every stage from `metrics.jsonl` (the last record per stage and epoch)."""
+    """Every logged record of every stage from `metrics.jsonl`, steps and epochs (the last per stage,
+    kind and step: a step logged again after a resume replaces the earlier one)."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return []
-    latest: dict[tuple[str, int], dict[str, Any]] = {}
+    latest: dict[tuple[str, str, int], dict[str, Any]] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
-        if record.get("kind") == "epoch":
-            latest[(record["stage"], record["epoch"])] = record
+        if record.get("kind") in ("step", "epoch"):
+            latest[(record["stage"], record["kind"], record["step"])] = record
     return list(latest.values())

@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from graphprune.train.data import DataBundle, stratified_sample
-from graphprune.train.loader import BatchLoader
+from graphprune.train.data import DataBundle
 
 BatchNorms = (nn.modules.batchnorm._BatchNorm,)
 
@@ -35,13 +34,10 @@ def recalibrate_bn(
     norms = [m for m in model.modules() if isinstance(m, BatchNorms) and m.track_running_stats]
     if not norms:
         return model
-    source = data.split(split)
-    sample = source.take(stratified_sample(source.labels, min(images, len(source)), seed))
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    loader = BatchLoader(
-        sample.images, sample.labels, batch_size, mean=data.mean, std=data.std, device=device
-    )
+    sample = data.sampled(split, images, seed)
+    loader = sample.loader(split, batch_size, shuffle=False, augment=False, device=device, drop_last=False)
     modes = {m: m.training for m in model.modules()}
     momenta = [m.momentum for m in norms]
     try:

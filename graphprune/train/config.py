@@ -8,6 +8,7 @@ from typing import Any, Literal
 from graphprune.errors import GraphpruneError
 
 Schedule = Literal["cosine", "onecycle"]
+Keep = Literal["last", "best"]
 
 
 @dataclass
@@ -17,7 +18,10 @@ class TrainConfig:
     `max_steps` caps a run (short benchmark budgets, smoke runs, CI); the learning-rate schedule spans
     the steps actually run, min(`epochs` x steps per epoch, `max_steps`), so a capped run still warms up
     and anneals. `kd_*` apply only when `fit` is given a teacher. `threads` defaults to every
-    CPU core (shared among the processes of a distributed run on one machine).
+    CPU core (shared among the processes of a distributed run on one machine). `workers` DataLoader
+    processes decode a streamed dataset (unused when it is decoded into memory). `keep="best"` ends the
+    run with the weights of the epoch with the best top-1 on the evaluation split (the validation split
+    when one is held out). `resume_override` lets a resume change fields other than `RESUMABLE_CHANGES`.
     """
 
     epochs: int = 1
@@ -42,6 +46,16 @@ class TrainConfig:
     eval_batch_size: int = 512
     device: str = "auto"
     threads: int | None = None
+    keep: Keep = "last"
+    sync_bn: bool = False
+    workers: int = 0
+    resume_override: bool = False
+
+    # What a resume may change without `resume_override`: the length of the run and how it is watched.
+    RESUMABLE_CHANGES = (
+        "epochs", "max_steps", "verbose", "log_every", "eval_every_epoch", "eval_batch_size", "device",
+        "threads", "keep", "resume_override", "workers",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         checks = [
@@ -61,6 +75,7 @@ class TrainConfig:
             (self.kd_temperature > 0, f"kd_temperature must be > 0, got {self.kd_temperature}"),
             (0 <= self.kd_alpha <= 1, f"kd_alpha must be in [0, 1], got {self.kd_alpha}"),
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
+            (self.keep in ("last", "best"), f"keep must be last or best, got {self.keep!r}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -1,166 +1,32 @@
 """Datasets as decoded uint8 tensors, named by a `--data` spec: `cifar10:PATH`, `fashion-mnist:PATH`, ...
 
 Images are decoded once into a uint8 (N, C, H, W) tensor (kept in memory, and optionally on disk
-under a cache directory keyed by a content hash), so decoding never limits training.
+under a cache directory keyed by a content hash), so decoding never limits training. `load_data` is
+the entry point; the formats are in `datasets`, the decoded dataset (`DataBundle`) in `bundle`.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-import torch
-from torch import Tensor
+from graphprune.train import datasets
+from graphprune.train.bundle import DataBundle, DataError, DataNote, ImageTensors, stratified_sample
 
-from graphprune.errors import GraphpruneError
-from graphprune.train.loader import Augment, BatchLoader
+__all__ = [
+    "CACHE_ENV_VAR",
+    "DataBundle",
+    "DataError",
+    "DataNote",
+    "ImageTensors",
+    "load_data",
+    "stratified_sample",
+]
 
 CACHE_ENV_VAR = "GRAPHPRUNE_DATA_CACHE"
-
-
-class DataError(GraphpruneError):
-    """A `--data` spec or the dataset it names is unusable (missing split, bad image, ...)."""
-
-
-@dataclass(frozen=True)
-class ImageTensors:
-    """One split: uint8 images (N, C, H, W) and int64 labels (N,)."""
-
-    images: Tensor
-    labels: Tensor
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        return self.images[i], self.labels[i]
-
-    def take(self, index: Tensor) -> ImageTensors:
-        """The images at positions `index`, in that order."""
-        return ImageTensors(self.images[index].contiguous(), self.labels[index].contiguous())
-
-
-def stratified_sample(labels: Tensor, n: int, seed: int) -> Tensor:
-    """Sorted positions of a fixed, shuffled, class-stratified sample of `n` of `labels`.
-
-    Each class gets its share of `n` in proportion to its count (largest remainders first, ties by
-    class), drawn at random within the class by a generator seeded with `seed`: every class is present
-    whenever `n` allows, and the same (labels, n, seed) give the same sample on any machine.
-    """
-    total = len(labels)
-    if not 0 < n <= total:
-        raise DataError(f"cannot sample {n} of {total} images")
-    classes, counts = torch.unique(labels, return_counts=True)
-    exact = counts.double() * n / total
-    shares = exact.floor().long()
-    order = sorted(range(len(classes)), key=lambda i: (-(exact[i] - shares[i]).item(), i))
-    for i in order[: n - int(shares.sum())]:
-        shares[i] += 1
-    gen = torch.Generator().manual_seed(seed)
-    picked = []
-    for c, k in zip(classes.tolist(), shares.tolist(), strict=True):
-        members = torch.nonzero(labels == c).flatten()
-        picked.append(members[torch.randperm(len(members), generator=gen)[:k]])
-    return torch.sort(torch.cat(picked)).values
-
-
-@dataclass(frozen=True)
-class DataBundle:
-    """A decoded dataset: train and test splits (and a validation split held out of train, if any),
-    plus how to normalise and augment them."""
-
-    name: str
-    train: ImageTensors
-    test: ImageTensors
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    augment: Augment = field(default_factory=Augment)
-    classes: tuple[str, ...] = ()
-    val: ImageTensors | None = None
-
-    @property
-    def eval_split(self) -> str:
-        """The split decisions are made on: `val` when held out, else `test`."""
-        return "val" if self.val is not None else "test"
-
-    def with_val(self, size: int | float, seed: int = 0) -> DataBundle:
-        """This dataset with a fixed, class-stratified validation split held out of train.
-
-        `size` is a number of images or, below 1, a fraction of the training split; `seed` fixes the
-        draw. Training then uses the rest."""
-        if self.val is not None:
-            raise DataError(f"{self.name}: a validation split is already held out")
-        n = round(size * len(self.train)) if isinstance(size, float) and size < 1 else int(size)
-        if not 0 < n < len(self.train):
-            raise DataError(f"{self.name}: cannot hold out {size} of {len(self.train)} training images")
-        held = stratified_sample(self.train.labels, n, seed)
-        rest = torch.ones(len(self.train), dtype=torch.bool)
-        rest[held] = False
-        return replace(self, train=self.train.take(torch.nonzero(rest).flatten()), val=self.train.take(held))
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one image."""
-        c, h, w = self.train.images.shape[1:]
-        return (int(c), int(h), int(w))
-
-    def sampled(self, split: str, n: int, seed: int = 0) -> DataBundle:
-        """This dataset with `split` cut to a fixed class-stratified sample of `n` images (all if fewer)."""
-        data = self.split(split)
-        if n >= len(data):
-            return self
-        sample = data.take(stratified_sample(data.labels, n, seed))
-        if split == "train":
-            return replace(self, train=sample)
-        return replace(self, val=sample) if split == "val" else replace(self, test=sample)
-
-    def split(self, name: str) -> ImageTensors:
-        if name == "val" and self.val is None:
-            raise DataError(f"{self.name}: no validation split held out (use with_val / --val-split)")
-        if name not in ("train", "val", "test"):
-            raise DataError(f"{self.name}: unknown split {name!r} (choose train, val or test)")
-        return {"train": self.train, "val": self.val, "test": self.test}[name]  # type: ignore[return-value]
-
-    def loader(
-        self,
-        split: str,
-        batch_size: int,
-        shuffle: bool | None = None,
-        seed: int = 0,
-        augment: bool | None = None,
-        device: str | torch.device = "cpu",
-        *,
-        drop_last: bool | None = None,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> BatchLoader:
-        """Normalised float batches `(x, y)` of `split`; the train split shuffles and augments by default."""
-        data = self.split(split)
-        is_train = split == "train"
-        return BatchLoader(
-            data.images,
-            data.labels,
-            batch_size,
-            mean=self.mean,
-            std=self.std,
-            shuffle=is_train if shuffle is None else shuffle,
-            seed=seed,
-            augment=self.augment if (is_train if augment is None else augment) else None,
-            device=device,
-            drop_last=is_train if drop_last is None else drop_last,
-            rank=rank,
-            world_size=world_size,
-        )
-
-    def check_num_classes(self, num_outputs: int, model_name: str = "the model") -> None:
-        """Raise DataError unless the model has one output per class."""
-        if num_outputs != self.num_classes:
-            raise DataError(
-                f"{self.name} has {self.num_classes} classes but {model_name} has {num_outputs} outputs"
-            )
 
 
 def load_data(
@@ -173,6 +39,9 @@ def load_data(
     std: Sequence[float] | None = None,
     val_split: int | float | None = None,
     val_seed: int = 0,
+    channels: int | None = None,
+    stream: bool | None = None,
+    memory_budget: float | None = None,
 ) -> DataBundle:
     """Decode the dataset `spec` names (`scheme:PATH`) into uint8 tensors.
 
@@ -181,10 +50,11 @@ def load_data(
     `limit` keeps the first images of each split (class-balanced where the format allows), for smoke runs.
     `cache_dir` (default: `$GRAPHPRUNE_DATA_CACHE`, if set) keeps the decoded tensors on disk.
     `val_split` (images, or a fraction below 1) holds out a class-stratified validation split of the
-    training images, drawn with `val_seed` (see `DataBundle.with_val`).
+    training images, drawn with `val_seed` (see `DataBundle.with_val`). `channels` is the model's input
+    channel count: image files are converted to it (default RGB; Fashion-MNIST stays greyscale).
+    An `imagefolder` tree whose decoded images exceed `memory_budget` bytes (default 4 GiB) streams:
+    its files are decoded per batch by DataLoader workers (`stream.py`); `stream` True/False forces it.
     """
-    from graphprune.train import datasets
-
     scheme, sep, path = spec.partition(":")
     if not sep and scheme not in datasets.SCHEMES:
         raise DataError(
@@ -195,7 +65,18 @@ def load_data(
             f"unknown data scheme {scheme!r} in {spec!r} (choose from {sorted(datasets.SCHEMES)})"
         )
     cache_dir = cache_dir if cache_dir is not None else os.environ.get(CACHE_ENV_VAR) or None
-    bundle = datasets.SCHEMES[scheme](path, image_size=image_size, cache_dir=cache_dir, limit=limit)
+    options: dict[str, Any] = (
+        {"channels": channels} if channels is not None and scheme != "fashion-mnist" else {}
+    )
+    if scheme == "imagefolder":
+        options["stream"] = stream
+        if memory_budget is not None:
+            options["memory_budget"] = memory_budget
+    elif stream:
+        raise DataError(f"{spec}: only imagefolder: data streams; the others are decoded into memory")
+    bundle = datasets.SCHEMES[scheme](
+        path, image_size=image_size, cache_dir=cache_dir, limit=limit, **options
+    )
     if mean is not None or std is not None:
         bundle = replace(
             bundle,

@@ -13,6 +13,7 @@ import hashlib
 import io
 import pickle
 import struct
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -24,14 +25,17 @@ from torch import Tensor
 
 from graphprune import shared
 from graphprune.fileio import save_tensors
-from graphprune.train.data import DataBundle, DataError, ImageTensors
+from graphprune.train.bundle import DataBundle, DataError, DataNote, ImageTensors, Split
 from graphprune.train.loader import Augment
+from graphprune.train.stream import ImageFiles, list_files
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+GREY_MODES = ("L", "LA", "1", "I", "I;16", "F")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 CACHE_VERSION = 1
+DEFAULT_MEMORY_BUDGET = 4 * 2**30  # bytes of decoded uint8 images above which an image folder streams
 
 Splits = dict[str, ImageTensors]
 _memory: dict[tuple[object, ...], tuple[Splits, tuple[str, ...]]] = {}
@@ -87,7 +91,7 @@ def _cached(
     return result
 
 
-def _balanced(split: ImageTensors, limit: int | None) -> ImageTensors:
+def _balanced(split: Split, limit: int | None) -> Split:
     """The first `limit // k` images of each of the k classes (one more for the first `limit % k`)."""
     if limit is None or limit >= len(split):
         return split
@@ -96,8 +100,7 @@ def _balanced(split: ImageTensors, limit: int | None) -> ImageTensors:
     for rank, c in enumerate(classes):
         idx = torch.nonzero(split.labels == c).flatten()
         keep.append(idx[: limit // len(classes) + (1 if rank < limit % len(classes) else 0)])
-    order = torch.sort(torch.cat(keep)).values
-    return ImageTensors(split.images[order].contiguous(), split.labels[order].contiguous())
+    return split.take(torch.sort(torch.cat(keep)).values)
 
 
 # ----------------------------------------------------------------------------- image trees
@@ -108,9 +111,16 @@ class _Tree:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.archive = zipfile.ZipFile(path) if path.is_file() else None
+        if path.is_file() and not zipfile.is_zipfile(path):
+            raise DataError(f"{path} is neither a directory nor a zip archive")
+        try:
+            self.archive = zipfile.ZipFile(path) if path.is_file() else None
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise DataError(f"unreadable zip archive {path}: {exc}") from None
+        self.dirs: list[str] = []  # folders a zip lists (an empty class folder has no file to show it)
         if self.archive is not None:
             names = [n for n in self.archive.namelist() if not n.endswith("/")]
+            self.dirs = [n.rstrip("/") for n in self.archive.namelist() if n.endswith("/")]
         else:
             names = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
         self.files = sorted(names)
@@ -133,6 +143,12 @@ class _Tree:
                 by_class.setdefault(parts[1], []).append(name)
             elif len(parts) == 3:
                 by_class.setdefault(parts[1], [])
+        for name in self.dirs:
+            parts = PurePosixPath(name[len(self.prefix) :]).parts if name.startswith(self.prefix) else ()
+            if len(parts) >= 1 and parts[0] == split:
+                found = True
+                if len(parts) == 2:
+                    by_class.setdefault(parts[1], [])
         if self.archive is None:
             root = self.path / self.prefix / split
             if root.is_dir():
@@ -152,47 +168,87 @@ class _Tree:
             self.archive.close()
 
 
-def _decode(tree: _Tree, name: str, mode: str, size: int | None) -> np.ndarray:
+def _decode(tree: _Tree, name: str, mode: str, size: int | None) -> tuple[np.ndarray, bool]:
+    """The image `name` as an (H, W, C) array in `mode` ("L" or "RGB"), and whether it was converted
+    from another channel count."""
     where = f"{tree.path}:{name}" if tree.archive is not None else str(tree.path / name)
     try:
         with Image.open(io.BytesIO(tree.read(name))) as opened:
+            converted = (opened.getbands() == ("L",) or opened.mode in GREY_MODES) != (mode == "L")
             img = opened.convert(mode)
         if size is not None and img.size != (size, size):
             img = img.resize((size, size), Image.Resampling.BILINEAR)
         array = np.asarray(img)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"unreadable image {where}: {exc}") from None
-    return array if array.ndim == 3 else array[:, :, None]
+        raise DataError(f"unreadable image {where}: {shared.image_error(exc)}") from None
+    return (array if array.ndim == 3 else array[:, :, None]), converted
+
+
+def _listing(
+    tree: _Tree, path: Path, test_names: tuple[str, ...]
+) -> tuple[dict[str, dict[str, list[str]]], list[str]]:
+    """{"train", "test"} -> class -> file names, and the sorted classes, after checking both splits
+    exist, hold the same classes and no empty class folder."""
+    train = tree.classes("train")
+    test_split = next((s for s in test_names if tree.classes(s) is not None), None)
+    if train is None:
+        raise DataError(f"{path}: no train/ split")
+    if test_split is None:
+        raise DataError(f"{path}: no {' or '.join(s + '/' for s in test_names)} split")
+    test = tree.classes(test_split)
+    assert test is not None
+    listed = {"train": train, "test": test}
+    classes = sorted(train)
+    if not classes:
+        raise DataError(f"{path}: train/ holds no class folders")
+    for split, by_class in listed.items():
+        shown = "train" if split == "train" else test_split
+        if sorted(by_class) != classes:
+            extra = sorted(set(by_class) ^ set(classes))
+            raise DataError(f"{path}: {shown}/ and train/ have different classes (differ in {extra})")
+        empty = [c for c in classes if not by_class[c]]
+        if empty:
+            raise DataError(f"{path}: class folder {shown}/{empty[0]} holds no images")
+    return listed, classes
+
+
+def _streamed_tree(
+    path: Path, image_size: int | None, channels: int, memory_budget: float | None
+) -> tuple[dict[str, ImageFiles], list[str]] | None:
+    """The train and test files of an ImageFolder tree to stream, or None when `memory_budget` (bytes)
+    holds the decoded dataset (then it is decoded once). The image size is `image_size`, else the
+    first training image's shorter side."""
+    tree = _Tree(path)
+    try:
+        listed, classes = _listing(tree, path, ("val", "test"))
+        size = image_size
+        if size is None:
+            first = listed["train"][classes[0]][0]
+            where = f"{path}:{first}" if tree.archive is not None else str(path / first)
+            try:
+                with Image.open(io.BytesIO(tree.read(first))) as probe:
+                    size = min(probe.size)
+            except (UnidentifiedImageError, OSError, ValueError) as exc:
+                raise DataError(f"unreadable image {where}: {shared.image_error(exc)}") from None
+    finally:
+        tree.close()
+    count = sum(len(names) for by_class in listed.values() for names in by_class.values())
+    if memory_budget is not None and count * channels * size * size <= memory_budget:
+        return None
+    files = {s: list_files(path, by_class, classes, size, channels) for s, by_class in listed.items()}
+    return files, classes
 
 
 def _image_tree(
-    path: Path, image_size: int | None, test_names: tuple[str, ...]
+    path: Path, image_size: int | None, test_names: tuple[str, ...], channels: int = 3
 ) -> tuple[Splits, tuple[str, ...]]:
-    """Decode `train/` and the first of `test_names` present from an ImageFolder directory or zip."""
+    """Decode `train/` and the first of `test_names` present from an ImageFolder directory or zip, every
+    image converted to `channels` (1: greyscale, else RGB), with a `DataNote` when some were not."""
     tree = _Tree(path)
     try:
-        listed = {"train": tree.classes("train")}
-        test_split = next((s for s in test_names if tree.classes(s) is not None), None)
-        if listed["train"] is None:
-            raise DataError(f"{path}: no train/ split")
-        if test_split is None:
-            raise DataError(f"{path}: no {' or '.join(s + '/' for s in test_names)} split")
-        listed["test"] = tree.classes(test_split)
-        classes = sorted(listed["train"])
-        if not classes:
-            raise DataError(f"{path}: train/ holds no class folders")
-        for split, by_class in listed.items():
-            assert by_class is not None
-            shown = "train" if split == "train" else test_split
-            if sorted(by_class) != classes:
-                extra = sorted(set(by_class) ^ set(classes))
-                raise DataError(f"{path}: {shown}/ and train/ have different classes (differ in {extra})")
-            empty = [c for c in classes if not by_class[c]]
-            if empty:
-                raise DataError(f"{path}: class folder {shown}/{empty[0]} holds no images")
-        first = listed["train"][classes[0]][0]
-        with Image.open(io.BytesIO(tree.read(first))) as probe:
-            mode = "L" if probe.mode in ("L", "1", "I;16") else "RGB"
+        listed, classes = _listing(tree, path, test_names)
+        mode = "L" if channels == 1 else "RGB"
+        converted: list[str] = []
         splits: Splits = {}
         for split, by_class in listed.items():
             assert by_class is not None
@@ -200,7 +256,9 @@ def _image_tree(
             labels: list[int] = []
             for label, cls in enumerate(classes):
                 for name in by_class[cls]:
-                    array = _decode(tree, name, mode, image_size)
+                    array, was_converted = _decode(tree, name, mode, image_size)
+                    if was_converted:
+                        converted.append(name)
                     if arrays and array.shape != arrays[0].shape:
                         raise DataError(
                             f"{path}: {name} is {array.shape[1]}x{array.shape[0]}, the first image "
@@ -212,6 +270,14 @@ def _image_tree(
             splits[split] = ImageTensors(images, torch.tensor(labels, dtype=torch.int64))
     finally:
         tree.close()
+    if converted:
+        kind = "RGB" if mode == "L" else "greyscale"
+        warnings.warn(
+            f"{path}: converted {len(converted)} {kind} image(s) to {'greyscale' if mode == 'L' else 'RGB'} "
+            f"for a {channels}-channel model (first: {converted[0]})",
+            DataNote,
+            stacklevel=2,
+        )
     return splits, tuple(classes)
 
 
@@ -229,7 +295,12 @@ def _existing(path: str, default: Path | None, what: str) -> Path:
 
 
 def load_cifar10(
-    path: str, *, image_size: int | None = None, cache_dir: str | Path | None = None, limit: int | None = None
+    path: str,
+    *,
+    image_size: int | None = None,
+    cache_dir: str | Path | None = None,
+    limit: int | None = None,
+    channels: int = 3,
 ) -> DataBundle:
     """CIFAR-10 from the JPEG zip (read straight from it), its extracted tree, or the python batches."""
     if path:
@@ -260,9 +331,9 @@ def load_cifar10(
         splits, classes = _cached(
             "cifar10-tree",
             p,
-            (image_size, limit),
+            (image_size, limit, channels),
             cache_dir,
-            lambda: _image_tree(p, image_size, ("test", "val")),
+            lambda: _image_tree(p, image_size, ("test", "val"), channels),
         )
     return DataBundle(
         name=f"cifar10:{p}",
@@ -340,7 +411,12 @@ def _idx_file(root: Path, stem: str) -> Path:
 
 
 def load_fashion_mnist(
-    path: str, *, image_size: int | None = None, cache_dir: str | Path | None = None, limit: int | None = None
+    path: str,
+    *,
+    image_size: int | None = None,
+    cache_dir: str | Path | None = None,
+    limit: int | None = None,
+    channels: int = 1,
 ) -> DataBundle:
     """Fashion-MNIST from `{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]` (default: Debian's path)."""
     if not path and not FASHION_MNIST_DIR.is_dir():
@@ -383,12 +459,40 @@ FASHION_MNIST_CLASSES = (
 
 
 def load_imagefolder(
-    path: str, *, image_size: int | None = None, cache_dir: str | Path | None = None, limit: int | None = None
+    path: str,
+    *,
+    image_size: int | None = None,
+    cache_dir: str | Path | None = None,
+    limit: int | None = None,
+    channels: int = 3,
+    stream: bool | None = None,
+    memory_budget: float = DEFAULT_MEMORY_BUDGET,
 ) -> DataBundle:
-    """Any ImageFolder tree (directory or zip): `train/<class>/*` plus `val/` or `test/`."""
+    """Any ImageFolder tree (directory or zip): `train/<class>/*` plus `val/` or `test/`, decoded to
+    `channels` (1: greyscale, else RGB).
+
+    Decoded once into memory when the decoded images fit `memory_budget` bytes, else streamed (files
+    decoded per batch by DataLoader workers, `stream.py`); `stream` True or False forces either."""
     root = _existing(path, None, "ImageFolder tree")
+    if stream is not False:
+        streamed = _streamed_tree(root, image_size, channels, None if stream else memory_budget)
+        if streamed is not None:
+            files, names = streamed
+            return DataBundle(
+                name=f"imagefolder:{root}",
+                train=_balanced(files["train"], limit),
+                test=_balanced(files["test"], limit),
+                num_classes=len(names),
+                mean=IMAGENET_MEAN if channels == 3 else (0.5,) * channels,
+                std=IMAGENET_STD if channels == 3 else (0.5,) * channels,
+                classes=tuple(names),
+            )
     splits, classes = _cached(
-        "imagefolder", root, (image_size,), cache_dir, lambda: _image_tree(root, image_size, ("val", "test"))
+        "imagefolder",
+        root,
+        (image_size, channels),
+        cache_dir,
+        lambda: _image_tree(root, image_size, ("val", "test"), channels),
     )
     channels = splits["train"].images.shape[1]
     size = splits["train"].images.shape[-1]

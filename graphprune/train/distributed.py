@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,11 @@ def setup(device: torch.device) -> DistInfo:
     return info
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a lone process (read from the environment, so valid before `setup`)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def local_device(requested: str, info: DistInfo | None = None) -> torch.device:
     """`auto` -> this process's GPU if there is one, else the CPU."""
     if requested == "auto":
@@ -59,10 +64,58 @@ def local_device(requested: str, info: DistInfo | None = None) -> torch.device:
 
 
 def all_reduce_sum(t: Tensor) -> Tensor:
-    """Sum `t` over all processes (in place), a no-op without a process group."""
+    """Sum `t` over all processes (in place), a no-op without a process group. A CPU tensor goes through
+    this process's GPU under nccl (which reduces GPU tensors only)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        if dist.get_backend() == "nccl" and t.device.type == "cpu":
+            on_gpu = t.to(torch.device("cuda", torch.cuda.current_device()))
+            dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
+            t.copy_(on_gpu.cpu())
+        else:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def to_sync_batchnorm(model: nn.Module) -> int:
+    """Replace every BatchNorm of `model` by a SyncBatchNorm sharing its parameters and buffers (in place,
+    so an optimiser built before keeps working); returns how many. `to_plain_batchnorm` undoes it."""
+    count = 0
+    for name, child in model.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
+            synced = nn.SyncBatchNorm(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            )
+            _PLAIN_CLASS[id(synced)] = type(child)
+            setattr(model, name, _moved_norm(child, synced))
+            count += 1
+        else:
+            count += to_sync_batchnorm(child)
+    return count
+
+
+def to_plain_batchnorm(model: nn.Module) -> None:
+    """Turn the SyncBatchNorms `to_sync_batchnorm` made back into the BatchNorm classes they were."""
+    for name, child in model.named_children():
+        if isinstance(child, nn.SyncBatchNorm) and id(child) in _PLAIN_CLASS:
+            cls = _PLAIN_CLASS.pop(id(child))
+            plain = cls(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            )
+            setattr(model, name, _moved_norm(child, plain))
+        else:
+            to_plain_batchnorm(child)
+
+
+_PLAIN_CLASS: dict[int, type[nn.Module]] = {}  # id of a SyncBatchNorm made here -> the class it replaced
+
+
+def _moved_norm(old: nn.Module, new: nn.Module) -> nn.Module:
+    """`new` holding `old`'s very parameters and buffers, in `old`'s mode."""
+    for key, param in old.named_parameters(recurse=False):
+        setattr(new, key, param)
+    for key, buffer in old.named_buffers(recurse=False):
+        setattr(new, key, buffer)
+    return new.train(old.training)
 
 
 def barrier() -> None:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from graphprune.train import distributed
-from graphprune.train.data import DataBundle
+from graphprune.train.bundle import DataBundle
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ def evaluate(
     device: str | torch.device | None = None,
     max_batches: int | None = None,
     channels_last: bool = False,
+    workers: int = 0,
 ) -> EvalResult:
     """Evaluate `model` (in eval mode; its mode is restored) on `split`; shards over a process group."""
     if device is None:
@@ -67,7 +68,7 @@ def evaluate(
     per_rank = -(-batch_size // info.world_size)
     loader = data.loader(
         split, per_rank * info.world_size, shuffle=False, augment=False, device=device, drop_last=False,
-        rank=info.rank, world_size=info.world_size,
+        rank=info.rank, world_size=info.world_size, workers=workers,
     )  # fmt: skip
     was_training = model.training
     model.eval()

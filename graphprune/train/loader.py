@@ -27,23 +27,41 @@ class Augment:
     padding_mode: str = "reflect"
 
 
-def augment_batch(images: Tensor, aug: Augment, gen: torch.Generator) -> Tensor:
-    """Randomly crop (after padding) and flip a uint8 batch (B, C, H, W); one draw per image."""
-    b, _, h, w = images.shape
-    out = images
+def augment_draws(
+    b: int, aug: Augment, gen: torch.Generator
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The random draws of `augment_batch` for a batch of `b` images: crop offsets (dy, dx) and flips."""
+    dy = dx = flip = None
     if aug.pad > 0:
+        dy = torch.randint(0, 2 * aug.pad + 1, (b,), generator=gen)
+        dx = torch.randint(0, 2 * aug.pad + 1, (b,), generator=gen)
+    if aug.flip:
+        flip = torch.rand(b, generator=gen) < 0.5
+    return dy, dx, flip
+
+
+def augment_batch(
+    images: Tensor,
+    aug: Augment,
+    gen: torch.Generator,
+    draws: tuple[Tensor | None, Tensor | None, Tensor | None] | None = None,
+) -> Tensor:
+    """Randomly crop (after padding) and flip a uint8 batch (B, C, H, W); one draw per image (`draws`
+    given: those, one row per image, e.g. this rank's rows of the global batch's draws)."""
+    b, _, h, w = images.shape
+    dy, dx, flip = draws if draws is not None else augment_draws(b, aug, gen)
+    out = images
+    if dy is not None and dx is not None:
         mode = aug.padding_mode if aug.padding_mode != "zeros" else "constant"
         padded = F.pad(out.float() if mode == "reflect" else out, (aug.pad,) * 4, mode=mode)
-        dy = torch.randint(0, 2 * aug.pad + 1, (b,), generator=gen).to(images.device)
-        dx = torch.randint(0, 2 * aug.pad + 1, (b,), generator=gen).to(images.device)
+        dy, dx = dy.to(images.device), dx.to(images.device)
         rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]  # (B, 1, H, 1)
         cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]  # (B, 1, 1, W)
         batch = torch.arange(b, device=images.device)[:, None, None, None]
         chan = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
         out = padded[batch, chan, rows, cols].to(images.dtype)
-    if aug.flip:
-        flip = (torch.rand(b, generator=gen) < 0.5).to(images.device)
-        out = torch.where(flip[:, None, None, None], out.flip(3), out)
+    if flip is not None:
+        out = torch.where(flip.to(images.device)[:, None, None, None], out.flip(3), out)
     return out
 
 
@@ -116,12 +134,18 @@ class BatchLoader:
             order = torch.arange(n, device=self.device)
         for i in range(start, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            draws = None
+            if self.augment is not None:  # drawn for the global batch: every rank draws the same
+                draws = augment_draws(len(idx), self.augment, self._generator(self.epoch, i))
+            if self.world_size > 1:  # this rank's share only is gathered and augmented
+                share = -(-len(idx) // self.world_size)
+                mine = slice(self.rank * share, (self.rank + 1) * share)
+                idx = idx[mine]
+                if draws is not None:
+                    draws = (draws[0][mine] if draws[0] is not None else None,
+                             draws[1][mine] if draws[1] is not None else None,
+                             draws[2][mine] if draws[2] is not None else None)  # fmt: skip
             images = self.images[idx]
             if self.augment is not None:
-                images = augment_batch(images, self.augment, self._generator(self.epoch, i))
-            labels = self.labels[idx]
-            if self.world_size > 1:
-                share = -(-len(idx) // self.world_size)
-                images = images[self.rank * share : (self.rank + 1) * share]
-                labels = labels[self.rank * share : (self.rank + 1) * share]
-            yield normalize(images, self.mean, self.std), labels
+                images = augment_batch(images, self.augment, torch.Generator(), draws)
+            yield normalize(images, self.mean, self.std), self.labels[idx]

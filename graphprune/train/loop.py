@@ -22,8 +22,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from graphprune.errors import GraphpruneError
 from graphprune.train import distributed, state
+from graphprune.train.bundle import DataBundle
 from graphprune.train.config import TrainConfig
-from graphprune.train.data import DataBundle
 from graphprune.train.distill import distill_loss
 from graphprune.train.evaluate import EvalResult, evaluate
 from graphprune.train.interrupt import DeferredInterrupt
@@ -140,6 +140,35 @@ def _rates(sums: list[float], seconds: float) -> dict[str, float]:
     }
 
 
+def _data_tag(data: DataBundle) -> dict[str, Any]:
+    """What a checkpoint records of its data, to refuse resuming on other data."""
+    return {
+        "name": data.name, "train": len(data.train), "eval_split": data.eval_split,
+        "val": len(data.val) if data.val is not None else 0,
+    }  # fmt: skip
+
+
+def check_resumable(ckpt: dict[str, Any], cfg: TrainConfig, data_tag: dict[str, Any], stage: str) -> None:
+    """Raise unless `cfg` and the data are those the checkpoint was written with, up to the run's length
+    and how it is watched (`TrainConfig.RESUMABLE_CHANGES`); `cfg.resume_override` accepts any change."""
+    if cfg.resume_override:
+        return
+    saved, now = ckpt.get("config", {}), cfg.to_dict()
+    for name, value in now.items():
+        if name in saved and name not in TrainConfig.RESUMABLE_CHANGES and saved[name] != value:
+            raise GraphpruneError(
+                f"cannot resume stage {stage}: {name} was {saved[name]!r}, now {value!r} "
+                "(give --override to resume anyway)"
+            )
+    recorded = ckpt.get("data")
+    if recorded is not None and recorded != data_tag:
+        field_name = next(k for k in data_tag if recorded.get(k) != data_tag[k])
+        raise GraphpruneError(
+            f"cannot resume stage {stage}: data {field_name} was {recorded.get(field_name)!r}, "
+            f"now {data_tag[field_name]!r} (give --override to resume anyway)"
+        )
+
+
 def _setup_threads(cfg: TrainConfig, info: distributed.DistInfo) -> None:
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // info.local_world_size)
     torch.set_num_threads(threads)
@@ -180,29 +209,16 @@ def fit(
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-
-    if resume and run_dir is not None and (done := state.read_done(run_dir, stage)) is not None:
-        ckpt = state.load_checkpoint(run_dir, stage)
-        if ckpt is not None:
-            _restore(ckpt, model, None, extra)
-        model.eval()
-        final = done.get("test")
-        return FitResult(
-            stage, done["steps"], True, done.get("history", []), EvalResult(**final) if final else None
+    if cfg.sync_bn and device.type != "cuda":
+        raise GraphpruneError(
+            "--sync-bn needs GPUs: torch's SyncBatchNorm does not run on the CPU (plain BatchNorm keeps "
+            "per-process statistics under DDP)"
         )
+    synced = cfg.sync_bn and info.enabled and distributed.to_sync_batchnorm(model) > 0
 
-    torch.manual_seed(cfg.seed)
-    if teacher is not None:
-        if any(p.device != device for p in teacher.parameters()) or cfg.channels_last:
-            teacher = copy.deepcopy(teacher).to(device)  # never move the caller's model
-            if cfg.channels_last:
-                teacher.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        teacher.eval()
-    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
     loader = data.loader(
         "train", cfg.batch_size, seed=cfg.seed, augment=cfg.augment, device=device, drop_last=True,
-        rank=info.rank, world_size=info.world_size,
+        rank=info.rank, world_size=info.world_size, workers=cfg.workers,
     )  # fmt: skip
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
@@ -213,14 +229,44 @@ def fit(
     end = min(total, cfg.max_steps or total)
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
 
+    ckpt = state.load_checkpoint(run_dir, stage) if resume and run_dir is not None else None
+    if ckpt is not None:
+        check_resumable(ckpt, cfg, _data_tag(data), stage)
+    if resume and run_dir is not None and (done := state.read_done(run_dir, stage)) is not None:
+        if ckpt is None or done["steps"] >= end:  # nothing more to train: the finished stage's result
+            if ckpt is not None:
+                _restore(ckpt, model, None, extra)
+                if cfg.keep == "best" and ckpt.get("best", {}).get("epoch"):
+                    model.load_state_dict(state.load_best(run_dir, stage, device))
+            model.eval()
+            final = done.get("test")
+            return FitResult(
+                stage, done["steps"], True, done.get("history", []), EvalResult(**final) if final else None
+            )
+
+    torch.manual_seed(cfg.seed)
+    if teacher is not None:
+        if any(p.device != device for p in teacher.parameters()) or cfg.channels_last:
+            teacher = copy.deepcopy(teacher).to(device)  # never move the caller's model
+            if cfg.channels_last:
+                teacher.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        teacher.eval()
+    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+
     step, resumed_at = 0, None
     sums = torch.zeros(3, device=device)  # summed loss, correct, count over the epoch so far
     history: list[dict[str, Any]] = []
-    if resume and run_dir is not None and (ckpt := state.load_checkpoint(run_dir, stage)) is not None:
+    best: dict[str, Any] = {"top1": -1.0, "epoch": 0, "eval": None}  # the epoch with the best eval top-1
+    if ckpt is not None:
         _restore(ckpt, model, optimizer, extra)
         step = resumed_at = int(ckpt["step"])
         sums = ckpt["epoch_sums"].to(device)
         history = list(ckpt["history"])
+        best = dict(ckpt.get("best", best))
+        if run_dir is not None and info.is_main:  # steps logged after the checkpoint are logged again
+            state.drop_metrics_after(run_dir, stage, step)
+            state.clear_done(run_dir, stage)  # a finished stage trained further is unfinished until done
 
     net: nn.Module = DistributedDataParallel(model) if info.enabled else model
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
@@ -228,6 +274,7 @@ def fit(
     log_sums, log_time = sums.clone(), time.perf_counter()
     epoch_time = time.perf_counter()
     test: EvalResult | None = None
+    best_state: dict[str, Tensor] | None = None
 
     def forward(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Logits and loss of one batch: CE (or distillation from the teacher) plus the extra loss."""
@@ -246,9 +293,8 @@ def fit(
 
     def save() -> None:
         if run_dir is not None and info.is_main:
-            state.save_checkpoint(
-                run_dir, stage, _train_state(model, optimizer, step, sums, history, cfg, extra)
-            )
+            train_state = _train_state(model, optimizer, step, sums, history, cfg, extra)
+            state.save_checkpoint(run_dir, stage, {**train_state, "data": _data_tag(data), "best": best})
 
     with DeferredInterrupt() as interrupt:
         try:
@@ -299,12 +345,18 @@ def fit(
                     }  # fmt: skip
                     if cfg.eval_every_epoch or step >= end:
                         test = evaluate(model, data, data.eval_split, batch_size=cfg.eval_batch_size,
-                                        device=device, channels_last=cfg.channels_last)  # fmt: skip
+                                        device=device, channels_last=cfg.channels_last,
+                                        workers=cfg.workers)  # fmt: skip
                         record.update(
                             eval_split=data.eval_split, eval_top1=test.top1, eval_top5=test.top5,
                             eval_loss=test.loss,
                         )  # fmt: skip
                     history.append(record)
+                    if test is not None and "eval_top1" in record and test.top1 > best["top1"]:
+                        best = {"top1": test.top1, "epoch": len(history), "eval": vars(test)}
+                        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                        if run_dir is not None and info.is_main:
+                            state.save_best(run_dir, stage, best_state)
                     sums.zero_()
                     log_sums = sums.clone()
                     progress.epoch_end(record)
@@ -318,9 +370,18 @@ def fit(
                         raise KeyboardInterrupt
         finally:
             progress.close()
+    if synced:
+        distributed.to_plain_batchnorm(model)  # the caller exports it: plain BatchNorm again
     model.eval()
     if run_dir is not None and info.is_main:
-        save()
+        save()  # the last step's state, to resume from
+    if cfg.keep == "best" and best["epoch"]:
+        if best_state is None:  # the best epoch was before a resume
+            best_state = state.load_best(run_dir, stage, device) if run_dir is not None else None
+        if best_state is not None:
+            model.load_state_dict(best_state)
+            test = EvalResult(**best["eval"])
+    if run_dir is not None and info.is_main:
         done = {
             "stage": stage, "steps": step, "history": history,
             "test": vars(test) if test is not None else None,

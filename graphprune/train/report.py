@@ -90,17 +90,22 @@ def plot_training_curves(history: list[dict[str, Any]], path: Path) -> Path | No
     return _save(fig, path)
 
 
-def plot_kept_channels(channels: list[tuple[str, int, int]], path: Path) -> Path | None:
-    """Bars of kept vs original channels per prunable group (`(group id, size, kept)`)."""
+def plot_kept_channels(channels: list[tuple[str, int, int, bool]], path: Path) -> Path | None:
+    """Bars of kept vs original channels per prunable group, labelled by its first layer
+    (`(layer, size, kept, removed)`); groups inside removed blocks are drawn hatched as removed."""
     if not channels:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(channels)), 3.8))
-    xs = range(len(channels))
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(channels)), 4.2))
+    xs = list(range(len(channels)))
     ax.bar(xs, [c[1] for c in channels], color="#ddd", label="original")
     ax.bar(xs, [c[2] for c in channels], color="#3a7", label="kept")
-    ax.set_xticks(list(xs), [c[0] for c in channels], rotation=90, fontsize=7)
-    ax.set(ylabel="channels", title="kept channels per group")
+    removed = [x for x, c in zip(xs, channels, strict=True) if c[3]]
+    if removed:
+        ax.bar(removed, [channels[x][1] for x in removed], color="none", edgecolor="#c33", hatch="//",
+               label="removed block")  # fmt: skip
+    ax.set_xticks(xs, [c[0] for c in channels], rotation=90, fontsize=7)
+    ax.set(ylabel="channels", title="kept channels per layer")
     ax.legend(fontsize=8)
     return _save(fig, path)
 

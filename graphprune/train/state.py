@@ -16,6 +16,7 @@ from graphprune.errors import GraphpruneError
 from graphprune.fileio import save_tensors, write_text
 
 CHECKPOINT_FILE = "checkpoint.pt"
+BEST_FILE = "best.safetensors"
 DONE_FILE = "done.json"
 METRICS_FILE = "metrics.jsonl"
 
@@ -46,6 +47,11 @@ def mark_done(run_dir: str | Path, stage: str, metrics: dict[str, Any]) -> None:
     write_text(stage_dir(run_dir, stage) / DONE_FILE, json.dumps(metrics, indent=2) + "\n")
 
 
+def clear_done(run_dir: str | Path, stage: str) -> None:
+    """Mark a finished stage unfinished again (it is being trained further)."""
+    (stage_dir(run_dir, stage) / DONE_FILE).unlink(missing_ok=True)
+
+
 def read_done(run_dir: str | Path, stage: str) -> dict[str, Any] | None:
     """The final metrics of a finished stage, or None if it has not finished."""
     path = stage_dir(run_dir, stage) / DONE_FILE
@@ -61,3 +67,41 @@ def append_metrics(run_dir: str | Path, record: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def save_best(run_dir: str | Path, stage: str, model_state: dict[str, torch.Tensor]) -> Path:
+    """The weights of the best epoch so far (by eval top-1), beside the last checkpoint."""
+    from graphprune.checkpoint import save_safetensors
+
+    path = stage_dir(run_dir, stage) / BEST_FILE
+    save_safetensors(model_state, path)
+    return path
+
+
+def load_best(run_dir: str | Path, stage: str, device: torch.device) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = stage_dir(run_dir, stage) / BEST_FILE
+    if not path.is_file():
+        raise GraphpruneError(f"{path} not found: the best epoch's weights are gone")
+    return load_file(path, device=str(device))
+
+
+def drop_metrics_after(run_dir: str | Path, stage: str, step: int) -> None:
+    """Remove the records of `stage` past `step` from `metrics.jsonl` (logged after the checkpoint a
+    run resumes from, so logged again), rewriting the file atomically."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a kill
+        if record.get("stage") == stage and int(record.get("step", 0)) > step:
+            continue
+        kept.append(line)
+    if len(kept) != len(lines):
+        write_text(path, "".join(line + "\n" for line in kept))

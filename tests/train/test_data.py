@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import pickle
 import zipfile
 from pathlib import Path
@@ -11,6 +12,7 @@ from PIL import Image
 from support.tiny_data import write_fashion_mnist
 
 from graphprune.train import DataError, load_data
+from graphprune.train.data import DataNote
 from graphprune.train.datasets import FASHION_MNIST_CLASSES
 
 
@@ -157,3 +159,91 @@ def test_class_count_must_match_the_model(tmp_path: Path) -> None:
     data = load_data(f"imagefolder:{tmp_path / 'tree'}")
     with pytest.raises(DataError, match="has 3 classes but graphprune:cifar_resnet20 has 10 outputs"):
         data.check_num_classes(10, "graphprune:cifar_resnet20")
+
+
+def _write_cifar_zip(tmp_path: Path, bad_member: str | None = None) -> Path:
+    """A CIFAR-10 JPEG zip of one 32x32 image per class and split; `bad_member` holds garbage."""
+    classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+    target = tmp_path / "cifar.zip"
+    with zipfile.ZipFile(target, "w") as z:
+        for split in ("train", "test"):
+            for c in classes:
+                name = f"{split}/{c}/0.jpg"
+                buf = io.BytesIO()
+                Image.fromarray(np.full((32, 32, 3), 90, dtype=np.uint8)).save(buf, format="JPEG")
+                z.writestr(name, b"garbage, not a jpeg" if name == bad_member else buf.getvalue())
+    return target
+
+
+@pytest.mark.parametrize("which", ["first", "later"])
+@pytest.mark.parametrize("packed", ["directory", "zip"])
+def test_a_corrupt_image_is_named_even_the_first(tmp_path: Path, which: str, packed: str) -> None:
+    root = tmp_path / "tree"
+    write_tree(root)
+    name = "000.png" if which == "first" else "001.png"
+    (root / "train" / ("class0" if which == "first" else "class2") / name).write_bytes(b"not a png")
+    spec = f"imagefolder:{root if packed == 'directory' else zip_tree(root, tmp_path / 'd.zip')}"
+    with pytest.raises(DataError) as info:
+        load_data(spec)
+    text = str(info.value)
+    assert text.startswith("unreadable image") and name in text and "\n" not in text and "BytesIO" not in text
+
+
+@pytest.mark.parametrize("scheme", ["imagefolder", "cifar10"])
+def test_a_file_that_is_no_zip_is_named(tmp_path: Path, scheme: str) -> None:
+    jpeg = tmp_path / "photo.jpg"
+    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(jpeg)
+    with pytest.raises(DataError, match=f"^{jpeg} is neither a directory nor a zip archive$"):
+        load_data(f"{scheme}:{jpeg}")
+
+
+def test_a_corrupt_jpeg_in_the_cifar10_zip_names_the_member(tmp_path: Path) -> None:
+    archive = _write_cifar_zip(tmp_path, bad_member="train/bird/0.jpg")
+    with pytest.raises(DataError) as info:
+        load_data(f"cifar10:{archive}")
+    text = str(info.value)
+    assert text.startswith(f"unreadable image {archive}:train/bird/0.jpg: ") and "BytesIO" not in text
+
+
+def test_an_empty_class_folder_in_a_zip_is_named(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    write_tree(root)
+    for p in (root / "test" / "class1").iterdir():
+        p.unlink()
+    with zipfile.ZipFile(tmp_path / "d.zip", "w") as z:
+        for p in sorted(root.rglob("*")):
+            z.write(p, p.relative_to(root).as_posix() + ("/" if p.is_dir() else ""))
+    with pytest.raises(DataError, match="class folder test/class1 holds no images"):
+        load_data(f"imagefolder:{tmp_path / 'd.zip'}")
+
+
+def test_greyscale_images_are_converted_to_the_models_channels(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    write_tree(root)
+    first = root / "train" / "class0" / "000.png"
+    Image.fromarray(np.full((8, 8), 77, dtype=np.uint8), mode="L").save(first)  # the first image is grey
+    with pytest.warns(DataNote, match=r"converted 1 greyscale image\(s\) to RGB .*class0/000.png"):
+        data = load_data(f"imagefolder:{root}")
+    assert data.input_shape == (3, 8, 8)
+    assert data.train.images[0].tolist() == torch.full((3, 8, 8), 77).tolist()
+    with pytest.warns(DataNote, match="to greyscale for a 1-channel model"):
+        grey = load_data(f"imagefolder:{root}", channels=1)
+    assert grey.input_shape == (1, 8, 8) and grey.train.images[0, 0, 0, 0] == 77
+
+
+def test_the_data_layer_imports_one_way() -> None:
+    """data (load_data) -> datasets (formats) -> bundle (DataBundle): no module imports one above it."""
+    import ast
+
+    import graphprune.train
+
+    root = Path(graphprune.train.__file__).parent
+    order = ["data", "datasets", "bundle"]
+    for i, name in enumerate(order):
+        tree = ast.parse((root / f"{name}.py").read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        imported |= {
+            f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names
+        }
+        above = {f"graphprune.train.{m}" for m in order[:i]}
+        assert not imported & above, (name, imported & above)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from support.tiny_data import tiny_bundle
@@ -53,3 +54,18 @@ def test_ranks_split_the_single_process_batch() -> None:
     for i, (x, y) in enumerate(single):
         assert torch.equal(torch.cat([shards[0][i][0], shards[1][i][0]]), x)
         assert torch.equal(torch.cat([shards[0][i][1], shards[1][i][1]]), y)
+
+
+def test_a_rank_augments_only_its_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    from graphprune.train import loader
+
+    sizes: list[int] = []
+    real = loader.augment_batch
+
+    def counted(images: torch.Tensor, *args: object, **kw: object) -> torch.Tensor:
+        sizes.append(len(images))
+        return real(images, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loader, "augment_batch", counted)
+    list(tiny_bundle().loader("train", 16, seed=5, rank=1, world_size=4))
+    assert sizes == [4, 4, 4, 4]  # 4 global batches of 16, a quarter each

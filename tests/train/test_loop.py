@@ -120,3 +120,101 @@ def test_distillation_and_extra_params_are_used() -> None:
 def test_max_steps_stops_early() -> None:
     result = fit(tiny_net(), tiny_bundle(), quiet(epochs=5, max_steps=3))
     assert result.steps == 3 and len(result.history) == 1
+
+
+def _records(run_dir: Path) -> list[dict[str, object]]:
+    return [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_with_more_epochs_or_steps_trains_the_difference(tmp_path: Path) -> None:
+    data = tiny_bundle()  # 4 steps per epoch
+    first = fit(tiny_net(), data, quiet(epochs=1, max_steps=2, log_every=1), run_dir=tmp_path)
+    assert first.steps == 2
+    longer = fit(tiny_net(seed=1), data, quiet(epochs=1, log_every=1), run_dir=tmp_path, resume=True)
+    assert longer.resumed_at == 2 and longer.steps == 4
+    lrs = {r["step"]: r["lr"] for r in _records(tmp_path) if r["kind"] == "step"}
+    assert lrs[2] == pytest.approx(0.1 * lr_factor(1, 2, 0, "onecycle"))  # planned over 2 steps
+    assert lrs[3] == pytest.approx(0.1 * lr_factor(2, 4, 0, "onecycle"))  # re-planned over 4 from step 2
+    model = tiny_net(seed=2)
+    again = fit(model, data, quiet(epochs=2), run_dir=tmp_path, resume=True)
+    assert again.resumed_at == 4 and again.steps == 8 and len(again.history) == 3
+    done = json.loads((tmp_path / "stages" / "finetune" / "done.json").read_text())
+    assert done["steps"] == 8
+    finished = fit(tiny_net(seed=3), data, quiet(epochs=2), run_dir=tmp_path, resume=True)
+    assert finished.steps == 8 and finished.resumed_at is None  # nothing left: the finished result
+    steps = [(r["kind"], r["step"]) for r in _records(tmp_path)]
+    assert len(steps) == len(set(steps))
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"batch_size": 8}, "batch_size"),
+        ({"lr": 0.2}, "lr"),
+        ({"seed": 1}, "seed"),
+        ({"schedule": "cosine"}, "schedule"),
+    ],
+)
+def test_resume_with_another_config_names_the_field(
+    tmp_path: Path, change: dict[str, object], field: str
+) -> None:
+    from graphprune.errors import GraphpruneError
+
+    data = tiny_bundle()
+    fit(tiny_net(), data, quiet(epochs=1, max_steps=2), run_dir=tmp_path)
+    with pytest.raises(GraphpruneError, match=f"cannot resume stage finetune: {field} was"):
+        fit(tiny_net(), data, quiet(epochs=2, **change), run_dir=tmp_path, resume=True)
+    result = fit(
+        tiny_net(), data, quiet(epochs=2, resume_override=True, **change), run_dir=tmp_path, resume=True
+    )
+    assert result.resumed_at == 2
+
+
+def test_resume_on_other_data_is_an_error(tmp_path: Path) -> None:
+    from graphprune.errors import GraphpruneError
+
+    fit(tiny_net(), tiny_bundle(), quiet(epochs=1, max_steps=2), run_dir=tmp_path)
+    with pytest.raises(GraphpruneError, match="data train was 64, now 48"):
+        fit(tiny_net(), tiny_bundle(n_train=48), quiet(epochs=2), run_dir=tmp_path, resume=True)
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path: Path) -> None:
+    data = tiny_bundle()
+    calls = {"n": 0}
+
+    def crash_in_step_7(model: torch.nn.Module, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 7:  # a hard crash: no checkpoint since the end of epoch 1 (step 4)
+            raise RuntimeError("killed")
+        return logits.sum() * 0.0
+
+    with pytest.raises(RuntimeError):
+        fit(tiny_net(), data, quiet(epochs=3, log_every=1), extra_loss=crash_in_step_7, run_dir=tmp_path)
+    assert [r["step"] for r in _records(tmp_path) if r["kind"] == "step"] == [1, 2, 3, 4, 5, 6]
+    result = fit(tiny_net(), data, quiet(epochs=3, log_every=1), run_dir=tmp_path, resume=True)
+    assert result.resumed_at == 4
+    records = _records(tmp_path)
+    assert [r["step"] for r in records if r["kind"] == "step"] == list(range(1, 13))
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2, 3]
+
+
+def test_keep_best_ends_with_the_best_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from graphprune.train import loop
+    from graphprune.train.evaluate import EvalResult
+
+    scores = iter([50.0, 80.0, 60.0])
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def scripted(model: torch.nn.Module, *args: object, **kw: object) -> EvalResult:
+        seen.append(copy.deepcopy(model.state_dict()))
+        return EvalResult(top1=next(scores), top5=100.0, loss=1.0, n=32)
+
+    monkeypatch.setattr(loop, "evaluate", scripted)
+    data = tiny_bundle().with_val(16)
+    model = tiny_net()
+    result = fit(model, data, quiet(epochs=3, keep="best"), run_dir=tmp_path)
+    assert result.test is not None and result.test.top1 == 80.0
+    assert all(torch.equal(v, seen[1][k]) for k, v in model.state_dict().items())
+    assert (tmp_path / "stages" / "finetune" / "best.safetensors").is_file()
+    last = fit(tiny_net(), data, quiet(epochs=3, keep="last"), run_dir=tmp_path, resume=True)
+    assert last.steps == 9  # keep is no config change; the finished stage returns at once

@@ -21,6 +21,7 @@ from graphprune.efficiency import FlopsModel
 from graphprune.methods.base import Budget, MethodContext, MethodError, MethodResult
 from graphprune.methods.wgates.cost import flops_cost
 from graphprune.methods.wgates.method import budget_cost, gate_channels, trained_copy
+from graphprune.train.bn_recal import recalibrate_bn
 
 
 def decide(ctx: MethodContext) -> MethodResult:
@@ -43,6 +44,8 @@ def decide(ctx: MethodContext) -> MethodResult:
     first = abp(dataclasses.replace(ctx, budget=block_budget))
     pg_blocks = gp.trace(first.model.eval(), ctx.example_inputs, prune_layernorm=ctx.pg.prune_layernorm)
     slim = gp.apply(pg_blocks, first.plan)
+    if ctx.data is not None:  # the structure changed (blocks out, marks folded): re-estimate BN statistics
+        recalibrate_bn(slim, ctx.data, seed=ctx.train_cfg.seed if ctx.train_cfg else 0)
     pg2 = gp.trace(slim.eval(), ctx.example_inputs, prune_layernorm=ctx.pg.prune_layernorm)
     ctx2 = dataclasses.replace(ctx, model=slim, pg=pg2)
     if b.target_flops is not None:
