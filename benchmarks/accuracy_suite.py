@@ -144,7 +144,7 @@ MODES = {
     ),
     "quick": Mode(
         "quick",
-        (Block(*R20, (0.4, 0.5, 0.6), (0,)),),
+        (Block(*R20, (0.6, 0.5, 0.4), (0,)),),  # the headline cut first
         ("l1", *LEARNED, "tp-groupnorm-global", "tp-bnscale-global", "tp-taylor-global", "tp-depgraph"),
         steps=160,
         lr=0.01,
