@@ -42,7 +42,7 @@ def test_abp_removes_voted_blocks_to_budget_and_returns_a_plan_for_the_original(
     assert (stages / schedule.STAGE_GATES / "done.json").is_file()
     assert (stages / schedule.STAGE_PRUNE / "step0" / "done.json").is_file()
     votes = json.loads((stages / schedule.STAGE_PRUNE / "votes.json").read_text())
-    assert votes[0]["step"] == 0 and set(votes[0]["removal_loss"]) == {b.name for b in ctx.pg.blocks}
+    assert votes[0]["step"] == 0 and set(votes[0]["removal_kl"]) == {b.name for b in ctx.pg.blocks}
 
 
 def test_resume_inside_stage_two_continues_to_the_same_result(

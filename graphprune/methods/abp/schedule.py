@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from graphprune.errors import PlanError
@@ -38,7 +39,7 @@ from graphprune.methods.abp.regulariser import GateRegulariser
 from graphprune.methods.abp.voting import Vote, calibrate, vote
 from graphprune.methods.base import seeded
 from graphprune.passes.block_gates import InsertBlockGates, forget_marks, gates_of
-from graphprune.train import TrainConfig, evaluate, fit, recalibrate_bn
+from graphprune.train import TrainConfig, fit, recalibrate_bn
 from graphprune.train.data import DataBundle
 from graphprune.train.state import stage_dir
 
@@ -53,8 +54,8 @@ class AbpConfig:
     epochs: tuple[int, int] = (2, 2)  # stage 1, stage 2 (stage 3 is the pipeline's fine-tune)
     stage_steps: tuple[int | None, int | None] = (None, None)  # caps on each stage's optimiser steps
     prune_steps: int = 3  # pruning steps in stage 2, each followed by its share of recovery training
-    rank_by: str = "measured"  # "measured": removal loss per FLOPs saved; "vote": the paper's vote
-    measure_images: int = 1024  # validation images the removal loss of a candidate is measured on
+    rank_by: str = "measured"  # "measured": removal cost (output KL) per FLOPs saved; "vote": the paper's
+    measure_images: int = 1024  # validation images the removal cost of a candidate is measured on
     recal_images: int = 1024  # training images BatchNorm statistics are re-estimated on after a change
     kd_stage1: bool = True  # distil from the original in stage 1 too
     gate_hidden: int = 16
@@ -102,28 +103,39 @@ def _pruned(model: nn.Module) -> list[str]:
     return [name for name, g in gates_of(model).items() if bool(g.pruned)]
 
 
+@torch.no_grad()
 def removal_losses(
     model: nn.Module, data: DataBundle, candidates: list[str], cfg: AbpConfig
 ) -> dict[str, float]:
-    """Each candidate block's removal cost: the increase of the loss on a fixed stratified sample of the
-    validation split (the training split when none is held out; never the test split) when its gate is
-    switched off (on a copy, BatchNorm statistics re-estimated).
+    """Each candidate block's removal cost: how far the network's predictions move when its gate is
+    switched off (on a copy, BatchNorm statistics re-estimated), as the mean KL divergence from the
+    current network's softmax on a fixed stratified sample of the validation split (the training
+    split when none is held out; never the test split).
 
     Measured, not predicted: a downsampling block that is cheap to remove by its FLOPs but costly to
-    lose scores what it costs."""
+    lose scores what it costs. The divergence needs no labels, so it is not noise on an untrained net."""
     split = "val" if data.val is not None else "train"
     sample = data.sampled(split, cfg.measure_images, seed=cfg.calib_seed)
+    batches = [x for x, _ in sample.loader(split, 256, shuffle=False, augment=False, drop_last=False)]
 
-    def loss_without(blocks: list[str]) -> float:
+    def log_probs(blocks: list[str]) -> list[torch.Tensor]:
         probe = copy.deepcopy(model)
         gates = gates_of(probe)
         for b in blocks:
             gates[b].pruned.fill_(True)
         recalibrate_bn(probe, data, images=cfg.recal_images, seed=cfg.calib_seed)
-        return evaluate(probe, sample, split).loss
+        probe.eval()
+        device = next(probe.parameters()).device
+        return [F.log_softmax(probe(x.to(device)).float(), dim=1) for x in batches]
 
-    base = loss_without([])
-    return {b: loss_without([b]) - base for b in candidates}
+    reference = log_probs([])
+    costs = {}
+    for b in candidates:
+        moved = log_probs([b])
+        pairs = zip(reference, moved, strict=True)
+        kl = sum(F.kl_div(q, p, log_target=True, reduction="sum") for p, q in pairs)
+        costs[b] = float(kl) / max(1, sum(len(p) for p in reference))
+    return costs
 
 
 def prune_step(
@@ -137,7 +149,7 @@ def prune_step(
     """Rank the blocks still in and switch off this step's share of the blocks the budget still needs.
 
     The vote on the calibration set is always taken and recorded; with `rank_by="measured"` the ranking
-    is by measured removal loss per share of the block FLOPs saved (lowest first), else by the vote."""
+    is by measured removal cost per share of the block FLOPs saved (lowest first), else by the vote."""
     forget_marks(model)
     pruned = _pruned(model)
     names, marks = calibrate(model, calibration_batches(model, data, cfg))
@@ -149,7 +161,7 @@ def prune_step(
         losses = removal_losses(model, data, ranking, cfg)
         shares = block_shares(pg)
         ranking = sorted(ranking, key=lambda b: (losses[b] / max(shares[b], 1e-12), ranking.index(b)))
-        record["removal_loss"] = {b: round(losses[b], 5) for b in ranking}
+        record["removal_kl"] = {b: round(losses[b], 6) for b in ranking}
     elif cfg.rank_by != "vote":
         raise PlanError(f"abp: rank_by must be 'measured' or 'vote', got {cfg.rank_by!r}")
     removal = removal_for_budget(pg, pruned + ranking, budget)
