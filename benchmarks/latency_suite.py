@@ -3,10 +3,13 @@
     python benchmarks/latency_suite.py            # full: 6 models x 3 targets, batch 1/32, 1/2 threads
     python benchmarks/latency_suite.py --smoke    # CIFAR ResNet-20, one target, a few runs (CI)
 
-Arms per model and FLOPs target: graphprune channels (L1, global, round_to=8), blocks only, blocks +
-channels, and Torch-Pruning's MagnitudePruner (GroupMagnitudeImportance p=2, per layer, round_to=8, the
-classifier ignored) with its ratio searched until its FLOPs match. Weights are random (seeded): latency does
-not depend on them. Every model is exported to simplified ONNX (`graphprune.export`); all arms of one
+Arms per model and FLOPs target: graphprune channels (L1, global allocation, round_to=8), blocks only,
+blocks + channels, and Torch-Pruning's base pruner (GroupMagnitudeImportance p=2, global allocation as
+graphprune's, round_to=8, the classifier ignored) with its ratio searched to the same FLOPs cap. Arms are
+compared only where their FLOPs kept are within 0.01 of each other. Weights: the trained CIFAR baseline
+where one exists (the CIFAR ResNet-56: trained weights decide where a global allocation puts channels),
+random (seeded) otherwise. The load average is recorded at the start and the end. Every model is
+exported to simplified ONNX (`graphprune.export`); all arms of one
 model, original included, are timed together in interleaved rounds, one session at a time, the order
 reversed every round (`graphprune.latency.interleaved_latency`). Writes latency.json, latency.md and
 latency.png under --out (docs/results by default); --resume keeps the models already in latency.json.
@@ -15,6 +18,7 @@ latency.png under --out (docs/results by default); --resume keeps the models alr
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 import traceback
@@ -45,8 +49,14 @@ MODELS = (
     "graphprune:cifar_resnet56",
 )
 REDUCTIONS = (0.3, 0.5, 0.7)
-ARMS = ("gp-channel", "gp-block", "gp-block+channel", "tp-magnitude")
+ARMS = ("gp-channel", "gp-block", "gp-block+channel", "tp-groupnorm-global")
 ORIGINAL = "original"
+TRAINED = {
+    "graphprune:cifar_resnet56": "cifar10jpeg_resnet56.th",
+    "graphprune:cifar_resnet20": "cifar10jpeg_resnet20.th",
+}
+FLOPS_MATCH = 0.01
+"""Two arms are compared only if their FLOPs kept differ by at most this much."""
 
 
 def _one_line(exc: BaseException) -> str:
@@ -62,21 +72,24 @@ def build_arm(arm: str, model: nn.Module, x: tuple[torch.Tensor, ...], keep: flo
         return gp_arms.block_arm(model, x, keep), {"criterion": "block-l1"}
     if arm == "gp-block+channel":
         return gp_arms.block_channel_arm(model, x, keep), {"round_to": 8, "block_share": 0.5}
-    if arm == "tp-magnitude":
+    if arm == "tp-groupnorm-global":
         notes: dict[str, Any] = {
             "importance": "GroupMagnitudeImportance(p=2)",
-            "global": False,
+            "global": True,
             "round_to": 8,
         }
+        search = {"importance": "groupnorm", "global_pruning": True, "round_to": 8}
         try:
-            res = tp_arms.tp_prune_to_flops(model, x, keep, importance="groupnorm")
+            res = tp_arms.tp_prune_to_flops(model, x, keep, **search)
         except tp_arms.BrokenModelError as exc:
             # the peer couples the zero-padded option-A shortcut wrongly; keep it off the residual stream
             ignored = tuple(tp_arms.coupled_convs(model, x))
             notes["first_attempt"] = str(exc)
             notes["ignored_residual_convs"] = len(ignored)
-            res = tp_arms.tp_prune_to_flops(model, x, keep, importance="groupnorm", ignored=ignored)
-        notes.update(pruning_ratio=res.pruning_ratio, matched=res.matched, trials=res.trials)
+            res = tp_arms.tp_prune_to_flops(model, x, keep, ignored=ignored, **search)
+        notes.update(
+            pruning_ratio=res.pruning_ratio, matched=res.matched, reachable=res.reachable, trials=res.trials
+        )
         return res.model, notes
     raise click.BadParameter(f"unknown arm {arm!r}")
 
@@ -94,6 +107,12 @@ def run_model(
     """Build, export and time every arm of one model; failures are recorded per arm, never hidden."""
     resolved = resolve_model(spec)
     model, x = resolved.model, resolved.example_inputs
+    weights = TRAINED.get(spec)
+    if weights is not None:
+        from graphprune import shared
+        from graphprune.weights import load_weights
+
+        model = load_weights(model, shared.weights_file(weights)).eval()
     base_flops = gp.count_flops(model, x)
     entries: dict[str, dict[str, Any]] = {
         ORIGINAL: {"arm": ORIGINAL, "reduction": 0.0, "flops": base_flops, "params": gp.count_params(model)}
@@ -130,6 +149,7 @@ def run_model(
                 log(f"{spec} batch {batch} threads {n_threads}: timed {len(stats)} files")
     return {
         "spec": spec,
+        "weights": weights or "random (seeded)",
         "input_shape": list(resolved.input_shape),
         "measured": run_meta.describe_run("model")["date"],  # --resume keeps models of earlier runs
         "entries": entries,
@@ -174,10 +194,12 @@ def answer(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
     def compare(a: str, b: str) -> dict[str, Any]:
         index = {(r["model"], r["reduction"], r["batch"], r["threads"], r["arm"]): r for r in rows}
-        pairs = []
+        pairs, unmatched = [], 0
         for (m, red, batch, th, arm), r in index.items():
             other = index.get((m, red, batch, th, b))
-            if arm == a and other is not None:
+            if arm == a and other is not None and abs(r["flops_ratio"] - other["flops_ratio"]) > FLOPS_MATCH:
+                unmatched += 1
+            elif arm == a and other is not None:
                 pairs.append(
                     {
                         "model": m,
@@ -196,13 +218,14 @@ def answer(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "cases": len(pairs),
             "a_faster": sum(p["latency_ratio"] < 1.0 for p in pairs),
             "median_latency_ratio": ratios[len(ratios) // 2] if ratios else None,
+            "not_compared_flops_differ": unmatched,
             "pairs": pairs,
         }
 
     return {
         "block_channel_vs_channel": compare("gp-block+channel", "gp-channel"),
-        "channel_vs_tp": compare("gp-channel", "tp-magnitude"),
-        "block_channel_vs_tp": compare("gp-block+channel", "tp-magnitude"),
+        "channel_vs_tp": compare("gp-channel", "tp-groupnorm-global"),
+        "block_channel_vs_tp": compare("gp-block+channel", "tp-groupnorm-global"),
     }
 
 
@@ -211,13 +234,17 @@ def markdown(data: dict[str, Any]) -> str:
     meta, rows = data["meta"], data["rows"]
     configs = sorted({(r["batch"], r["threads"]) for r in rows})
     load = f"; load average (1/5/15 min) at start {meta['load_average']}" if "load_average" in meta else ""
+    if "load_average_end" in data:
+        load += f", at the end {data['load_average_end']}"
     lines = [
         "# Latency of exported models (suite 2)",
         "",
         f"Generated by `{meta['command']}` on {meta['date']} ({meta['mode']} mode); "
         f"{meta['machine']['cpu']}, {meta['machine']['cores']} cores, onnxruntime "
         f"{meta['versions']['onnxruntime']}, torch-pruning {meta['versions']['torch-pruning']}{load}.",
-        "Random (seeded) weights; simplified ONNX; p50 over all timed runs of interleaved rounds "
+        "Weights: trained where the model has a CIFAR baseline, else random (seeded); simplified ONNX; arms "
+        f"compared only within {FLOPS_MATCH} of each other's FLOPs kept; p50 over all timed runs of "
+        "interleaved rounds "
         f"({data['config']['rounds']} rounds x {data['config']['runs']} runs per file and setting).",
         "Cells: speed-up of p50 latency vs the original / (speed-up / FLOPs speed-up; 1.0 = latency "
         "falls as fast as FLOPs).",
@@ -232,7 +259,9 @@ def markdown(data: dict[str, Any]) -> str:
         if c["cases"]:
             lines.append(
                 f"- **{text}** in {c['a_faster']} of {c['cases']} (model, target, batch, threads) cases; "
-                f"median latency ratio {c['median_latency_ratio']:.3f} (below 1 = faster)."
+                f"median latency ratio {c['median_latency_ratio']:.3f} (below 1 = faster); "
+                f"{c.get('not_compared_flops_differ', 0)} cases not compared (FLOPs differ by over "
+                f"{FLOPS_MATCH})."
             )
     lines.append("")
     header = "| target | arm | FLOPs kept | params | " + " | ".join(f"b{b} t{t}" for b, t in configs) + " |"
@@ -371,6 +400,7 @@ def main(
         write_text(json_path, json.dumps(data, indent=1) + "\n")  # after every model: resumable
     data["rows"] = [r for m in data["models"] for r in derive(m)]
     data["answer"] = answer(data["rows"])
+    data["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     write_text(json_path, json.dumps(data, indent=1) + "\n")
     write_text(out / "latency.md", markdown(data))
     plot(data, out / "latency.png")

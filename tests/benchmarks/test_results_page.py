@@ -30,7 +30,7 @@ def _latency(mode: str) -> dict:
                 "arm": "gp-channel", "reduction": 0.5, "flops": 500, "flops_ratio": 0.5, "params": 5,
             },
             "gp-block+channel@0.5": {
-                "arm": "gp-block+channel", "reduction": 0.5, "flops": 480, "flops_ratio": 0.48, "params": 4,
+                "arm": "gp-block+channel", "reduction": 0.5, "flops": 495, "flops_ratio": 0.495, "params": 4,
             },
         },
         "timings": [
@@ -47,9 +47,13 @@ def test_latency_rows_are_ratios_of_the_measured_medians() -> None:
     data = _latency("full")
     bc = next(r for r in data["rows"] if r["arm"] == "gp-block+channel")
     assert bc["speedup"] == 8.0 / 4.0
-    assert bc["speedup_per_flops"] == 2.0 / (1000 / 480)
+    assert bc["speedup_per_flops"] == 2.0 / (1000 / 495)
     cmp = data["answer"]["block_channel_vs_channel"]
     assert (cmp["cases"], cmp["a_faster"], cmp["median_latency_ratio"]) == (1, 1, 4.0 / 6.0)
+    for r in data["rows"]:  # 0.02 apart in FLOPs: not the same budget, not compared
+        r["flops_ratio"] = 0.48 if r["arm"] == "gp-block+channel" else r["flops_ratio"]
+    cmp = latency_suite.answer(data["rows"])["block_channel_vs_channel"]
+    assert (cmp["cases"], cmp["not_compared_flops_differ"]) == (0, 1)
 
 
 def test_page_shows_the_json_numbers_and_the_run_description(tmp_path: Path) -> None:

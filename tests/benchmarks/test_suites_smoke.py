@@ -44,7 +44,7 @@ def test_latency_suite_smoke(latency_out: Path) -> None:
     assert data["meta"]["mode"] == "smoke"
     entries = data["models"][0]["entries"]
     assert {e["arm"] for e in entries.values()} == {"original", "gp-channel", "gp-block", "gp-block+channel",
-                                                    "tp-magnitude"}  # fmt: skip
+                                                    "tp-groupnorm-global"}  # fmt: skip
     built = [e for e in entries.values() if e["arm"] != "original"]
     assert all("error" not in e for e in built), [e.get("error") for e in built]
     assert all(e["flops"] < entries["original"]["flops"] for e in built)
