@@ -404,6 +404,13 @@ def summarise(out: Path) -> dict[str, Any]:
         notes.append(
             f"Torch-Pruning could not reach the FLOPs cap at its largest ratio: {', '.join(unreachable)}."
         )
+    chosen = best_two(out)
+    notes.append(
+        "Torch-Pruning's best two importances by the quick mode's validation top-1 (mean over its targets), "
+        f"run in the standard mode: {', '.join(chosen)}."
+        if chosen
+        else "Torch-Pruning's best two importances: not chosen yet (the quick mode has no records)."
+    )
     notes.append(
         "Channel counts are unrounded (round 1) in the main comparison for both tools; the `-r8` arms round "
         "to multiples of 8 on both sides, where the learned methods cannot yet take part."
