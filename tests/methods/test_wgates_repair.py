@@ -11,6 +11,7 @@ from graphprune.efficiency import FlopsModel
 from graphprune.methods.wgates.counts import min_kept, nearest_kept, step_down, step_up
 from graphprune.methods.wgates.readoff import read_off
 from graphprune.methods.wgates.repair import FlopsCost, repair
+from graphprune.methods.wgates.site_flops import SiteFlops
 from graphprune.models import get_model
 
 
@@ -129,3 +130,20 @@ def test_repair_with_an_opaque_cost_bisects_within_a_bounded_number_of_measureme
     assert done["cost_after_repair"] == ms(plan) <= target
     assert done["cost_after_repair"] > 0.97 * target
     assert all(k % 8 == 0 for k in kept(pg, plan).values())
+
+
+def test_site_flops_equals_the_flops_model_move_by_move(resnet20: gp.PrunableGraph) -> None:
+    pg = resnet20
+    fm = FlopsModel(pg)
+    rng = np.random.default_rng(3)
+    blocks = [pg.blocks[1].name]
+    site = SiteFlops(fm, blocks)
+    removed: dict[str, set[int]] = {}
+    assert site.commit(removed) == fm.flops({}, blocks)
+    for _ in range(40):
+        g = pg.prunable_groups[int(rng.integers(len(pg.prunable_groups)))]
+        idx = set(rng.choice(g.size, int(rng.integers(g.size)), replace=False).tolist())
+        assert site.trial(g.id, idx) == fm.flops({**removed, g.id: idx}, blocks)
+        if rng.random() < 0.5:
+            removed[g.id] = idx
+            assert site.move(g.id, idx) == fm.flops(removed, blocks)

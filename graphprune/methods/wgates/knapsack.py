@@ -13,14 +13,41 @@ fits comes back, most value per cost first; one that does not fit is skipped, no
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 import numpy as np
 
 from graphprune.methods.wgates.counts import step_down, step_up
 
 Removal = dict[str, set[int]]
-Estimate = Callable[[Mapping[str, set[int]]], float]  # removed channels by group -> cost
+
+
+class Estimator(Protocol):
+    """A cost the greedy can ask about one group's move at a time (`site_flops.SiteFlops` is one)."""
+
+    def commit(self, removed: Mapping[str, Iterable[int]]) -> float: ...
+    def trial(self, gid: str, idx: Iterable[int]) -> float: ...
+    def move(self, gid: str, idx: Iterable[int]) -> float: ...
+
+
+class WholeEstimate:
+    """An Estimator from any cost of a whole removal (group -> indices): every question costs one call."""
+
+    def __init__(self, cost: Callable[[Mapping[str, set[int]]], float]) -> None:
+        self.cost = cost
+        self.removed: Removal = {}
+
+    def commit(self, removed: Mapping[str, Iterable[int]]) -> float:
+        self.removed = {gid: set(idx) for gid, idx in removed.items()}
+        return self.cost(self.removed)
+
+    def trial(self, gid: str, idx: Iterable[int]) -> float:
+        return self.cost({**self.removed, gid: set(idx)})
+
+    def move(self, gid: str, idx: Iterable[int]) -> float:
+        self.removed[gid] = set(idx)
+        return self.cost(self.removed)
 
 
 class _Groups:
@@ -65,7 +92,7 @@ class _Groups:
 def fill(
     removed: Mapping[str, set[int]],
     scores: Mapping[str, np.ndarray],
-    estimate: Estimate,
+    estimate: Estimator,
     budget: float,
     *,
     floors: Mapping[str, int],
@@ -76,22 +103,21 @@ def fill(
     each scored group may keep (a valid count). None when even every group at its floor is over."""
     state = _Groups(removed, scores, floors)
     extra = {gid: set(idx) for gid, idx in removed.items() if gid not in scores}
-
-    def cost_of(changes: Mapping[str, set[int]]) -> float:
-        return estimate({**extra, **state.removed, **changes})
-
-    now = cost_of({})
+    whole: Removal = {gid: set() for gid in scores}
+    if estimate.commit({**extra, **whole}) <= budget:  # everything fits: no greedy needed
+        return {**extra, **whole}
+    now = estimate.commit({**extra, **state.removed})
     if now > budget:
-        now = _shed(state, cost_of, now, budget, round_to)
+        now = _shed(state, estimate, now, budget, round_to)
         if now > budget:
             return None
-    _restore(state, cost_of, now, budget, round_to)
+    _restore(state, estimate, now, budget, round_to)
     return {**extra, **{gid: set(idx) for gid, idx in state.removed.items()}}
 
 
 def _shed(
     state: _Groups,
-    cost_of: Callable[[Mapping[str, set[int]]], float],
+    estimate: Estimator,
     now: float,
     budget: float,
     round_to: int,
@@ -102,7 +128,7 @@ def _shed(
         unit = state.unit_down(gid, round_to)
         if not unit:
             return None
-        after = cost_of({gid: state.removed[gid] | set(unit)})
+        after = estimate.trial(gid, state.removed[gid] | set(unit))
         saved = now - after
         ratio = state.worth(gid, unit) / saved if saved > 0 else float("inf")
         return ratio, unit, after
@@ -121,7 +147,7 @@ def _shed(
         if ratio == float("inf"):
             break  # nothing left saves anything
         state.removed[gid] |= set(unit)
-        now = after
+        now = estimate.move(gid, state.removed[gid])
         if (nxt := key(gid)) is not None:
             heapq.heappush(heap, (nxt[0], gid))
     return now
@@ -129,7 +155,7 @@ def _shed(
 
 def _restore(
     state: _Groups,
-    cost_of: Callable[[Mapping[str, set[int]]], float],
+    estimate: Estimator,
     now: float,
     budget: float,
     round_to: int,
@@ -140,7 +166,7 @@ def _restore(
         unit = state.unit_up(gid, round_to)
         if not unit:
             return None
-        after = cost_of({gid: state.removed[gid] - set(unit)})
+        after = estimate.trial(gid, state.removed[gid] - set(unit))
         added = after - now
         ratio = state.worth(gid, unit) / added if added > 0 else float("inf")
         return ratio, unit, after
@@ -159,7 +185,7 @@ def _restore(
         if after > budget:
             continue  # does not fit now, and costs only grow: skip the group, go on with the others
         state.removed[gid] -= set(unit)
-        now = after
+        now = estimate.move(gid, state.removed[gid])
         if (nxt := key(gid)) is not None:
             heapq.heappush(heap, (-nxt[0], gid))
     return now

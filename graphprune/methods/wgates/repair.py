@@ -18,7 +18,8 @@ from graphprune.efficiency import FlopsModel
 from graphprune.errors import GraphpruneError
 from graphprune.graph import PrunableGraph
 from graphprune.methods.wgates.counts import min_kept
-from graphprune.methods.wgates.knapsack import Removal, fill
+from graphprune.methods.wgates.knapsack import Estimator, Removal, WholeEstimate, fill
+from graphprune.methods.wgates.site_flops import SiteFlops
 from graphprune.plan import PruningPlan
 
 Cost = Callable[[PruningPlan], float]
@@ -87,15 +88,16 @@ def repair(
             measured[key] = cost(as_plan(removed))
         return measured[key]
 
+    def estimator() -> Estimator:
+        if isinstance(guess, FlopsCost):  # updated per move from site counts, no plan built
+            return SiteFlops(guess.model, blocks)
+        return WholeEstimate(lambda removed: guess(as_plan(removed)))
+
+    def estimated(removed: Mapping[str, set[int]]) -> float:
+        return estimator().commit(removed)
+
     def knapsack(budget: float) -> Removal | None:
-        return fill(
-            start,
-            scores,
-            lambda removed: guess(as_plan(removed)),
-            budget,
-            floors=floors,
-            round_to=round_to,
-        )
+        return fill(start, scores, estimator(), budget, floors=floors, round_to=round_to)
 
     before = measure(start)
     if exact:
@@ -103,7 +105,7 @@ def repair(
     else:
         deepest = {**start, **{gid: _lowest(s, floors[gid]) for gid, s in scores.items()}}
         whole = {gid: idx for gid, idx in start.items() if gid not in scores}
-        bounds = (guess(as_plan(deepest)), guess(as_plan(start)) * target / before, guess(as_plan(whole)))
+        bounds = (estimated(deepest), estimated(start) * target / before, estimated(whole))
         chosen = _bisect(knapsack, measure, target, bounds, lambda: len(measured), max_evals)
     if chosen is None:
         deepest = {**start, **{gid: _lowest(s, floors[gid]) for gid, s in scores.items()}}
@@ -135,26 +137,33 @@ def _bisect(
     max_evals: int,
 ) -> Removal | None:
     """The knapsack plan of the largest estimate budget whose measured cost is within `target`.
-    `bounds`: the estimate of the deepest plan, a first guess, the estimate of the whole model. Bisection
-    between a feasible and an infeasible budget until `evals()` (distinct measurements) reaches
-    `max_evals`. None when even the deepest plan measures over the target."""
+    `bounds`: the estimate of the deepest plan, a first guess, the estimate of the whole model. From the
+    guess, steps of 1% of the range, doubling, until the answer is bracketed; then bisection; both stop
+    when `evals()` (distinct measurements) reaches `max_evals`. None when even the deepest plan is over."""
 
     def fits(b: float) -> Removal | None:
         removal = knapsack(b)
         return removal if removal is not None and measure(removal) <= target else None
 
     deepest, first, whole = bounds
-    first = min(max(first, deepest), whole)
-    found = fits(first)
-    if found is not None:
-        if (top := fits(whole)) is not None:
-            return top
-        lo, hi, best = first, whole, found
-    else:
+    b = min(max(first, deepest), whole)
+    step = 0.01 * (whole - deepest)
+    best = fits(b)
+    lo, hi = (b, whole) if best is not None else (deepest, b)
+    while evals() < max_evals and step < hi - lo:  # gallop from the guess toward the answer
+        probe = lo + step if best is not None else hi - step
+        if (found := fits(probe)) is not None:
+            lo, best = probe, found
+        else:
+            hi = probe
+            if best is not None:
+                break
+        step *= 2
+    if best is None:  # never within: the deepest plan decides
         if (floor := fits(deepest)) is None:
             return None
-        lo, hi, best = deepest, first, floor
-    for _ in range(64):  # the budget's resolution is exhausted long before
+        lo, best = deepest, floor
+    for _ in range(64):  # the budget's resolution runs out long before
         if evals() >= max_evals or hi - lo <= 1e-9 * max(abs(hi), 1.0):
             break
         mid = (lo + hi) / 2
@@ -162,4 +171,6 @@ def _bisect(
             lo, best = mid, found
         else:
             hi = mid
+    if hi >= whole and (top := fits(whole)) is not None:
+        return top  # everything fits (measured once, even past max_evals)
     return best
