@@ -147,3 +147,24 @@ def test_site_flops_equals_the_flops_model_move_by_move(resnet20: gp.PrunableGra
         if rng.random() < 0.5:
             removed[g.id] = idx
             assert site.move(g.id, idx) == fm.flops(removed, blocks)
+
+
+def test_knapsack_repair_over_budget_gives_back_what_a_later_removal_made_room_for(
+    resnet20: gp.PrunableGraph,
+) -> None:
+    """Over budget, the ten least-scored channels (in-block, 74k MACs each) are not enough, so a stream
+    channel goes too; its 1.6M MACs make room for all ten again. The prefix repair removed all eleven."""
+    pg = resnet20
+    fm = FlopsModel(pg)
+    scores = {g.id: np.ones(g.size) for g in pg.prunable_groups}
+    scores["layer3.1.conv1"][:10] = 0.8
+    scores["conv1"][0] = 0.85
+    target = pg.flops - 1_200_000
+
+    def cost(p: gp.PruningPlan) -> float:
+        return float(fm.flops(p.channels, p.blocks))
+
+    for c in (cost, FlopsCost(fm)):
+        fixed, done = repair(pg, gp.PruningPlan.for_graph(pg), scores, c, target)
+        assert {g: list(i) for g, i in fixed.channels.items() if i} == {"conv1": [0]}
+        assert done["cost_after_repair"] <= target and done["repair_moves"] == 1
