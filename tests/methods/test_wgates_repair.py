@@ -168,3 +168,23 @@ def test_knapsack_repair_over_budget_gives_back_what_a_later_removal_made_room_f
         fixed, done = repair(pg, gp.PruningPlan.for_graph(pg), scores, c, target)
         assert {g: list(i) for g, i in fixed.channels.items() if i} == {"conv1": [0]}
         assert done["cost_after_repair"] <= target and done["repair_moves"] == 1
+
+
+def test_knapsack_tries_closing_the_gap_without_the_overshooting_unit(resnet20: gp.PrunableGraph) -> None:
+    """100k MACs over. By value per saved MAC a stream channel (0.95, 1.6M MACs) goes first and
+    overshoots by 1.5M; two in-block channels (0.1 each, 74k MACs each) close the gap for less value.
+    Without the second search the greedy would keep the stream channel's removal."""
+    pg = resnet20
+    fm = FlopsModel(pg)
+    scores = {g.id: np.ones(g.size) for g in pg.prunable_groups}
+    scores["conv1"][0] = 0.95
+    scores["layer3.1.conv1"][:2] = 0.1
+    scores["layer2.1.conv1"][0] = 0.0
+    plan = gp.PruningPlan.for_graph(pg).remove_channels("layer2.1.conv1", [0])
+    target = fm.flops(plan.channels) - 100_000
+    fixed, done = repair(pg, plan, scores, FlopsCost(fm), target)
+    assert {g: list(i) for g, i in fixed.channels.items() if i} == {
+        "layer2.1.conv1": [0],
+        "layer3.1.conv1": [0, 1],
+    }
+    assert target - 100_000 < done["cost_after_repair"] <= target

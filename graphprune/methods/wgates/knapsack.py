@@ -8,10 +8,15 @@ as the neighbouring groups change, so a unit's weight is refreshed before it is 
 
 Over budget, the units of least value per saved cost go until the plan fits. Then every unit that still
 fits comes back, most value per cost first; one that does not fit is skipped, not the end of the pass.
+
+With coarse units (a rounded stream group) the unit that closes the gap can overshoot by far more than
+anything left can fill. So at that step the search also goes on without that unit's group (`_FORKS`
+levels deep) and keeps whichever plan keeps more value.
 """
 
 from __future__ import annotations
 
+import copy
 import heapq
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
@@ -62,7 +67,20 @@ class _Groups:
         self.value = {gid: np.asarray(s, dtype=np.float64) - low + tie for gid, s in scores.items()}
         self.rank = {gid: np.argsort(-np.asarray(s), kind="stable") for gid, s in scores.items()}
         self.removed = {gid: set(removed.get(gid, ())) for gid in scores}
+        self.extra = {gid: set(idx) for gid, idx in removed.items() if gid not in scores}
         self.floors = dict(floors)
+
+    def everything(self) -> Removal:
+        """The removal of every group: scored ones as they stand, the others as given."""
+        return {**self.extra, **{gid: set(idx) for gid, idx in self.removed.items()}}
+
+    def kept_value(self) -> float:
+        return sum(float(v.sum() - v[list(self.removed[gid])].sum()) for gid, v in self.value.items())
+
+    def copy(self) -> _Groups:
+        out = copy.copy(self)
+        out.removed = {gid: set(idx) for gid, idx in self.removed.items()}
+        return out
 
     def kept(self, gid: str) -> int:
         return len(self.rank[gid]) - len(self.removed[gid])
@@ -89,6 +107,9 @@ class _Groups:
         return float(self.value[gid][unit].sum())
 
 
+_FORKS = 2  # how many times the search tries going on without the group whose unit closed the gap
+
+
 def fill(
     removed: Mapping[str, set[int]],
     scores: Mapping[str, np.ndarray],
@@ -102,17 +123,30 @@ def fill(
     cost (module docstring); groups not in `scores` are left as they are. `floors`: the fewest channels
     each scored group may keep (a valid count). None when even every group at its floor is over."""
     state = _Groups(removed, scores, floors)
-    extra = {gid: set(idx) for gid, idx in removed.items() if gid not in scores}
-    whole: Removal = {gid: set() for gid in scores}
-    if estimate.commit({**extra, **whole}) <= budget:  # everything fits: no greedy needed
-        return {**extra, **whole}
-    now = estimate.commit({**extra, **state.removed})
+    whole = {**state.extra, **{gid: set[int]() for gid in scores}}
+    if estimate.commit(whole) <= budget:  # everything fits: no greedy needed
+        return whole
+    found = _search(state, estimate, budget, round_to, _FORKS, frozenset())
+    return found.everything() if found is not None else None
+
+
+def _search(
+    state: _Groups, estimate: Estimator, budget: float, round_to: int, forks: int, barred: frozenset[str]
+) -> _Groups | None:
+    """Shed (never from `barred` groups), then restore; where a unit closes the gap, also the search
+    without its group (while `forks` last). The state of most kept value, or None if none fits."""
+    now = estimate.commit(state.everything())
+    fork = None
     if now > budget:
-        now = _shed(state, estimate, now, budget, round_to)
+        now, fork = _shed(state, estimate, now, budget, round_to, barred, forks > 0)
         if now > budget:
             return None
     _restore(state, estimate, now, budget, round_to)
-    return {**extra, **{gid: set(idx) for gid, idx in state.removed.items()}}
+    if fork is None:
+        return state
+    before, gid = fork
+    other = _search(before, estimate, budget, round_to, forks - 1, barred | {gid})
+    return other if other is not None and other.kept_value() > state.kept_value() else state
 
 
 def _shed(
@@ -121,8 +155,11 @@ def _shed(
     now: float,
     budget: float,
     round_to: int,
-) -> float:
-    """Remove units of least value per saved cost until the cost is within `budget`; the cost after."""
+    barred: frozenset[str] = frozenset(),
+    fork: bool = False,
+) -> tuple[float, tuple[_Groups, str] | None]:
+    """Remove units of least value per saved cost until the cost is within `budget`. The cost after,
+    and (with `fork`) a copy of the state before the unit that closed the gap, with that unit's group."""
 
     def key(gid: str) -> tuple[float, list[int], float] | None:
         unit = state.unit_down(gid, round_to)
@@ -133,8 +170,9 @@ def _shed(
         ratio = state.worth(gid, unit) / saved if saved > 0 else float("inf")
         return ratio, unit, after
 
-    heap = [(k[0], gid) for gid in sorted(state.rank) if (k := key(gid)) is not None]
+    heap = [(k[0], gid) for gid in sorted(state.rank) if gid not in barred and (k := key(gid)) is not None]
     heapq.heapify(heap)
+    before = None
     while now > budget and heap:
         _, gid = heapq.heappop(heap)
         fresh = key(gid)
@@ -146,11 +184,13 @@ def _shed(
             continue
         if ratio == float("inf"):
             break  # nothing left saves anything
+        if fork and after <= budget:
+            before = (state.copy(), gid)
         state.removed[gid] |= set(unit)
         now = estimate.move(gid, state.removed[gid])
         if (nxt := key(gid)) is not None:
             heapq.heappush(heap, (nxt[0], gid))
-    return now
+    return now, before
 
 
 def _restore(
