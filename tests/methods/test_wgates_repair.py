@@ -188,3 +188,16 @@ def test_knapsack_tries_closing_the_gap_without_the_overshooting_unit(resnet20: 
         "layer3.1.conv1": [0, 1],
     }
     assert target - 100_000 < done["cost_after_repair"] <= target
+
+
+def test_repair_rounds_an_unrounded_plan(resnet20: gp.PrunableGraph) -> None:
+    pg = resnet20
+    rng = np.random.default_rng(4)
+    scores = {g.id: rng.standard_normal(g.size) for g in pg.prunable_groups}
+    unrounded = read_off(pg, scores)
+    assert any(k % 8 for k in kept(pg, unrounded).values())
+    fm = FlopsModel(pg)
+    budget = fm.flops(unrounded.channels)  # no room to restore: the counts must be rounded all the same
+    plan, done = repair(pg, unrounded, scores, FlopsCost(fm), budget, round_to=8)
+    assert all(k % 8 == 0 and k >= 8 for k in kept(pg, plan).values())
+    assert done["cost_after_repair"] <= budget

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from graphprune.criteria import rounded_kept
 from graphprune.efficiency import FlopsModel
 from graphprune.errors import GraphpruneError
 from graphprune.graph import PrunableGraph
@@ -73,8 +74,14 @@ def repair(
     a `FlopsCost` (default: the plan's exact FLOPs); `max_evals` bounds the calls of such a `cost`.
     Returns the plan and what was done (cost before / after, channels moved, cost evaluations)."""
     blocks = list(plan.blocks)
-    start: Removal = {gid: set(idx) for gid, idx in plan.channels.items()}
     floors = {gid: min_kept(len(s), max_ratio, round_to) for gid, s in scores.items()}
+    start: Removal = {gid: set(idx) for gid, idx in plan.channels.items()}
+    for gid, s in scores.items():  # a count between valid ones rises to the next (as L1 rounds)
+        out = start.get(gid, set())
+        valid = max(rounded_kept(len(s), len(s) - len(out), round_to), floors[gid])
+        if len(s) - len(out) < valid:
+            best_first = sorted(out, key=lambda i: (-s[i], i))
+            start[gid] = out - set(best_first[: valid - (len(s) - len(out))])
     exact = isinstance(cost, FlopsCost)
     guess: Cost = cost if exact else (estimate or FlopsCost(FlopsModel(pg)))
     measured: dict[tuple[tuple[str, tuple[int, ...]], ...], float] = {}
