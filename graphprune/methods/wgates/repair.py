@@ -75,7 +75,8 @@ def repair(
     Returns the plan and what was done (cost before / after, channels moved, cost evaluations)."""
     blocks = list(plan.blocks)
     floors = {gid: min_kept(len(s), max_ratio, round_to) for gid, s in scores.items()}
-    start: Removal = {gid: set(idx) for gid, idx in plan.channels.items()}
+    given: Removal = {gid: set(idx) for gid, idx in plan.channels.items()}
+    start = {gid: set(idx) for gid, idx in given.items()}
     for gid, s in scores.items():  # a count between valid ones rises to the next (as L1 rounds)
         out = start.get(gid, set())
         valid = max(rounded_kept(len(s), len(s) - len(out), round_to), floors[gid])
@@ -106,13 +107,13 @@ def repair(
     def knapsack(budget: float) -> Removal | None:
         return fill(start, scores, estimator(), budget, floors=floors, round_to=round_to)
 
-    before = measure(start)
+    before = measure(given)
     if exact:
         chosen = knapsack(target)
     else:
         deepest = {**start, **{gid: _lowest(s, floors[gid]) for gid, s in scores.items()}}
         whole = {gid: idx for gid, idx in start.items() if gid not in scores}
-        bounds = (estimated(deepest), estimated(start) * target / before, estimated(whole))
+        bounds = (estimated(deepest), estimated(given) * target / max(before, 1e-12), estimated(whole))
         chosen = _bisect(knapsack, measure, target, bounds, lambda: len(measured), max_evals)
     if chosen is None:
         deepest = {**start, **{gid: _lowest(s, floors[gid]) for gid, s in scores.items()}}
@@ -123,8 +124,8 @@ def repair(
     after = measure(chosen)
     result = as_plan(chosen)
     result.meta.update(plan.meta)
-    gone = sum(len(chosen.get(gid, set()) - start.get(gid, set())) for gid in scores)
-    back = sum(len(start.get(gid, set()) - chosen.get(gid, set())) for gid in scores)
+    gone = sum(len(chosen.get(gid, set()) - given.get(gid, set())) for gid in scores)
+    back = sum(len(given.get(gid, set()) - chosen.get(gid, set())) for gid in scores)
     return result, {
         "cost_before_repair": before,
         "cost_after_repair": after,
