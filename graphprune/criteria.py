@@ -79,6 +79,14 @@ def _global_ranking(scores: Sequence[np.ndarray], removable: Sequence[Sequence[i
     return key_group[by_key]
 
 
+def rounded_kept(size: int, kept: int, round_to: int) -> int:
+    """`kept` raised to the next multiple of `round_to`, at most `size` (the whole group is always a valid
+    count); unchanged when `round_to` is 1 or the group has at most `round_to` channels."""
+    if round_to == 1 or size <= round_to:
+        return kept
+    return min(size, -(-kept // round_to) * round_to)
+
+
 def channel_scores(pg: PrunableGraph, criterion: Criterion = "l1") -> dict[str, np.ndarray]:
     """Importance of every index of every prunable group (higher = keep). `bn` falls back to `l1`
     for groups without a BatchNorm; groups with neither have no score and are left alone."""
@@ -124,10 +132,7 @@ def plan_by_criterion(
     def rounded(gid: str, k: int) -> int:
         """How many to remove so that the kept count is a multiple of round_to."""
         size = len(scores[gid])
-        if round_to == 1 or size <= round_to:
-            return k
-        kept = -(-(size - k) // round_to) * round_to
-        return size - min(size, kept)
+        return size - rounded_kept(size, size - k, round_to)
 
     if scope == "global":
         gids = sorted(scores)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import nn
 
 from graphprune.graph import PrunableGraph
+from graphprune.methods.wgates.counts import min_kept, nearest_kept
 from graphprune.passes.channel_gates import gate_slots
 from graphprune.plan import PruningPlan
 
@@ -27,14 +26,17 @@ def gate_scores(gm: nn.Module) -> dict[str, np.ndarray]:
     return out
 
 
-def read_off(pg: PrunableGraph, scores: dict[str, np.ndarray], max_ratio: float = 0.9) -> PruningPlan:
-    """Remove the channels whose gate is closed (score <= 0); a group keeps at least a (1 - max_ratio)
-    share, and at least one channel: its highest-scoring closed channels reopen first."""
+def read_off(
+    pg: PrunableGraph, scores: dict[str, np.ndarray], max_ratio: float = 0.9, round_to: int = 1
+) -> PruningPlan:
+    """Keep every group's highest-scoring channels: as many as its gates are open (score > 0), moved to
+    the nearest multiple of `round_to` (or the whole group; a tie rounds up), and at least a
+    (1 - max_ratio) share and one channel. With `round_to` 1 exactly the closed gates go, within the cap."""
     plan = PruningPlan.for_graph(pg)
     for gid, s in scores.items():
         size = len(s)
-        cap = min(size - 1, int(math.floor(size * max_ratio)))
-        closed = [int(i) for i in np.argsort(s, kind="stable") if s[i] <= 0]
-        if closed[:cap]:
-            plan.remove_channels(gid, closed[:cap])
+        keep = nearest_kept(size, int((s > 0).sum()), min_kept(size, max_ratio, round_to), round_to)
+        lowest = np.argsort(s, kind="stable")[: size - keep]
+        if len(lowest):
+            plan.remove_channels(gid, sorted(int(i) for i in lowest))
     return plan

@@ -1,19 +1,26 @@
-"""Budget repair: after read-off, remove or restore the cheapest channels until the measured cost meets
-the target. "Cheapest" = lowest gate score (the gate's own ranking of what the network can spare).
+"""Budget repair: after read-off, move channels until the measured cost meets the target, choosing them
+by gate score per unit of cost (a greedy knapsack, `knapsack.fill`) and in whole rounding units.
 
-Cost is monotone in the removal set, so each direction is a bisection over one ranked list: at most
-about log2(channels) cost measurements (exact FLOPs, or measured latency).
+The knapsack needs each unit's cost at the current plan. A `FlopsCost` is exact and cheap, so it is its
+own estimate and is evaluated as often as the greedy needs. Any other cost (measured latency: slow and
+noisy) is an opaque measurement: the knapsack runs on an estimate (the exact FLOPs by default, or a
+latency predictor) under a budget `b` in the estimate's unit, and a bisection over `b` finds the largest
+`b` whose plan measures within the target, in at most `max_evals` measurements.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from graphprune.criteria import rounded_kept
+from graphprune.efficiency import FlopsModel
 from graphprune.errors import GraphpruneError
 from graphprune.graph import PrunableGraph
+from graphprune.methods.wgates.counts import min_kept
+from graphprune.methods.wgates.knapsack import Estimator, Removal, WholeEstimate, fill
+from graphprune.methods.wgates.site_flops import SiteFlops
 from graphprune.plan import PruningPlan
 
 Cost = Callable[[PruningPlan], float]
@@ -23,7 +30,17 @@ class BudgetError(GraphpruneError):
     """The budget cannot be met within the limits on how much of each group may go."""
 
 
-def _plan(pg: PrunableGraph, removed: dict[str, set[int]], blocks: list[str]) -> PruningPlan:
+class FlopsCost:
+    """A plan's MACs by a FlopsModel (== count_flops of the applied plan): exact and cheap."""
+
+    def __init__(self, model: FlopsModel) -> None:
+        self.model = model
+
+    def __call__(self, plan: PruningPlan) -> float:
+        return float(self.model.flops(plan.channels, plan.blocks))
+
+
+def _plan(pg: PrunableGraph, removed: Mapping[str, set[int]], blocks: list[str]) -> PruningPlan:
     plan = PruningPlan.for_graph(pg)
     for gid, idx in removed.items():
         if idx:
@@ -31,6 +48,11 @@ def _plan(pg: PrunableGraph, removed: dict[str, set[int]], blocks: list[str]) ->
     for b in blocks:
         plan.remove_block(b)
     return plan
+
+
+def _lowest(scores: np.ndarray, keep: int) -> set[int]:
+    """All but the `keep` highest-scoring channels."""
+    return {int(i) for i in np.argsort(scores, kind="stable")[: len(scores) - keep]}
 
 
 def repair(
@@ -41,72 +63,122 @@ def repair(
     target: float,
     *,
     max_ratio: float = 0.9,
+    round_to: int = 1,
+    estimate: Cost | None = None,
+    max_evals: int = 12,
 ) -> tuple[PruningPlan, dict[str, float | int]]:
-    """The plan nearest to `plan` whose `cost` is <= `target`: the lowest-scoring kept channels go while
-    it is over; while under, the highest-scoring removed channels come back as long as it stays within.
-    Blocks in `plan` stay removed. Returns the plan and what was done (cost before / after, moves)."""
-    removed = {gid: set(plan.channels.get(gid, ())) for gid in scores}
+    """The plan nearest to `plan` whose `cost` is <= `target`: while over, the kept channels of least
+    score per saved cost go; then every removed channel that still fits comes back, most score per cost
+    first. Scored groups keep a multiple of `round_to` channels (or all of them) and at least a
+    (1 - max_ratio) share; blocks in `plan` stay removed. `estimate` orders the moves when `cost` is not
+    a `FlopsCost` (default: the plan's exact FLOPs); `max_evals` bounds the calls of such a `cost`.
+    Returns the plan and what was done (cost before / after, channels moved, cost evaluations)."""
     blocks = list(plan.blocks)
-    before = cost(_plan(pg, removed, blocks))
-    seen: dict[tuple[str, int], float] = {}  # each candidate measured once (latency is noisy)
+    floors = {gid: min_kept(len(s), max_ratio, round_to) for gid, s in scores.items()}
+    given: Removal = {gid: set(idx) for gid, idx in plan.channels.items()}
+    start = {gid: set(idx) for gid, idx in given.items()}
+    for gid, s in scores.items():  # a count between valid ones rises to the next (as L1 rounds)
+        out = start.get(gid, set())
+        valid = max(rounded_kept(len(s), len(s) - len(out), round_to), floors[gid])
+        if len(s) - len(out) < valid:
+            best_first = sorted(out, key=lambda i: (-s[i], i))
+            start[gid] = out - set(best_first[: valid - (len(s) - len(out))])
+    exact = isinstance(cost, FlopsCost)
+    guess: Cost = cost if exact else (estimate or FlopsCost(FlopsModel(pg)))
+    measured: dict[tuple[tuple[str, tuple[int, ...]], ...], float] = {}
 
-    def measured(direction: str, n: int, make: Callable[[int], PruningPlan]) -> float:
-        if (direction, n) not in seen:
-            seen[(direction, n)] = before if n == 0 else cost(make(n))
-        return seen[(direction, n)]
+    def as_plan(removed: Mapping[str, set[int]]) -> PruningPlan:
+        return _plan(pg, removed, blocks)
 
-    if before > target:
-        caps = {gid: min(len(s) - 1, int(math.floor(len(s) * max_ratio))) for gid, s in scores.items()}
-        ranked = sorted(
-            (float(s[i]), gid, int(i))
-            for gid, s in scores.items()
-            for i in range(len(s))
-            if i not in removed[gid]
-        )
-        count = {gid: len(idx) for gid, idx in removed.items()}
-        moves = []
-        for _, gid, i in ranked:
-            if count[gid] < caps[gid]:
-                count[gid] += 1
-                moves.append((gid, i))
+    def measure(removed: Mapping[str, set[int]]) -> float:
+        key = tuple(sorted((gid, tuple(sorted(idx))) for gid, idx in removed.items() if idx))
+        if key not in measured:
+            measured[key] = cost(as_plan(removed))
+        return measured[key]
 
-        def with_removed(n: int) -> PruningPlan:
-            extra = {gid: set(idx) for gid, idx in removed.items()}
-            for gid, i in moves[:n]:
-                extra[gid].add(i)
-            return _plan(pg, extra, blocks)
+    def estimator() -> Estimator:
+        if isinstance(guess, FlopsCost):  # updated per move from site counts, no plan built
+            return SiteFlops(guess.model, blocks)
+        return WholeEstimate(lambda removed: guess(as_plan(removed)))
 
-        if measured("remove", len(moves), with_removed) > target:
-            raise BudgetError(
-                f"cost target {target:.6g} is out of reach: removing {max_ratio:.0%} of every group leaves "
-                f"{measured('remove', len(moves), with_removed):.6g}"
-            )
-        lo, hi = 0, len(moves)
-        while lo < hi:  # fewest removals meeting the target
-            mid = (lo + hi) // 2
-            if measured("remove", mid, with_removed) <= target:
-                hi = mid
-            else:
-                lo = mid + 1
-        result, n_moved, after = with_removed(lo), lo, measured("remove", lo, with_removed)
+    def estimated(removed: Mapping[str, set[int]]) -> float:
+        return estimator().commit(removed)
+
+    def knapsack(budget: float) -> Removal | None:
+        return fill(start, scores, estimator(), budget, floors=floors, round_to=round_to)
+
+    before = measure(given)
+    if exact:
+        chosen = knapsack(target)
     else:
-        back = sorted(
-            ((float(scores[gid][i]), gid, i) for gid, idx in removed.items() for i in idx), reverse=True
+        deepest = {**start, **{gid: _lowest(s, floors[gid]) for gid, s in scores.items()}}
+        whole = {gid: idx for gid, idx in start.items() if gid not in scores}
+        bounds = (estimated(deepest), estimated(given) * target / max(before, 1e-12), estimated(whole))
+        chosen = _bisect(knapsack, measure, target, bounds, lambda: len(measured), max_evals)
+    if chosen is None:
+        deepest = {**start, **{gid: _lowest(s, floors[gid]) for gid, s in scores.items()}}
+        raise BudgetError(
+            f"cost target {target:.6g} is out of reach: removing {max_ratio:.0%} of every group leaves "
+            f"{cost(as_plan(deepest)):.6g}"
         )
-
-        def with_restored(n: int) -> PruningPlan:
-            fewer = {gid: set(idx) for gid, idx in removed.items()}
-            for _, gid, i in back[:n]:
-                fewer[gid].discard(i)
-            return _plan(pg, fewer, blocks)
-
-        lo, hi = 0, len(back)
-        while lo < hi:  # most restorations staying within the target
-            mid = (lo + hi + 1) // 2
-            if measured("restore", mid, with_restored) <= target:
-                lo = mid
-            else:
-                hi = mid - 1
-        result, n_moved, after = with_restored(lo), -lo, measured("restore", lo, with_restored)
+    after = measure(chosen)
+    result = as_plan(chosen)
     result.meta.update(plan.meta)
-    return result, {"cost_before_repair": before, "cost_after_repair": after, "repair_moves": n_moved}
+    gone = sum(len(chosen.get(gid, set()) - given.get(gid, set())) for gid in scores)
+    back = sum(len(given.get(gid, set()) - chosen.get(gid, set())) for gid in scores)
+    return result, {
+        "cost_before_repair": before,
+        "cost_after_repair": after,
+        "repair_moves": gone - back,
+        "repair_removed": gone,
+        "repair_restored": back,
+        "repair_cost_evaluations": len(measured),
+    }
+
+
+def _bisect(
+    knapsack: Callable[[float], Removal | None],
+    measure: Callable[[Removal], float],
+    target: float,
+    bounds: tuple[float, float, float],
+    evals: Callable[[], int],
+    max_evals: int,
+) -> Removal | None:
+    """The knapsack plan of the largest estimate budget whose measured cost is within `target`.
+    `bounds`: the estimate of the deepest plan, a first guess, the estimate of the whole model. From the
+    guess, steps of 1% of the range, doubling, until the answer is bracketed; then bisection; both stop
+    when `evals()` (distinct measurements) reaches `max_evals`. None when even the deepest plan is over."""
+
+    def fits(b: float) -> Removal | None:
+        removal = knapsack(b)
+        return removal if removal is not None and measure(removal) <= target else None
+
+    deepest, first, whole = bounds
+    b = min(max(first, deepest), whole)
+    step = 0.01 * (whole - deepest)
+    best = fits(b)
+    lo, hi = (b, whole) if best is not None else (deepest, b)
+    while evals() < max_evals and step < hi - lo:  # gallop from the guess toward the answer
+        probe = lo + step if best is not None else hi - step
+        if (found := fits(probe)) is not None:
+            lo, best = probe, found
+        else:
+            hi = probe
+            if best is not None:
+                break
+        step *= 2
+    if best is None:  # never within: the deepest plan decides
+        if (floor := fits(deepest)) is None:
+            return None
+        lo, best = deepest, floor
+    for _ in range(64):  # the budget's resolution runs out long before
+        if evals() >= max_evals or hi - lo <= 1e-9 * max(abs(hi), 1.0):
+            break
+        mid = (lo + hi) / 2
+        if (found := fits(mid)) is not None:
+            lo, best = mid, found
+        else:
+            hi = mid
+    if hi >= whole and (top := fits(whole)) is not None:
+        return top  # everything fits (measured once, even past max_evals)
+    return best
