@@ -445,6 +445,31 @@ def missing(mode: Mode, out: Path, only: tuple[str, ...] = ()) -> list[str]:
     return bad
 
 
+def run_arms(
+    mode: Mode, out: Path, work_dir: Path | None, only: tuple[str, ...], threads: int, device: str
+) -> None:
+    """Run the mode's arms that have no record yet (those in `only`, if given), writing each record."""
+    from graphprune.train import load_data
+
+    torch.set_num_threads(threads)
+    code = run_meta.code_version("graphprune/methods")  # the learned methods' code
+    with tempfile.TemporaryDirectory() as tmp:
+        work = work_dir or (Path(tmp) if mode.name == "smoke" else ROOT / "runs" / f"accuracy-{mode.name}")
+        data = load_data("cifar10:", limit=mode.data_limit, val_split=mode.val_images, val_seed=0)
+        for block, arm, reduction, seed in jobs(mode, out):
+            if only and arm not in only:
+                continue
+            path = arm_file(out, mode.name, block.model, arm, reduction, seed)
+            if path.exists():
+                click.echo(f"{path.stem}: done earlier, skipped (delete {path} to re-run)")
+                continue
+            result = run_arm(arm, block, reduction, seed, mode, data, work, threads, device, code)
+            write_text(path, json.dumps(result, indent=1) + "\n")
+            ok = result["status"] == "ok"
+            shown = f"test top-1 {result['test_top1']:.2f}" if ok else result.get("error", "")
+            click.echo(f"{path.stem}: {result['status']} {shown} ({result['seconds']} s)", file=sys.stderr)
+
+
 @click.command()
 @click.option("--smoke", "mode_name", flag_value="smoke", help="Every arm, a few steps on a few images (CI).")
 @click.option(
@@ -466,39 +491,20 @@ def missing(mode: Mode, out: Path, only: tuple[str, ...] = ()) -> list[str]:
 @click.option("--device", default="auto", show_default=True, help="Training device (auto: CUDA if present).")
 @click.option("--strict", is_flag=True, help="Exit 1 unless every arm of the mode has an ok record.")
 @click.option("--no-summary", is_flag=True, help="Only run arms; do not rebuild accuracy.json/.md/.png.")
+@click.option("--summary-only", is_flag=True, help="Only rebuild accuracy.json/.md/.png from the records.")
 def main(
     mode_name: str, out: Path, work_dir: Path | None, only: tuple[str, ...], threads: int, device: str,
-    strict: bool, no_summary: bool,
+    strict: bool, no_summary: bool, summary_only: bool,
 ) -> None:  # fmt: skip
     """Run (or resume) the accuracy suite, then rebuild accuracy.json, accuracy.md and accuracy.png."""
-    from graphprune.train import load_data
-
     mode = MODES[mode_name]
     unknown = sorted(set(only) - set(ARMS))
     if unknown:
         raise click.BadParameter(
             f"unknown arm {unknown[0]!r} (choose from {', '.join(ARMS)})", param_hint="--arm"
         )
-    torch.set_num_threads(threads)
-    code = run_meta.code_version("graphprune/methods")  # the learned methods' code
-    with tempfile.TemporaryDirectory() as tmp:
-        work = work_dir or (Path(tmp) if mode.name == "smoke" else ROOT / "runs" / f"accuracy-{mode.name}")
-        data = load_data("cifar10:", limit=mode.data_limit, val_split=mode.val_images, val_seed=0)
-        for block, arm, reduction, seed in jobs(mode, out):
-            if only and arm not in only:
-                continue
-            path = arm_file(out, mode.name, block.model, arm, reduction, seed)
-            if path.exists():
-                click.echo(f"{path.stem}: done earlier, skipped (delete {path} to re-run)")
-                continue
-            result = run_arm(arm, block, reduction, seed, mode, data, work, threads, device, code)
-            write_text(path, json.dumps(result, indent=1) + "\n")
-            shown = (
-                f"test top-1 {result['test_top1']:.2f}"
-                if result["status"] == "ok"
-                else result.get("error", "")
-            )
-            click.echo(f"{path.stem}: {result['status']} {shown} ({result['seconds']} s)", file=sys.stderr)
+    if not summary_only:
+        run_arms(mode, out, work_dir, only, threads, device)
     if not no_summary:
         summary = summarise(out)
         write_text(out / "accuracy.json", json.dumps(summary, indent=1) + "\n")

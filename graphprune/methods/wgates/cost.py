@@ -10,6 +10,7 @@ import torch
 
 from graphprune.efficiency import DifferentiableFlops, FlopsModel
 from graphprune.graph import PrunableGraph
+from graphprune.methods.wgates.repair import FlopsCost
 from graphprune.plan import PruningPlan
 
 Predictor = Callable[[dict[str, torch.Tensor]], torch.Tensor]
@@ -29,11 +30,6 @@ class CostModel:
 def flops_cost(pg: PrunableGraph, ratio: float, groups: list[str]) -> CostModel:
     """MACs: DifferentiableFlops for training, FlopsModel (== count_flops of the applied plan) for repair."""
     diff = DifferentiableFlops(pg, groups)
-    exact = FlopsModel(pg)
     return CostModel(
-        "MACs",
-        ratio * pg.flops,
-        lambda keep: diff(keep),
-        lambda plan: float(exact.flops(plan.channels, plan.blocks)),
-        float(pg.flops),
+        "MACs", ratio * pg.flops, lambda keep: diff(keep), FlopsCost(FlopsModel(pg)), float(pg.flops)
     )

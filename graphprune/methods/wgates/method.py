@@ -33,7 +33,7 @@ from graphprune.fileio import write_text
 from graphprune.graph import PrunableGraph
 from graphprune.methods.base import MethodContext, MethodError, MethodResult, seeded
 from graphprune.methods.wgates.cost import CostModel, flops_cost
-from graphprune.methods.wgates.gates import WeightGate, build_gates
+from graphprune.methods.wgates.gates import WeightGate, build_gates, spans_resolutions
 from graphprune.methods.wgates.readoff import gate_scores, read_off
 from graphprune.methods.wgates.repair import repair
 from graphprune.passes.channel_gates import InsertChannelGates, RemoveChannelGates, gate_slots
@@ -87,7 +87,7 @@ def gate_channels(
             init_score=float(opts.get("gate_init", 0.5)),
             prior_weight=float(opts.get("gate_prior", 1.0)),
             min_open=1.0 - float(opts.get("max_ratio", 0.9)),
-            span_floor=float(opts.get("span_floor", 0.5)),
+            span_floor=float(opts.get("span_floor", 0.5)),  # the same floor the repair keeps
         )
     if not gates:
         raise MethodError("wgates: the model has no prunable channel group with a conv / linear producer")
@@ -149,10 +149,16 @@ def gate_channels(
     keep = {gid: torch.from_numpy((s > 0).astype(np.float64)) for gid, s in scores.items()}
     predicted = float(cost.predict(keep))
     max_ratio = float(opts.get("max_ratio", 0.9))
-    plan = read_off(pg, scores, max_ratio)
+    round_to = int(opts.get("round_to") or 1)
+    plan = read_off(pg, scores, max_ratio, round_to)
     for b in fixed_blocks or ():
         plan.remove_block(b)
-    plan, done = repair(pg, plan, scores, cost.measure, cost.target, max_ratio=max_ratio)
+    span_floor = float(opts.get("span_floor", 0.5))
+    floors = {g.id: span_floor for g in groups if g.id in scores and spans_resolutions(pg.gm, g)}
+    plan, done = repair(
+        pg, plan, scores, cost.measure, cost.target, max_ratio=max_ratio, round_to=round_to,
+        keep_at_least=floors,
+    )  # fmt: skip
     trained = RemoveChannelGates()(gm).graph_module
     kept = {gid: (pg.group(gid).size - len(plan.channels.get(gid, ())), pg.group(gid).size) for gid in scores}
     opened = [h["open_ratio"] for h in history]

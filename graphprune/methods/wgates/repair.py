@@ -66,15 +66,20 @@ def repair(
     round_to: int = 1,
     estimate: Cost | None = None,
     max_evals: int = 12,
+    keep_at_least: Mapping[str, float] | None = None,
 ) -> tuple[PruningPlan, dict[str, float | int]]:
     """The plan nearest to `plan` whose `cost` is <= `target`: while over, the kept channels of least
     score per saved cost go; then every removed channel that still fits comes back, most score per cost
     first. Scored groups keep a multiple of `round_to` channels (or all of them) and at least a
     (1 - max_ratio) share; blocks in `plan` stay removed. `estimate` orders the moves when `cost` is not
     a `FlopsCost` (default: the plan's exact FLOPs); `max_evals` bounds the calls of such a `cost`.
+    `keep_at_least` raises some groups' floors to a share of their channels (a stream across stages).
     Returns the plan and what was done (cost before / after, channels moved, cost evaluations)."""
     blocks = list(plan.blocks)
     floors = {gid: min_kept(len(s), max_ratio, round_to) for gid, s in scores.items()}
+    for gid, share in (keep_at_least or {}).items():
+        if gid in floors:
+            floors[gid] = max(floors[gid], min_kept(len(scores[gid]), 1.0 - share, round_to))
     given: Removal = {gid: set(idx) for gid, idx in plan.channels.items()}
     start = {gid: set(idx) for gid, idx in given.items()}
     for gid, s in scores.items():  # a count between valid ones rises to the next (as L1 rounds)
