@@ -58,6 +58,8 @@ class PruneChannels(GraphPass):
                 _rewrite_slice(nodes[s.node], s.info, r.removed)
             elif s.kind == SiteKind.VIEW:
                 _rewrite_view(nodes[s.node], s.info[0], len(r.removed))
+            elif s.kind == SiteKind.GROUP_COUNT:
+                _rewrite_group_count(nodes[s.node], s.info, len(r.removed))
         for target, kinds in by_module.items():
             m = gm.get_submodule(target)
             if isinstance(m, nn.Linear):
@@ -136,6 +138,18 @@ def _rewrite_layer_norm_shape(node: fx.Node, n_removed: int) -> None:
         node.args = (node.args[0], (n - n_removed,), *node.args[2:])
     else:
         node.kwargs = {**node.kwargs, "normalized_shape": (n - n_removed,)}
+
+
+def _rewrite_group_count(node: fx.Node, info: tuple[int, ...], n_removed: int) -> None:
+    """Lower the literal `num_groups` of an F.group_norm call by the whole norm groups removed."""
+    groups, per_group = info
+    if n_removed % per_group:
+        raise PlanError(f"group_norm '{node.name}': {n_removed} channels are not whole groups of {per_group}")
+    new = groups - n_removed // per_group
+    if len(node.args) > 1:
+        node.args = (node.args[0], new, *node.args[2:])
+    else:
+        node.kwargs = {**node.kwargs, "num_groups": new}
 
 
 def _rewrite_pad(node: fx.Node, zeros: Sequence[int], info: tuple[int, ...], removed: Sequence[int]) -> None:

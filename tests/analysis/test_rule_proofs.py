@@ -290,6 +290,26 @@ add(
     fn(lambda s, x: torch.einsum("bci->bc", x), X3),  # pins: the channels stay
 )
 add(F.layer_norm, fn(lambda s, x: F.layer_norm(x, (5,))), fn(lambda s, x: F.layer_norm(x, (C,)), X1))
+W, B = torch.rand(C) + 0.5, torch.randn(C)  # per-channel affine operands of the functional norms
+MEAN, VAR = torch.randn(C), torch.rand(C) + 0.5
+add(
+    F.batch_norm,
+    fn(lambda s, x: F.batch_norm(x, s.m, s.v, s.w, s.b), m=MEAN, v=VAR, w=W, b=B),
+    fn(lambda s, x: F.batch_norm(x, s.m, s.v), X3, m=MEAN, v=VAR),
+    fn(lambda s, x: F.batch_norm(x, None, None, s.w, training=True), X1, w=W),
+    fn(lambda s, x: F.batch_norm(x, s.m, s.v, s.w * 2), m=MEAN, v=VAR, w=W),  # pins: a computed weight
+)
+add(
+    F.instance_norm,
+    fn(lambda s, x: F.instance_norm(x, weight=s.w, bias=s.b), w=W, b=B),
+    fn(lambda s, x: F.instance_norm(x), X3),
+)
+add(
+    F.group_norm,
+    fn(lambda s, x: F.group_norm(x, 3, s.w, s.b), w=W, b=B),
+    fn(lambda s, x: F.group_norm(x, 2), X3),
+    fn(lambda s, x: F.group_norm(x, 1, s.w, s.b), w=W, b=B),
+)
 
 # ---- methods
 _METHOD_ARGS: dict[str, tuple[Any, ...]] = {

@@ -416,3 +416,47 @@ def test_convnext_residual_streams_prune_on_opt_in() -> None:
     slim = gp.apply(pg, plan)  # verified against the LayerNorms over the kept channels
     assert pg.not_lossless_groups(plan) == [g.id for g in streams]
     assert gp.count_flops(slim, x) < pg.flops
+
+
+def _norm_tensors() -> dict[str, nn.Parameter | torch.Tensor]:
+    return dict(
+        w=nn.Parameter(torch.rand(8) + 0.5),
+        bb=nn.Parameter(torch.randn(8)),
+        rm=torch.randn(8),
+        rv=torch.rand(8) + 0.5,
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        lambda s, h: s.b(F.relu(F.batch_norm(h, s.rm, s.rv, s.w, s.bb))),
+        lambda s, h: s.b(F.batch_norm(h, s.rm, s.rv)),
+        lambda s, h: s.b(F.instance_norm(h, s.rm, s.rv, s.w, s.bb)),
+        lambda s, h: s.b(F.group_norm(h, 4, s.w, s.bb)),
+        lambda s, h: s.b(F.group_norm(h, 2)),
+    ],
+    ids=["batch_norm", "batch_norm_stats_only", "instance_norm", "group_norm", "group_norm_no_affine"],
+)
+def test_functional_norms_on_module_tensors_prune_losslessly(body: object) -> None:
+    """timm's BatchNormAct2d / GroupNormAct call the functions with their own tensors: sliced, lossless."""
+    prunable_and_lossless(Net(body, **_norm_tensors()), zero_preserving=False)
+
+
+def test_functional_group_norm_removes_whole_norm_groups() -> None:
+    pg = gp.trace(Net(lambda s, h: s.b(F.group_norm(h, 4, s.w, s.bb)), **_norm_tensors()).eval(), X)
+    assert a_group(pg).size == 4  # 8 channels in 4 norm groups of 2
+
+
+def test_functional_norm_tensor_read_elsewhere_pins() -> None:
+    body = Net(lambda s, h: (s.b(F.batch_norm(h, s.rm, s.rv, s.w, s.bb)), s.w.sum()), **_norm_tensors())
+    pinned(body, "w is also read")
+
+
+def test_timm_batch_norm_act_prunes_losslessly() -> None:
+    layers = pytest.importorskip("timm.layers")
+    norm = layers.BatchNormAct2d(8, act_layer=nn.ReLU)
+    with torch.no_grad():
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.5, 2)
+    prunable_and_lossless(Net(lambda s, h: s.b(s.n(h)), n=norm), zero_preserving=False)

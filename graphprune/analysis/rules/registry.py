@@ -29,6 +29,7 @@ from graphprune.analysis.rules.modules import (
     module_softmax,
     norm,
 )
+from graphprune.analysis.rules.norms import batch_norm_fn, group_norm_fn, instance_norm_fn
 from graphprune.analysis.rules.offsets import cat, pad, split
 from graphprune.analysis.rules.reductions import (
     dim_sensitive,
@@ -256,6 +257,9 @@ FUNCTION_RULES: dict[Any, Rule] = {
     F.log_softmax: dim_sensitive(1, "log_softmax"),
     torch.softmax: dim_sensitive(1, "softmax"),
     F.layer_norm: layer_norm_fn,
+    F.batch_norm: batch_norm_fn,
+    F.instance_norm: instance_norm_fn,
+    F.group_norm: group_norm_fn,
 }
 
 METHOD_RULES: dict[str, Rule] = {
