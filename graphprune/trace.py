@@ -30,14 +30,17 @@ class TensorSpec:
 
 
 def _default_leaf_types() -> tuple[type, ...]:
-    """torchvision modules kept whole: StochasticDepth must keep its train/eval behaviour."""
+    """Modules kept whole: torchvision's StochasticDepth must keep its train/eval behaviour; timm's
+    dynamic-padding convs and functional Linear have the module's channel rule (`timm_compat`)."""
+    from graphprune.timm_compat import leaf_types
+
     try:
         from graphprune.torchvision_compat import import_torchvision
 
         ops = import_torchvision().ops
-        return (ops.StochasticDepth,)
+        return (ops.StochasticDepth, *leaf_types())
     except Exception:  # noqa: BLE001 - torchvision is optional for tracing
-        return ()
+        return leaf_types()
 
 
 class _Tracer(fx.Tracer):

@@ -20,6 +20,8 @@ from support.rule_probe import Lie, probe_rules
 from torch import nn
 
 from graphprune.analysis.rules import registry
+from graphprune.errors import ModelSpecError
+from graphprune.timm_compat import import_timm
 from graphprune.torchvision_compat import import_torchvision
 
 torch.fx.wrap("len")  # record len() as a graph node, as in models that call it
@@ -311,6 +313,21 @@ add(
     fn(lambda s, x: F.group_norm(x, 1, s.w, s.b), w=W, b=B),
 )
 
+# ---- timm's layers (with timm installed): leaves with a torch module's rule, or pinned std convs
+try:
+    _timm = import_timm().layers
+except ModelSpecError:
+    _timm = None
+if _timm is not None:
+    add(
+        nn.modules.conv._ConvNd,
+        mod(_timm.Conv2dSame(C, 4, 3, stride=2)),
+        mod(_timm.Conv2dSame(C, C, 3, groups=C)),
+    )
+    add(nn.Linear, mod(_timm.Linear(C, 4), X1))
+    for t in (_timm.StdConv2d, _timm.StdConv2dSame, _timm.ScaledStdConv2d, _timm.ScaledStdConv2dSame):
+        add(t, mod(t(C, 4, 3)))
+
 # ---- methods
 _METHOD_ARGS: dict[str, tuple[Any, ...]] = {
     "to": (torch.float32,),
@@ -390,12 +407,15 @@ add("get_device", fn(lambda s, x: x + x.get_device()))
 # strict xfail: a fixed rule turns its entry red, so remove it then.
 KNOWN_LIES: dict[str, str] = {}
 # Ops whose every use reads the channel count: their rule pins, so no case has a claim to check.
-ALWAYS_PINNED = frozenset({"Tensor.numel", "Tensor.nelement"})
+ALWAYS_PINNED = frozenset({"Tensor.numel", "Tensor.nelement"}) | frozenset(
+    f"timm.layers.std_conv.{n}"
+    for n in ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame")
+)
 
 
 def _registered() -> list[Any]:
     keys: list[Any] = []
-    for types, _ in registry.MODULE_RULES + registry._tv_modules():
+    for types, _ in registry._timm_modules() + registry.MODULE_RULES + registry._tv_modules():
         keys.extend(types)
     keys.extend(registry.FUNCTION_RULES)
     keys.extend(registry.METHOD_RULES)

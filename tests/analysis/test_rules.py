@@ -4,6 +4,7 @@ losslessly (checked with an independent oracle), or the group must be pinned."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -12,7 +13,9 @@ from support.lossless import check_lossless
 from torch import nn
 
 import graphprune as gp
+from graphprune.errors import ModelSpecError
 from graphprune.rewrite import masked_reference
+from graphprune.timm_compat import import_timm
 
 X = torch.randn(2, 3, 8, 8)
 torch.fx.wrap("len")  # record len(h) calls made in this module
@@ -453,10 +456,30 @@ def test_functional_norm_tensor_read_elsewhere_pins() -> None:
     pinned(body, "w is also read")
 
 
+def _timm_layers() -> Any:
+    try:
+        return import_timm().layers
+    except ModelSpecError:
+        pytest.skip("timm is not installed")
+
+
 def test_timm_batch_norm_act_prunes_losslessly() -> None:
-    layers = pytest.importorskip("timm.layers")
+    layers = _timm_layers()
     norm = layers.BatchNormAct2d(8, act_layer=nn.ReLU)
     with torch.no_grad():
         norm.running_mean.uniform_(-1, 1)
         norm.running_var.uniform_(0.5, 2)
     prunable_and_lossless(Net(lambda s, h: s.b(s.n(h)), n=norm), zero_preserving=False)
+
+
+def test_timm_dynamic_padding_conv_is_a_conv_leaf_and_prunes_losslessly() -> None:
+    layers = _timm_layers()
+    model = Net(lambda s, h: s.b(s.cv(h)), cv=layers.Conv2dSame(8, 8, 3, stride=2))
+    prunable_and_lossless(model)
+    pg = gp.trace(model.eval(), X)
+    assert pg.group_of("cv").prunable  # its own output channels too
+
+
+def test_timm_weight_standardised_conv_pins_its_input_with_the_reason() -> None:
+    layers = _timm_layers()
+    pinned(Net(lambda s, h: s.b(s.cv(h)), cv=layers.ScaledStdConv2d(8, 8, 3)), "standardises its weight")

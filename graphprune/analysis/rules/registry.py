@@ -15,6 +15,7 @@ from graphprune.analysis.depgraph import DependencyGraph
 from graphprune.analysis.rules.base import (
     ModuleRule,
     Rule,
+    unknown,
 )
 from graphprune.analysis.rules.contractions import einsum, matmul
 from graphprune.analysis.rules.elementwise import elementwise, identity
@@ -366,10 +367,29 @@ def _tv_modules() -> list[tuple[tuple[type, ...], ModuleRule]]:
     return [((ops.StochasticDepth,), module_identity), ((ops.FrozenBatchNorm2d,), norm)]
 
 
+def std_conv(dg: DependencyGraph, node: fx.Node, m: nn.Module) -> None:
+    """A weight-standardised conv (timm's StdConv2d, ScaledStdConv2d) normalises each output channel's
+    weight over its input channels: removing an input channel changes every kept weight. Pinned."""
+    unknown(
+        dg,
+        node,
+        f"{type(m).__name__} '{node.target}' standardises its weight over the input channels "
+        "(removing one changes every kept weight)",
+    )
+
+
+def _timm_modules() -> list[tuple[tuple[type, ...], ModuleRule]]:
+    """timm's rules, checked before torch's (a StdConv2d is an nn.Conv2d); none unless timm is loaded."""
+    from graphprune.timm_compat import std_conv_types
+
+    types = std_conv_types()
+    return [(types, std_conv)] if types else []
+
+
 def module_rule(m: nn.Module) -> ModuleRule | None:
     if _EXTRA_IDENTITY_MODULES and isinstance(m, tuple(_EXTRA_IDENTITY_MODULES)):
         return module_identity
-    for types, rule in MODULE_RULES + _tv_modules():
+    for types, rule in _timm_modules() + MODULE_RULES + _tv_modules():
         if isinstance(m, types):
             return rule
     return None
