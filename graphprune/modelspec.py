@@ -1,4 +1,4 @@
-"""Resolve a MODEL argument (``torchvision:NAME``, ``graphprune:NAME``, ``file.py:factory``).
+"""Resolve a MODEL argument (``torchvision:NAME``, ``timm:NAME``, ``graphprune:NAME``, ``file.py:factory``).
 
 >>> rm = resolve_model("graphprune:cifar_resnet56", input_shape="1,3,32,32")
 >>> rm.model(*rm.example_inputs).shape
@@ -14,18 +14,19 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from graphprune.errors import GraphpruneError, ModelSpecError, WeightsError, did_you_mean, first_line
 
-PREFIXES = ("torchvision", "graphprune")
+PREFIXES = ("torchvision", "timm", "graphprune")
 DEFAULT_SHAPE = (1, 3, 224, 224)
 EXAMPLE_SEED = 0
 """Seed for the example input and for the random init of models built without weights."""
 
-_SPEC_HELP = "expected torchvision:NAME, graphprune:NAME or path/to/file.py:factory"
+_SPEC_HELP = "expected torchvision:NAME, timm:NAME, graphprune:NAME or path/to/file.py:factory"
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,9 @@ def resolve_model(
         if kind == "torchvision":
             model, default_shape = _build_torchvision(target)
             name = f"torchvision:{target}"
+        elif kind == "timm":  # timm loads the weights itself (its safetensors or .pth checkpoints)
+            model, default_shape = _build_timm(target, shape, weights)
+            name, weights = f"timm:{target}", None
         elif kind == "graphprune":
             model, default_shape = _build_builtin(target)
             name = f"graphprune:{target}"
@@ -135,6 +139,40 @@ def _build_torchvision(name: str) -> tuple[nn.Module, tuple[int, ...]]:
     else:
         shape = DEFAULT_SHAPE
     return model, shape
+
+
+def _build_timm(
+    name: str, shape: tuple[int, ...] | None, weights: str | None
+) -> tuple[nn.Module, tuple[int, ...]]:
+    """timm's `create_model` (random init, or the local checkpoint `weights`); the input shape comes from
+    the model's pretrained config. A model that fixes its input size (LeViT, EfficientFormer) is created
+    for the requested one (`img_size`)."""
+    from graphprune.timm_compat import import_timm
+
+    timm = import_timm()
+    if not timm.is_model(name):
+        raise ModelSpecError(f"unknown timm model {name!r}{did_you_mean(name, timm.list_models())}")
+    if weights is not None and not Path(weights).is_file():
+        raise WeightsError(
+            f"weights file {weights} {'is a directory' if Path(weights).is_dir() else 'not found'}"
+        )
+    cfg = timm.models.get_pretrained_cfg(name)
+    kwargs: dict[str, object] = {}
+    if cfg is not None and cfg.fixed_input_size and shape is not None and len(shape) == 4:
+        if tuple(shape[-2:]) != tuple(cfg.input_size[-2:]):
+            kwargs["img_size"] = tuple(shape[-2:])
+    try:
+        model = _call_builder(f"timm:{name}", lambda: timm.create_model(name, pretrained=False, **kwargs))
+        if weights is not None:
+            timm.models.load_checkpoint(model, weights, strict=True)
+    except ModelSpecError:
+        raise
+    except Exception as exc:
+        raise WeightsError(
+            f"cannot load {weights} into timm:{name}: {first_line(exc, with_type=True)}"
+        ) from exc
+    pretrained_cfg: dict[str, Any] = getattr(model, "pretrained_cfg", None) or {}
+    return model, (1, *tuple(pretrained_cfg.get("input_size") or DEFAULT_SHAPE[1:]))
 
 
 def _build_builtin(name: str) -> tuple[nn.Module, tuple[int, ...]]:
