@@ -292,6 +292,13 @@ add(
     fn(lambda s, x: torch.einsum("bci->bc", x), X3),  # pins: the channels stay
 )
 add(F.layer_norm, fn(lambda s, x: F.layer_norm(x, (5,))), fn(lambda s, x: F.layer_norm(x, (C,)), X1))
+add(
+    torch.stack,
+    fn(lambda s, x, y: torch.stack([x, y], 1).sum(1), X4, torch.randn(2, C, 5, 5)),
+    fn(lambda s, x, y: torch.stack((x, y), -1), X3, torch.randn(2, C, 7)),
+    fn(lambda s, x: torch.stack([x, x.relu()], 0).softmax(0)),
+    fn(lambda s, x, y: torch.stack([x, y.transpose(1, 2)]), X3, torch.randn(2, 7, C)),  # pins: mixed layouts
+)
 W, B = torch.rand(C) + 0.5, torch.randn(C)  # per-channel affine operands of the functional norms
 MEAN, VAR = torch.randn(C), torch.rand(C) + 0.5
 add(

@@ -31,7 +31,7 @@ from graphprune.analysis.rules.modules import (
     norm,
 )
 from graphprune.analysis.rules.norms import batch_norm_fn, group_norm_fn, instance_norm_fn
-from graphprune.analysis.rules.offsets import cat, pad, split
+from graphprune.analysis.rules.offsets import cat, pad, split, stack
 from graphprune.analysis.rules.reductions import (
     dim_sensitive,
     layer_norm_fn,
@@ -251,6 +251,7 @@ FUNCTION_RULES: dict[Any, Rule] = {
     torch.cat: cat,
     torch.concat: cat,
     torch.concatenate: cat,
+    torch.stack: stack,
     torch.split: split,
     torch.chunk: split,
     F.pad: pad,
