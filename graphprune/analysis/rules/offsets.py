@@ -70,7 +70,7 @@ def stack(dg: DependencyGraph, node: fx.Node) -> None:
         return
     cdims = with_layout[0].cdims
     if len(with_layout) != len(parts) or any(
-        i.cdims != cdims or i.grid != with_layout[0].grid for i in infos
+        i.cdims != cdims or i.grid != with_layout[0].grid for i in with_layout
     ):
         unknown(dg, node, "stack of tensors with different channel layouts")
         return
