@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
 
@@ -141,15 +142,17 @@ def _rewrite_layer_norm_shape(node: fx.Node, n_removed: int) -> None:
 
 
 def _rewrite_group_count(node: fx.Node, info: tuple[int, ...], n_removed: int) -> None:
-    """Lower the literal `num_groups` of an F.group_norm call by the whole norm groups removed."""
-    groups, per_group = info
+    """Lower the literal group count of F.group_norm (`num_groups`) or of a depthwise functional conv
+    (`groups`) by the whole groups removed. `info`: (count, channels per group, positional index)."""
+    groups, per_group, index = info
     if n_removed % per_group:
-        raise PlanError(f"group_norm '{node.name}': {n_removed} channels are not whole groups of {per_group}")
+        raise PlanError(f"'{node.name}': {n_removed} channels are not whole groups of {per_group}")
     new = groups - n_removed // per_group
-    if len(node.args) > 1:
-        node.args = (node.args[0], new, *node.args[2:])
+    keyword = "num_groups" if node.target is F.group_norm else "groups"
+    if len(node.args) > index:
+        node.args = (*node.args[:index], new, *node.args[index + 1 :])
     else:
-        node.kwargs = {**node.kwargs, "num_groups": new}
+        node.kwargs = {**node.kwargs, keyword: new}
 
 
 def _rewrite_pad(node: fx.Node, zeros: Sequence[int], info: tuple[int, ...], removed: Sequence[int]) -> None:

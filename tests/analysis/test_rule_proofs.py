@@ -299,6 +299,16 @@ add(
     fn(lambda s, x: torch.stack([x, x.relu()], 0).softmax(0)),
     fn(lambda s, x, y: torch.stack([x, y.transpose(1, 2)]), X3, torch.randn(2, 7, C)),  # pins: mixed layouts
 )
+DW = torch.randn(C, 1, 3, 3)  # a depthwise filter per channel (timm's BlurPool2d)
+add(
+    F.conv2d,
+    fn(lambda s, x: F.conv2d(x, s.w, groups=C), w=DW),
+    fn(lambda s, x: F.conv2d(x, s.w, s.b, 1, 1, 1, C), w=DW, b=torch.randn(C)),
+    fn(lambda s, x: F.conv2d(x, s.w), w=torch.randn(4, C, 1, 1)),  # pins: mixes channels, no module
+    fn(lambda s, x: F.conv2d(x, s.w * 2, groups=C), w=DW),  # pins: a computed weight
+)
+add(F.conv1d, fn(lambda s, x: F.conv1d(x, s.w, groups=C), X3, w=torch.randn(C, 1, 3)))
+add(F.conv3d, fn(lambda s, x: F.conv3d(x, s.w, groups=C), X5, w=torch.randn(C, 1, 1, 2, 2)))
 W, B = torch.rand(C) + 0.5, torch.randn(C)  # per-channel affine operands of the functional norms
 MEAN, VAR = torch.randn(C), torch.rand(C) + 0.5
 add(

@@ -483,3 +483,14 @@ def test_timm_dynamic_padding_conv_is_a_conv_leaf_and_prunes_losslessly() -> Non
 def test_timm_weight_standardised_conv_pins_its_input_with_the_reason() -> None:
     layers = _timm_layers()
     pinned(Net(lambda s, h: s.b(s.cv(h)), cv=layers.ScaledStdConv2d(8, 8, 3)), "standardises its weight")
+
+
+def test_functional_depthwise_conv_on_a_stored_filter_prunes_losslessly() -> None:
+    """timm's BlurPool2d: F.conv2d(x, self.filt, groups=channels); the filter and `groups` follow."""
+    w = torch.randn(8, 1, 3, 3)
+    prunable_and_lossless(Net(lambda s, h: s.b(F.conv2d(h, s.w, stride=2, padding=1, groups=8)), w=w))
+
+
+def test_functional_conv_mixing_channels_pins_with_the_reason() -> None:
+    w = nn.Parameter(torch.randn(8, 8, 1, 1))
+    pinned(Net(lambda s, h: s.b(F.conv2d(h, s.w)), w=w), "called as a function")

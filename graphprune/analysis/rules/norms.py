@@ -82,5 +82,7 @@ def group_norm_fn(dg: DependencyGraph, node: fx.Node) -> None:
     add_site(
         dg,
         node,
-        Site(f"{node.name}:group_count", SiteKind.GROUP_COUNT, out.key, node.name, info=(groups, per_group)),
+        Site(
+            f"{node.name}:group_count", SiteKind.GROUP_COUNT, out.key, node.name, info=(groups, per_group, 1)
+        ),
     )

@@ -19,6 +19,7 @@ from graphprune.analysis.rules.base import (
 )
 from graphprune.analysis.rules.contractions import einsum, matmul
 from graphprune.analysis.rules.elementwise import elementwise, identity
+from graphprune.analysis.rules.functional_conv import functional_conv
 from graphprune.analysis.rules.layout import getitem, layout
 from graphprune.analysis.rules.modules import (
     conv,
@@ -262,6 +263,9 @@ FUNCTION_RULES: dict[Any, Rule] = {
     F.batch_norm: batch_norm_fn,
     F.instance_norm: instance_norm_fn,
     F.group_norm: group_norm_fn,
+    F.conv1d: functional_conv,
+    F.conv2d: functional_conv,
+    F.conv3d: functional_conv,
 }
 
 METHOD_RULES: dict[str, Rule] = {
