@@ -61,6 +61,8 @@ def run_one(name: str, part: str, zoo: str = "torchvision") -> dict[str, object]
 
         torch.set_num_threads(1)
         model, x = zoo_timm.build(name)
+        if part == "both":  # small models: one process for both saves an interpreter start per model
+            return {**zoo_timm.check_l1(name, model, x).to_dict(), **check_oracle(model, x)}
         return zoo_timm.check_l1(name, model, x).to_dict() if part == "check" else check_oracle(model, x)
     model, x = build(name)
     return check_model(name, model, x).to_dict() if part == "check" else check_oracle(model, x)
@@ -157,7 +159,9 @@ def write_markdown(results: list[dict[str, object]]) -> str:
     help="torchvision (+ built-ins): docs/coverage.md; timm: docs/coverage_timm.md.",
 )
 @click.option("--one", "one", default=None, help="Internal: run a single model and print its JSON result.")
-@click.option("--part", type=click.Choice(["check", "oracle"]), default="check", help="Internal: with --one.")
+@click.option(
+    "--part", type=click.Choice(["check", "oracle", "both"]), default="check", help="Internal: with --one."
+)
 @click.option("--timeout", default=1200, show_default=True, help="Seconds allowed per model.")
 @click.option("--update", is_flag=True, help="Re-run NAMES and merge them into docs/coverage.{json,md}.")
 @click.option("--flops-only", is_flag=True, help="Recount the GMACs columns of docs/coverage.* only.")
@@ -206,7 +210,7 @@ def main(
 
 
 def _run_timm(names: tuple[str, ...], timeout: int, update: bool) -> None:
-    """The timm page: each model's L1 check and oracle in processes of their own; the page is rewritten
+    """The timm page: each model's L1 check and oracle in a process of its own; the page is rewritten
     after every model, so an interrupted run leaves the rows it finished (the page says how many)."""
     import zoo_timm
     from zoo_timm_page import write_timm_markdown
@@ -219,13 +223,12 @@ def _run_timm(names: tuple[str, ...], timeout: int, update: bool) -> None:
         results = [r for r in json.loads((DOCS / "coverage_timm.json").read_text()) if r["model"] not in todo]
     for name in tqdm(todo, desc="timm", unit="model"):
         t0 = time.perf_counter()
-        result, err = _subprocess(name, "check", timeout, "timm")
+        result, err = _subprocess(name, "both", timeout, "timm")
         if result is None:
-            result = zoo_timm.TimmResult(
-                name, zoo_timm.family_of(name), "crashed", err, seconds=time.perf_counter() - t0
-            ).to_dict()
-        oracle, err = _subprocess(name, "oracle", timeout, "timm")
-        results.append({**result, **(oracle or {"oracle_plans": 0, "oracle_error": err})})
+            crashed = zoo_timm.TimmResult(name, zoo_timm.family_of(name), "crashed", err)
+            result = {**crashed.to_dict(), "oracle_plans": 0, "oracle_error": err}
+        result["seconds"] = time.perf_counter() - t0
+        results.append(result)
         order = {n: i for i, n in enumerate(all_models("timm"))}
         results.sort(key=lambda r: order.get(str(r["model"]), len(order)))
         if update or not names:
