@@ -10,6 +10,11 @@ an op graphprune has no rule for, while the module itself has a known channel ru
   channel's input channels before the conv: removing an input channel changes every kept weight, so
   their channels are pinned, with that reason (`registry.module_rule`).
 
+Where tracing fails inside a module timm itself registers as not traceable by torch.fx (attention blocks:
+MobileVitBlock, LocalWindowAttention...), the tracer keeps that module type whole, with timm's
+not-traceable functions wrapped (`notrace_module_around`, `notrace_functions`); such a leaf has no
+channel rule, so its channels are pinned, named by its type.
+
 timm is looked up only when the user's program has imported it: graphprune never imports it for a model
 that does not come from timm.
 """
@@ -17,7 +22,11 @@ that does not come from timm.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
+
+from torch import nn
 
 from graphprune.errors import ModelSpecError
 
@@ -61,3 +70,30 @@ def leaf_types() -> tuple[type, ...]:
     layers = _layers()
     names = ("Conv2dSame", "Linear")
     return tuple(t for n in names if isinstance(t := getattr(layers, n, None), type)) + std_conv_types()
+
+
+def _fx_registry() -> ModuleType | None:
+    timm = loaded_timm()
+    layers = getattr(timm, "layers", None) if timm is not None else None
+    return getattr(layers, "_fx", None)
+
+
+def notrace_functions() -> tuple[Callable[..., Any], ...]:
+    """The functions timm registers as not traceable by torch.fx (recorded as calls, not traced)."""
+    registry = _fx_registry()
+    return tuple(registry.get_notrace_functions()) if registry is not None else ()
+
+
+def notrace_module_around(root: nn.Module, path: str) -> type | None:
+    """The type of the innermost module at or above `path` that timm registers as not traceable by
+    torch.fx, or None (no timm, or no such module)."""
+    registry = _fx_registry()
+    if registry is None or not path:
+        return None
+    notrace = set(registry.get_notrace_modules())
+    parts = path.split(".")
+    for k in range(len(parts), 0, -1):
+        t = type(root.get_submodule(".".join(parts[:k])))
+        if t in notrace:
+            return t
+    return None
