@@ -299,6 +299,12 @@ add(
     fn(lambda s, x: torch.stack([x, x.relu()], 0).softmax(0)),
     fn(lambda s, x, y: torch.stack([x, y.transpose(1, 2)]), X3, torch.randn(2, 7, C)),  # pins: mixed layouts
 )
+# over one of two channel dims (a (radix, C) grid, ResNeSt's split attention): fiber by fiber
+add("sum", fn(lambda s, x: x.view(2, 2, 3, 5, 5).sum(1)))
+add("mean", fn(lambda s, x: x.view(2, 2, 3, 5, 5).mean(1)))
+add("amax", fn(lambda s, x: x.view(2, 2, 3, 5, 5).amax(2, keepdim=True)))
+add("softmax", fn(lambda s, x: x.view(2, 2, 3, 5, 5).softmax(1)))
+add(F.softmax, fn(lambda s, x: F.softmax(x.view(2, 2, 3, 5, 5), 2)))
 DW = torch.randn(C, 1, 3, 3)  # a depthwise filter per channel (timm's BlurPool2d)
 add(
     F.conv2d,

@@ -494,3 +494,21 @@ def test_functional_depthwise_conv_on_a_stored_filter_prunes_losslessly() -> Non
 def test_functional_conv_mixing_channels_pins_with_the_reason() -> None:
     w = nn.Parameter(torch.randn(8, 8, 1, 1))
     pinned(Net(lambda s, h: s.b(F.conv2d(h, s.w)), w=w), "called as a function")
+
+
+def _radix(h: torch.Tensor) -> torch.Tensor:
+    return h.view(h.shape[0], 2, -1, h.shape[2], h.shape[3])  # a (radix, channel) grid, as ResNeSt's
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        lambda s, h: s.b(torch.cat([_radix(h).sum(1), _radix(h).amax(1)], 1)),
+        lambda s, h: s.b((_radix(h) * _radix(h).softmax(1)).flatten(1, 2)),
+    ],
+    ids=["sum_and_amax_over_radix", "softmax_over_radix"],
+)
+def test_an_op_over_one_of_two_channel_dims_prunes_whole_fibers(body: object) -> None:
+    model = Net(body)
+    prunable_and_lossless(model, zero_preserving=False)
+    assert a_group(gp.trace(model.eval(), X)).size == 4  # channel j goes with its fiber (0, j), (1, j)
