@@ -73,10 +73,17 @@ def family_of(name: str) -> str:
 
 
 def build(name: str, size: int = SIZE) -> tuple[nn.Module, torch.Tensor]:
-    """timm model `name` through the `timm:NAME` spec (random, seeded, eval mode) and its example input."""
+    """timm model `name` through the `timm:NAME` spec (random, seeded, eval mode) and its example input,
+    `size` px or, for a model that only runs at its own input size (EfficientFormer), that size."""
+    from graphprune.errors import ModelSpecError
     from graphprune.modelspec import resolve_model
 
-    rm = resolve_model(f"timm:{name}", input_shape=(1, 3, size, size))
+    try:
+        rm = resolve_model(f"timm:{name}", input_shape=(1, 3, size, size))
+    except ModelSpecError as exc:
+        if "does not fit" not in str(exc):
+            raise
+        rm = resolve_model(f"timm:{name}")
     return rm.model, rm.example_inputs[0]
 
 
@@ -98,6 +105,7 @@ class TimmResult:
     onnx_max_rel_error: float = 0.0
     unprunable_reasons: tuple[str, ...] = ()
     seconds: float = 0.0
+    input_size: int = SIZE
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -145,4 +153,5 @@ def check_l1(name: str, model: nn.Module, x: torch.Tensor, *, export: bool = Tru
     except Exception as exc:  # noqa: BLE001 - the page lists every failure, whatever its kind
         error = first_line(exc, with_type=True)
     seconds = time.perf_counter() - start
-    return TimmResult(name, family_of(name), stage, error, seconds=seconds, **partial)  # type: ignore[arg-type]
+    size = int(x.shape[-1])
+    return TimmResult(name, family_of(name), stage, error, seconds=seconds, input_size=size, **partial)  # type: ignore[arg-type]

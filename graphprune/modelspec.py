@@ -145,8 +145,8 @@ def _build_timm(
     name: str, shape: tuple[int, ...] | None, weights: str | None
 ) -> tuple[nn.Module, tuple[int, ...]]:
     """timm's `create_model` (random init, or the local checkpoint `weights`); the input shape comes from
-    the model's pretrained config. A model that fixes its input size (LeViT, EfficientFormer) is created
-    for the requested one (`img_size`)."""
+    the model's pretrained config. For another input size, a model that takes `img_size` (those that fix
+    their input size: LeViT, EfficientFormer) is created for it."""
     from graphprune.timm_compat import import_timm
 
     timm = import_timm()
@@ -157,12 +157,20 @@ def _build_timm(
             f"weights file {weights} {'is a directory' if Path(weights).is_dir() else 'not found'}"
         )
     cfg = timm.models.get_pretrained_cfg(name)
-    kwargs: dict[str, object] = {}
-    if cfg is not None and cfg.fixed_input_size and shape is not None and len(shape) == 4:
-        if tuple(shape[-2:]) != tuple(cfg.input_size[-2:]):
-            kwargs["img_size"] = tuple(shape[-2:])
+    size = tuple(shape[-2:]) if shape is not None and len(shape) == 4 else None
+    if cfg is not None and size == tuple(cfg.input_size[-2:]):
+        size = None
+
+    def create() -> nn.Module:
+        if size is not None:  # models whose layers depend on the input size take it (LeViT, EfficientFormer)
+            try:
+                return timm.create_model(name, pretrained=False, img_size=size)
+            except TypeError:  # no `img_size` argument: the model adapts to any input size
+                pass
+        return timm.create_model(name, pretrained=False)
+
     try:
-        model = _call_builder(f"timm:{name}", lambda: timm.create_model(name, pretrained=False, **kwargs))
+        model = _call_builder(f"timm:{name}", create)
         if weights is not None:
             timm.models.load_checkpoint(model, weights, strict=True)
     except ModelSpecError:

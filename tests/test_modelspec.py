@@ -312,9 +312,10 @@ def test_timm_spec_takes_its_input_shape_from_the_pretrained_config() -> None:
     assert small.example_inputs[0].shape == (1, 3, 64, 64)
 
 
-def test_timm_model_with_a_fixed_input_size_is_created_for_the_requested_one() -> None:
+@pytest.mark.parametrize("name", ["levit_128s", "efficientformerv2_s0"])
+def test_timm_model_with_a_fixed_input_size_is_created_for_the_requested_one(name: str) -> None:
     _timm()
-    rm = resolve_model("timm:levit_128s", input_shape="1,3,96,96")  # LeViT fixes its input size
+    rm = resolve_model(f"timm:{name}", input_shape="1,3,96,96")  # their attention biases fix the size
     assert rm.model(*rm.example_inputs).shape == (1, 1000)
 
 
