@@ -1,6 +1,7 @@
 """Run the whole pipeline on every torchvision classifier and every built-in; write docs/coverage.md.
 
     python benchmarks/zoo_coverage.py                 # all models, ~1 h on 2 cores
+    python benchmarks/zoo_coverage.py --zoo timm      # the timm zoo: docs/coverage_timm.md (L1 to 0.5)
     python benchmarks/zoo_coverage.py resnet18 cifar_resnet56   # a subset, printed only
     python benchmarks/zoo_coverage.py --update vit_h_14          # re-run some, rewrite the docs
     python benchmarks/zoo_coverage.py --flops-only               # recount the GMACs columns only (~minutes)
@@ -26,7 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 
 
-def all_models() -> list[str]:
+def all_models(zoo: str = "torchvision") -> list[str]:
+    if zoo == "timm":
+        from zoo_timm import timm_models
+
+        return timm_models()
     from graphprune.models import list_models
     from graphprune.torchvision_compat import import_torchvision
 
@@ -45,12 +50,20 @@ def build(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
     return import_torchvision().models.get_model(name, weights=None).eval(), torch.randn(1, 3, size, size)
 
 
-def run_one(name: str, part: str) -> dict[str, object]:
+def run_one(name: str, part: str, zoo: str = "torchvision") -> dict[str, object]:
     """One part of the run on `name`: the pipeline (`check`) or the lossless oracle (`oracle`)."""
     from zoo_harness import check_model
     from zoo_oracle import check_oracle
 
     torch.manual_seed(0)
+    if zoo == "timm":
+        import zoo_timm
+
+        torch.set_num_threads(1)
+        model, x = zoo_timm.build(name)
+        if part == "both":  # small models: one process for both saves an interpreter start per model
+            return {**zoo_timm.check_l1(name, model, x).to_dict(), **check_oracle(model, x)}
+        return zoo_timm.check_l1(name, model, x).to_dict() if part == "check" else check_oracle(model, x)
     model, x = build(name)
     return check_model(name, model, x).to_dict() if part == "check" else check_oracle(model, x)
 
@@ -138,17 +151,29 @@ def write_markdown(results: list[dict[str, object]]) -> str:
 
 @click.command()
 @click.argument("names", nargs=-1)
+@click.option(
+    "--zoo",
+    type=click.Choice(["torchvision", "timm"]),
+    default="torchvision",
+    show_default=True,
+    help="torchvision (+ built-ins): docs/coverage.md; timm: docs/coverage_timm.md.",
+)
 @click.option("--one", "one", default=None, help="Internal: run a single model and print its JSON result.")
-@click.option("--part", type=click.Choice(["check", "oracle"]), default="check", help="Internal: with --one.")
+@click.option(
+    "--part", type=click.Choice(["check", "oracle", "both"]), default="check", help="Internal: with --one."
+)
 @click.option("--timeout", default=1200, show_default=True, help="Seconds allowed per model.")
 @click.option("--update", is_flag=True, help="Re-run NAMES and merge them into docs/coverage.{json,md}.")
 @click.option("--flops-only", is_flag=True, help="Recount the GMACs columns of docs/coverage.* only.")
 def main(
-    names: tuple[str, ...], one: str | None, part: str, timeout: int, update: bool, flops_only: bool
+    names: tuple[str, ...], zoo: str, one: str | None, part: str, timeout: int, update: bool, flops_only: bool
 ) -> None:
-    """Write docs/coverage.md and docs/coverage.json."""
+    """Write docs/coverage.md and docs/coverage.json (docs/coverage_timm.* with --zoo timm)."""
     if one:
-        print(json.dumps(run_one(one, part)))
+        print(json.dumps(run_one(one, part, zoo)))
+        return
+    if zoo == "timm":
+        _run_timm(names, timeout, update)
         return
     from zoo_harness import CoverageResult
 
@@ -184,11 +209,42 @@ def main(
         print(write_markdown(results))
 
 
-def _subprocess(name: str, part: str, timeout: int) -> tuple[dict[str, object] | None, str]:
+def _run_timm(names: tuple[str, ...], timeout: int, update: bool) -> None:
+    """The timm page: each model's L1 check and oracle in a process of its own; the page is rewritten
+    after every model, so an interrupted run leaves the rows it finished (the page says how many)."""
+    import zoo_timm
+    from zoo_timm_page import write_timm_markdown
+
+    from graphprune.fileio import write_text
+
+    todo = list(names) or all_models("timm")
+    results: list[dict[str, object]] = []
+    if update and (DOCS / "coverage_timm.json").exists():
+        results = [r for r in json.loads((DOCS / "coverage_timm.json").read_text()) if r["model"] not in todo]
+    for name in tqdm(todo, desc="timm", unit="model"):
+        t0 = time.perf_counter()
+        result, err = _subprocess(name, "both", timeout, "timm")
+        if result is None:
+            crashed = zoo_timm.TimmResult(name, zoo_timm.family_of(name), "crashed", err)
+            result = {**crashed.to_dict(), "oracle_plans": 0, "oracle_error": err}
+        result["seconds"] = time.perf_counter() - t0
+        results.append(result)
+        order = {n: i for i, n in enumerate(all_models("timm"))}
+        results.sort(key=lambda r: order.get(str(r["model"]), len(order)))
+        if update or not names:
+            write_text(DOCS / "coverage_timm.json", json.dumps(results, indent=1) + "\n")
+            write_text(DOCS / "coverage_timm.md", write_timm_markdown(results, len(order)))
+    if not (update or not names):
+        print(write_timm_markdown(results, len(results)))
+
+
+def _subprocess(
+    name: str, part: str, timeout: int, zoo: str = "torchvision"
+) -> tuple[dict[str, object] | None, str]:
     """The JSON result of `--one name --part part` in a fresh process, or None and why it gave none."""
     try:
         proc = subprocess.run(
-            [sys.executable, __file__, "--one", name, "--part", part],
+            [sys.executable, __file__, "--one", name, "--part", part, "--zoo", zoo],
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -47,7 +47,7 @@ class VerificationError(GraphpruneError):
 
 
 class ModelSpecError(GraphpruneError):
-    """A MODEL argument (torchvision:NAME, graphprune:NAME, file.py:factory) cannot be resolved."""
+    """A MODEL argument (torchvision:NAME, timm:NAME, graphprune:NAME, file.py:factory) cannot be resolved."""
 
 
 class OutputError(GraphpruneError):

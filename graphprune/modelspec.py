@@ -1,4 +1,4 @@
-"""Resolve a MODEL argument (``torchvision:NAME``, ``graphprune:NAME``, ``file.py:factory``).
+"""Resolve a MODEL argument (``torchvision:NAME``, ``timm:NAME``, ``graphprune:NAME``, ``file.py:factory``).
 
 >>> rm = resolve_model("graphprune:cifar_resnet56", input_shape="1,3,32,32")
 >>> rm.model(*rm.example_inputs).shape
@@ -14,18 +14,19 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from graphprune.errors import GraphpruneError, ModelSpecError, WeightsError, did_you_mean, first_line
 
-PREFIXES = ("torchvision", "graphprune")
+PREFIXES = ("torchvision", "timm", "graphprune")
 DEFAULT_SHAPE = (1, 3, 224, 224)
 EXAMPLE_SEED = 0
 """Seed for the example input and for the random init of models built without weights."""
 
-_SPEC_HELP = "expected torchvision:NAME, graphprune:NAME or path/to/file.py:factory"
+_SPEC_HELP = "expected torchvision:NAME, timm:NAME, graphprune:NAME or path/to/file.py:factory"
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,9 @@ def resolve_model(
         if kind == "torchvision":
             model, default_shape = _build_torchvision(target)
             name = f"torchvision:{target}"
+        elif kind == "timm":  # timm loads the weights itself (its safetensors or .pth checkpoints)
+            model, default_shape = _build_timm(target, shape, weights)
+            name, weights = f"timm:{target}", None
         elif kind == "graphprune":
             model, default_shape = _build_builtin(target)
             name = f"graphprune:{target}"
@@ -135,6 +139,48 @@ def _build_torchvision(name: str) -> tuple[nn.Module, tuple[int, ...]]:
     else:
         shape = DEFAULT_SHAPE
     return model, shape
+
+
+def _build_timm(
+    name: str, shape: tuple[int, ...] | None, weights: str | None
+) -> tuple[nn.Module, tuple[int, ...]]:
+    """timm's `create_model` (random init, or the local checkpoint `weights`); the input shape comes from
+    the model's pretrained config. For another input size, a model that takes `img_size` (those that fix
+    their input size: LeViT, EfficientFormer) is created for it."""
+    from graphprune.timm_compat import import_timm
+
+    timm = import_timm()
+    if not timm.is_model(name):
+        raise ModelSpecError(f"unknown timm model {name!r}{did_you_mean(name, timm.list_models())}")
+    if weights is not None and not Path(weights).is_file():
+        raise WeightsError(
+            f"weights file {weights} {'is a directory' if Path(weights).is_dir() else 'not found'}"
+        )
+    cfg = timm.models.get_pretrained_cfg(name)
+    size = tuple(shape[-2:]) if shape is not None and len(shape) == 4 else None
+    if cfg is not None and size == tuple(cfg.input_size[-2:]):
+        size = None
+
+    def create() -> nn.Module:
+        if size is not None:  # models whose layers depend on the input size take it (LeViT, EfficientFormer)
+            try:
+                return timm.create_model(name, pretrained=False, img_size=size)
+            except TypeError:  # no `img_size` argument: the model adapts to any input size
+                pass
+        return timm.create_model(name, pretrained=False)
+
+    try:
+        model = _call_builder(f"timm:{name}", create)
+        if weights is not None:
+            timm.models.load_checkpoint(model, weights, strict=True)
+    except ModelSpecError:
+        raise
+    except Exception as exc:
+        raise WeightsError(
+            f"cannot load {weights} into timm:{name}: {first_line(exc, with_type=True)}"
+        ) from exc
+    pretrained_cfg: dict[str, Any] = getattr(model, "pretrained_cfg", None) or {}
+    return model, (1, *tuple(pretrained_cfg.get("input_size") or DEFAULT_SHAPE[1:]))
 
 
 def _build_builtin(name: str) -> tuple[nn.Module, tuple[int, ...]]:

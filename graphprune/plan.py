@@ -13,13 +13,29 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from graphprune.analysis.blocks import Block
+from graphprune.analysis.groups import ChannelGroup
 from graphprune.errors import PlanError
 from graphprune.fileio import write_text
 
-if TYPE_CHECKING:
-    from graphprune.graph import PrunableGraph
+
+class PlanTarget(Protocol):
+    """What a plan is made for and checked against: a traced model's groups and blocks (a PrunableGraph).
+
+    A protocol, so that the plan (the IR) does not import the graph that builds it."""
+
+    @property
+    def arch_hash(self) -> str: ...
+
+    @property
+    def input_shapes(self) -> list[list[int]]: ...
+
+    def group(self, group_id: str) -> ChannelGroup: ...
+
+    def block(self, name: str) -> Block: ...
+
 
 FORMAT = "graphprune.plan"
 VERSION = 1
@@ -36,7 +52,7 @@ class PruningPlan:
     meta: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def for_graph(cls, pg: PrunableGraph) -> PruningPlan:
+    def for_graph(cls, pg: PlanTarget) -> PruningPlan:
         """An empty plan bound to `pg`'s architecture (its hash and input shapes are recorded)."""
         return cls(arch_hash=pg.arch_hash, input_shapes=pg.input_shapes)
 
@@ -139,7 +155,7 @@ class PruningPlan:
         return cls.from_json(text, source=str(p))
 
     # ----- checking
-    def validate(self, pg: PrunableGraph) -> None:
+    def validate(self, pg: PlanTarget) -> None:
         """Raise PlanError naming every way this plan does not fit `pg`."""
         problems: list[str] = []
         if self.arch_hash is not None and self.arch_hash != pg.arch_hash:

@@ -17,6 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from graphprune.errors import TraceError, first_line
 from graphprune.modcopy import deepcopy_module, shared_tensors
+from graphprune.timm_compat import notrace_functions, notrace_module_around
 
 META_KEY = "gp_value"
 
@@ -30,21 +31,29 @@ class TensorSpec:
 
 
 def _default_leaf_types() -> tuple[type, ...]:
-    """torchvision modules kept whole: StochasticDepth must keep its train/eval behaviour."""
+    """Modules kept whole: torchvision's StochasticDepth must keep its train/eval behaviour; timm's
+    dynamic-padding convs and functional Linear have the module's channel rule (`timm_compat`)."""
+    from graphprune.timm_compat import leaf_types
+
     try:
         from graphprune.torchvision_compat import import_torchvision
 
         ops = import_torchvision().ops
-        return (ops.StochasticDepth,)
+        return (ops.StochasticDepth, *leaf_types())
     except Exception:  # noqa: BLE001 - torchvision is optional for tracing
-        return ()
+        return leaf_types()
 
 
 class _Tracer(fx.Tracer):
     """fx tracer that knows extra leaf modules and which module it is inside (for error messages)."""
 
-    def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str]) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        leaf_types: tuple[type, ...],
+        leaf_names: frozenset[str],
+        autowrap: tuple[Callable[..., Any], ...] = (),
+    ) -> None:
+        super().__init__(autowrap_functions=autowrap)
         self.leaf_types = leaf_types
         self.leaf_names = leaf_names
         self.path: list[tuple[str, str]] = []
@@ -80,6 +89,8 @@ def as_input_tuple(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tup
 def symbolic_trace(model: nn.Module, leaf_modules: Iterable[str | type] = ()) -> fx.GraphModule:
     """Trace a copy of `model`'s module tree in eval mode; the user's model is never touched.
 
+    Where tracing fails inside a timm module that timm declares untraceable (MobileVitBlock,
+    LocalWindowAttention...), it is traced again with that module type a leaf (no channel rule: pinned).
     The copy's parameters and buffers share `model`'s memory (new tensor objects over it): nothing in
     graphprune writes into them, and copying a large model's weights would take most of the analysis time.
     A GraphModule is not traced again: its graph is copied, so names derived from node metadata are stable.
@@ -95,10 +106,21 @@ def symbolic_trace(model: nn.Module, leaf_modules: Iterable[str | type] = ()) ->
     names = frozenset(x for x in leaf_modules if isinstance(x, str))
     types = tuple(x for x in leaf_modules if isinstance(x, type)) + _default_leaf_types()
     root = deepcopy_module(model, shared_tensors(model), alias=True).eval()
-    tracer = _Tracer(types, names)
-    try:
-        graph = tracer.trace(root)
-    except Exception as exc:  # noqa: BLE001 - any tracing failure becomes a TraceError naming the module
+    error: Exception | None = None
+    fallback: tuple[type, ...] = ()  # timm modules timm itself declares untraceable, added as they fail
+    while True:
+        tracer = _Tracer(types + fallback, names, notrace_functions() if fallback else ())
+        try:
+            graph = tracer.trace(root)
+            break
+        except Exception as exc:  # noqa: BLE001 - any tracing failure becomes a TraceError naming the module
+            leaf = notrace_module_around(root, tracer.failed_at[0] if tracer.failed_at else "")
+            if leaf is not None and leaf not in fallback:
+                fallback += (leaf,)
+                continue
+            error = exc
+            break
+    if error is not None:
         where = tracer.failed_at or ("", type(model).__name__)
         mod = f"module '{where[0]}' ({where[1]})" if where[0] else f"model {where[1]}"
         hint = (
@@ -106,7 +128,7 @@ def symbolic_trace(model: nn.Module, leaf_modules: Iterable[str | type] = ()) ->
             if where[0]
             else ""
         )
-        raise TraceError(f"torch.fx cannot trace {mod}: {first_line(exc)}{hint}") from None
+        raise TraceError(f"torch.fx cannot trace {mod}: {first_line(error)}{hint}") from None
     for node in graph.nodes:  # `x: torch.Tensor` annotations print as `_Tensor_`, which TorchScript rejects
         if node.type is torch.Tensor or node.type in ("Tensor", "torch.Tensor"):
             node.type = None

@@ -259,7 +259,7 @@ def test_bad_model_name(tmp_path: Path) -> None:
 
 
 def test_unknown_prefix() -> None:
-    assert_one_line_error(run("inspect", "timm:resnet50"), "'timm'")
+    assert_one_line_error(run("inspect", "keras:resnet50"), "'keras'")
 
 
 @pytest.mark.parametrize("shape", ["1,3", "1,3,4,4,4"])

@@ -168,7 +168,7 @@ def test_weights_are_loaded(tmp_path: Path) -> None:
 # --- errors name their culprit ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec", ["timm:resnet50", "torchvison:resnet50"])
+@pytest.mark.parametrize("spec", ["timn:resnet50", "torchvison:resnet50"])
 def test_unknown_prefix(spec: str) -> None:
     with pytest.raises(ModelSpecError) as exc_info:
         resolve_model(spec)
@@ -293,3 +293,58 @@ def test_corrupt_weights_file(tmp_path: Path) -> None:
 def test_model_is_a_real_module(factory_file: Path) -> None:
     rm = resolve_model(f"{factory_file}:build_tiny", input_shape="1,3,8,8")
     assert isinstance(rm.model, nn.Module)
+
+
+def _timm() -> object:
+    from graphprune.timm_compat import import_timm
+
+    try:
+        return import_timm()
+    except ModelSpecError:
+        pytest.skip("timm is not installed")
+
+
+def test_timm_spec_takes_its_input_shape_from_the_pretrained_config() -> None:
+    _timm()
+    rm = resolve_model("timm:mobilenetv3_small_050")
+    assert rm.name == "timm:mobilenetv3_small_050" and rm.input_shape == (1, 3, 224, 224)
+    small = resolve_model("timm:mobilenetv3_small_050", input_shape="1,3,64,64")
+    assert small.example_inputs[0].shape == (1, 3, 64, 64)
+
+
+@pytest.mark.parametrize("name", ["levit_128s", "efficientformerv2_s0"])
+def test_timm_model_with_a_fixed_input_size_is_created_for_the_requested_one(name: str) -> None:
+    _timm()
+    rm = resolve_model(f"timm:{name}", input_shape="1,3,96,96")  # their attention biases fix the size
+    assert rm.model(*rm.example_inputs).shape == (1, 1000)
+
+
+def test_timm_spec_loads_a_local_checkpoint(tmp_path: Path) -> None:
+    timm = _timm()
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    source = timm.create_model("mobilenetv3_small_050")  # type: ignore[attr-defined]
+    path = tmp_path / "model.safetensors"
+    save_file(source.state_dict(), str(path))
+    rm = resolve_model("timm:mobilenetv3_small_050", weights=str(path), input_shape="1,3,64,64")
+    torch.testing.assert_close(
+        rm.model.state_dict()["conv_stem.weight"], source.state_dict()["conv_stem.weight"]
+    )
+    with pytest.raises(WeightsError, match="not found"):
+        resolve_model("timm:mobilenetv3_small_050", weights=str(tmp_path / "missing.pth"))
+
+
+def test_unknown_timm_model_suggests_names() -> None:
+    _timm()
+    with pytest.raises(ModelSpecError, match="did you mean efficientnet_b0"):
+        resolve_model("timm:efficentnet_b0")
+
+
+def test_timm_spec_without_timm_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # `import timm` raises ImportError
+    with pytest.raises(ModelSpecError) as info:
+        resolve_model("timm:efficientnet_b0")
+    assert str(info.value) == "timm is not installed: pip install graphprune[timm]"

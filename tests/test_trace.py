@@ -257,3 +257,31 @@ def test_the_meta_shortcuts_fail_where_torch_fails() -> None:
     assert _fast_meta(A.sigmoid.default, ints[0], ints) is None  # a dtype change: torch decides
     channels_last = _meta((2, 6, 5, 7)).to(memory_format=torch.channels_last)
     assert _fast_meta(A.relu.default, channels_last, (channels_last,)) is None
+
+
+class _DataDependent(nn.Module):
+    """Control flow on a traced value: torch.fx cannot trace it (as timm's MobileVitBlock)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) if x.sum() > 0 else x
+
+
+def test_a_module_timm_declares_untraceable_becomes_a_pinned_leaf() -> None:
+    from graphprune.errors import ModelSpecError
+    from graphprune.timm_compat import import_timm
+
+    try:
+        fx_registry = import_timm().layers._fx
+    except ModelSpecError:
+        pytest.skip("timm is not installed")
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), _DataDependent(), nn.Conv2d(8, 4, 1))
+    with pytest.raises(gp.TraceError, match="cannot trace module '1'"):
+        gp.trace(model, torch.randn(1, 3, 8, 8))
+    fx_registry.register_notrace_module(_DataDependent)  # as timm registers its attention blocks
+    pg = gp.trace(model, torch.randn(1, 3, 8, 8))
+    group = pg.group_of("0")
+    assert not group.prunable and "_DataDependent '1'" in (group.reason or "")

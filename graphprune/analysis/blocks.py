@@ -26,6 +26,7 @@ class Block:
     branch: str  # fx node producing f(x)
     shortcut: str  # fx node producing s(x)
     nodes: tuple[str, ...]  # fx nodes of the branch, removed with it
+    checks: tuple[str, ...] = ()  # shape checks on the branch (`torch._assert(h.ndim == 4)`), erased with it
 
 
 def _is_residual_add(node: fx.Node) -> bool:
@@ -72,6 +73,10 @@ def find_blocks(gm: fx.GraphModule, costs: list[LayerCost]) -> list[Block]:
             mask |= upstream[index[a]]
         upstream.append(mask)
     used_by = [sum(1 << index[u] for u in n.users) for n in nodes]
+    live = upstream[index[next(n for n in reversed(nodes) if n.op == "output")]]
+    # values that reach no output and only check metadata (`h.ndim`, `torch._assert`): a branch they read
+    # can still go, with them
+    checks = sum(1 << i for i, n in enumerate(nodes) if not live >> i & 1 and _is_check(n))
     inputs = sum(1 << i for i, n in enumerate(nodes) if n.op == "placeholder")
     cost_of = {c.node: c for c in costs}
     params_of: dict[str, int] = {}
@@ -92,23 +97,33 @@ def find_blocks(gm: fx.GraphModule, costs: list[LayerCost]) -> list[Block]:
             if not branch or branch & inputs:
                 continue
             members = _bits(branch)
-            inside = branch | 1 << index[node]
-            if any(used_by[i] & ~inside for i in members):  # a branch node also used elsewhere
+            side = sum(1 << i for i in _bits(checks) if upstream[i] & branch)
+            inside = branch | side | 1 << index[node]
+            if any(used_by[i] & ~inside for i in members + _bits(side)):  # a branch node also used elsewhere
                 continue
             ordered = [nodes[i] for i in members]
             flops = sum(cost_of[n.name].flops for n in ordered if n.name in cost_of)
             params = sum(cost_of[n.name].params for n in ordered if n.name in cost_of)
             params += sum(params_of.get(n.name, 0) for n in ordered)
-            candidates.append((flops, params, f, s, ordered))
+            candidates.append((flops, params, f, s, ordered, tuple(nodes[i].name for i in _bits(side))))
         if not candidates:
             continue
-        flops, params, f, s, ordered = max(candidates, key=lambda c: (c[0], c[1]))
+        flops, params, f, s, ordered, side_names = max(candidates, key=lambda c: (c[0], c[1]))
         path = _module_path(node, ordered)
         k = names[path]
         names[path] += 1
         name = path if k == 0 else f"{path}#{k}"
-        found.append(Block(name, flops, params, node.name, f.name, s.name, tuple(n.name for n in ordered)))
+        found.append(
+            Block(name, flops, params, node.name, f.name, s.name, tuple(n.name for n in ordered), side_names)
+        )
     return found
+
+
+def _is_check(node: fx.Node) -> bool:
+    """A metadata read or an assert: no tensor value, nothing written."""
+    if node.op == "call_function" and node.target is torch._assert:
+        return True
+    return node.op in ("call_function", "call_method") and not isinstance(node.meta.get(META_KEY), TensorSpec)
 
 
 def _bits(mask: int) -> list[int]:

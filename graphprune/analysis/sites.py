@@ -20,6 +20,7 @@ class SiteKind(StrEnum):
     SLICE = "slice"  # bounds of a tensor[..., a:b] slice on the channel dim
     LAYER_NORM = "layer_norm"  # LayerNorm over the channels (opt-in, not lossless): affine, normalized_shape
     VIEW = "view"  # a literal size in view / reshape equal to the channel count there
+    GROUP_COUNT = "group_count"  # literal num_groups / groups: info (count, channels per group, arg index)
     REDUCE = "reduce"  # an op summing over the channels (sum, norm, matmul contraction): nothing to rewrite
 
 

@@ -15,8 +15,9 @@ LEAF_MODULES_KEY = "graphprune.leaf_modules"
 PRUNE_LAYERNORM_KEY = "graphprune.prune_layernorm"
 
 MODEL_HELP = """
-MODEL is torchvision:NAME (e.g. torchvision:resnet50), graphprune:NAME (built-in, e.g.
-graphprune:cifar_resnet56) or path/to/file.py:factory (a function returning an nn.Module).
+MODEL is torchvision:NAME (e.g. torchvision:resnet50), timm:NAME (e.g. timm:efficientnet_b0, with
+pip install graphprune[timm]), graphprune:NAME (built-in, e.g. graphprune:cifar_resnet56) or
+path/to/file.py:factory (a function returning an nn.Module).
 """
 
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
 
@@ -58,6 +59,8 @@ class PruneChannels(GraphPass):
                 _rewrite_slice(nodes[s.node], s.info, r.removed)
             elif s.kind == SiteKind.VIEW:
                 _rewrite_view(nodes[s.node], s.info[0], len(r.removed))
+            elif s.kind == SiteKind.GROUP_COUNT:
+                _rewrite_group_count(nodes[s.node], s.info, len(r.removed))
         for target, kinds in by_module.items():
             m = gm.get_submodule(target)
             if isinstance(m, nn.Linear):
@@ -136,6 +139,20 @@ def _rewrite_layer_norm_shape(node: fx.Node, n_removed: int) -> None:
         node.args = (node.args[0], (n - n_removed,), *node.args[2:])
     else:
         node.kwargs = {**node.kwargs, "normalized_shape": (n - n_removed,)}
+
+
+def _rewrite_group_count(node: fx.Node, info: tuple[int, ...], n_removed: int) -> None:
+    """Lower the literal group count of F.group_norm (`num_groups`) or of a depthwise functional conv
+    (`groups`) by the whole groups removed. `info`: (count, channels per group, positional index)."""
+    groups, per_group, index = info
+    if n_removed % per_group:
+        raise PlanError(f"'{node.name}': {n_removed} channels are not whole groups of {per_group}")
+    new = groups - n_removed // per_group
+    keyword = "num_groups" if node.target is F.group_norm else "groups"
+    if len(node.args) > index:
+        node.args = (*node.args[:index], new, *node.args[index + 1 :])
+    else:
+        node.kwargs = {**node.kwargs, keyword: new}
 
 
 def _rewrite_pad(node: fx.Node, zeros: Sequence[int], info: tuple[int, ...], removed: Sequence[int]) -> None:

@@ -1,4 +1,5 @@
-"""RemoveBlocks: replace `y = s(x) + f(x)` by `y = s(x)`; the dead branch is left for EliminateDeadCode."""
+"""RemoveBlocks: replace `y = s(x) + f(x)` by `y = s(x)` and erase the shape checks on f; the dead branch is
+left for EliminateDeadCode."""
 
 from __future__ import annotations
 
@@ -33,4 +34,7 @@ class RemoveBlocks(GraphPass):
         for add in reversed([n for n in gm.graph.nodes if n.name in shortcut_of]):
             add.replace_all_uses_with(nodes[resolve(add.name)])
             gm.graph.erase_node(add)
+        checks = {c for b in self.blocks for c in b.checks}  # asserts on removed branches go with them
+        for n in reversed([n for n in gm.graph.nodes if n.name in checks]):
+            gm.graph.erase_node(n)
         return PassResult(gm, bool(self.blocks))

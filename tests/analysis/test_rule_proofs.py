@@ -20,6 +20,8 @@ from support.rule_probe import Lie, probe_rules
 from torch import nn
 
 from graphprune.analysis.rules import registry
+from graphprune.errors import ModelSpecError
+from graphprune.timm_compat import import_timm
 from graphprune.torchvision_compat import import_torchvision
 
 torch.fx.wrap("len")  # record len() as a graph node, as in models that call it
@@ -290,6 +292,64 @@ add(
     fn(lambda s, x: torch.einsum("bci->bc", x), X3),  # pins: the channels stay
 )
 add(F.layer_norm, fn(lambda s, x: F.layer_norm(x, (5,))), fn(lambda s, x: F.layer_norm(x, (C,)), X1))
+add(
+    torch.stack,
+    fn(lambda s, x, y: torch.stack([x, y], 1).sum(1), X4, torch.randn(2, C, 5, 5)),
+    fn(lambda s, x, y: torch.stack((x, y), -1), X3, torch.randn(2, C, 7)),
+    fn(lambda s, x: torch.stack([x, x.relu()], 0).softmax(0)),
+    fn(lambda s, x, y: torch.stack([x, y.transpose(1, 2)]), X3, torch.randn(2, 7, C)),  # pins: mixed layouts
+)
+# over one of two channel dims (a (radix, C) grid, ResNeSt's split attention): fiber by fiber
+add("sum", fn(lambda s, x: x.view(2, 2, 3, 5, 5).sum(1)))
+add("mean", fn(lambda s, x: x.view(2, 2, 3, 5, 5).mean(1)))
+add("amax", fn(lambda s, x: x.view(2, 2, 3, 5, 5).amax(2, keepdim=True)))
+add("softmax", fn(lambda s, x: x.view(2, 2, 3, 5, 5).softmax(1)))
+add(F.softmax, fn(lambda s, x: F.softmax(x.view(2, 2, 3, 5, 5), 2)))
+DW = torch.randn(C, 1, 3, 3)  # a depthwise filter per channel (timm's BlurPool2d)
+add(
+    F.conv2d,
+    fn(lambda s, x: F.conv2d(x, s.w, groups=C), w=DW),
+    fn(lambda s, x: F.conv2d(x, s.w, s.b, 1, 1, 1, C), w=DW, b=torch.randn(C)),
+    fn(lambda s, x: F.conv2d(x, s.w), w=torch.randn(4, C, 1, 1)),  # pins: mixes channels, no module
+    fn(lambda s, x: F.conv2d(x, s.w * 2, groups=C), w=DW),  # pins: a computed weight
+)
+add(F.conv1d, fn(lambda s, x: F.conv1d(x, s.w, groups=C), X3, w=torch.randn(C, 1, 3)))
+add(F.conv3d, fn(lambda s, x: F.conv3d(x, s.w, groups=C), X5, w=torch.randn(C, 1, 1, 2, 2)))
+W, B = torch.rand(C) + 0.5, torch.randn(C)  # per-channel affine operands of the functional norms
+MEAN, VAR = torch.randn(C), torch.rand(C) + 0.5
+add(
+    F.batch_norm,
+    fn(lambda s, x: F.batch_norm(x, s.m, s.v, s.w, s.b), m=MEAN, v=VAR, w=W, b=B),
+    fn(lambda s, x: F.batch_norm(x, s.m, s.v), X3, m=MEAN, v=VAR),
+    fn(lambda s, x: F.batch_norm(x, None, None, s.w, training=True), X1, w=W),
+    fn(lambda s, x: F.batch_norm(x, s.m, s.v, s.w * 2), m=MEAN, v=VAR, w=W),  # pins: a computed weight
+)
+add(
+    F.instance_norm,
+    fn(lambda s, x: F.instance_norm(x, weight=s.w, bias=s.b), w=W, b=B),
+    fn(lambda s, x: F.instance_norm(x), X3),
+)
+add(
+    F.group_norm,
+    fn(lambda s, x: F.group_norm(x, 3, s.w, s.b), w=W, b=B),
+    fn(lambda s, x: F.group_norm(x, 2), X3),
+    fn(lambda s, x: F.group_norm(x, 1, s.w, s.b), w=W, b=B),
+)
+
+# ---- timm's layers (with timm installed): leaves with a torch module's rule, or pinned std convs
+try:
+    _timm = import_timm().layers
+except ModelSpecError:
+    _timm = None
+if _timm is not None:
+    add(
+        nn.modules.conv._ConvNd,
+        mod(_timm.Conv2dSame(C, 4, 3, stride=2)),
+        mod(_timm.Conv2dSame(C, C, 3, groups=C)),
+    )
+    add(nn.Linear, mod(_timm.Linear(C, 4), X1))
+    for t in (_timm.StdConv2d, _timm.StdConv2dSame, _timm.ScaledStdConv2d, _timm.ScaledStdConv2dSame):
+        add(t, mod(t(C, 4, 3)))
 
 # ---- methods
 _METHOD_ARGS: dict[str, tuple[Any, ...]] = {
@@ -370,12 +430,15 @@ add("get_device", fn(lambda s, x: x + x.get_device()))
 # strict xfail: a fixed rule turns its entry red, so remove it then.
 KNOWN_LIES: dict[str, str] = {}
 # Ops whose every use reads the channel count: their rule pins, so no case has a claim to check.
-ALWAYS_PINNED = frozenset({"Tensor.numel", "Tensor.nelement"})
+ALWAYS_PINNED = frozenset({"Tensor.numel", "Tensor.nelement"}) | frozenset(
+    f"timm.layers.std_conv.{n}"
+    for n in ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame")
+)
 
 
 def _registered() -> list[Any]:
     keys: list[Any] = []
-    for types, _ in registry.MODULE_RULES + registry._tv_modules():
+    for types, _ in registry._timm_modules() + registry.MODULE_RULES + registry._tv_modules():
         keys.extend(types)
     keys.extend(registry.FUNCTION_RULES)
     keys.extend(registry.METHOD_RULES)

@@ -4,6 +4,7 @@ losslessly (checked with an independent oracle), or the group must be pinned."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -12,7 +13,9 @@ from support.lossless import check_lossless
 from torch import nn
 
 import graphprune as gp
+from graphprune.errors import ModelSpecError
 from graphprune.rewrite import masked_reference
+from graphprune.timm_compat import import_timm
 
 X = torch.randn(2, 3, 8, 8)
 torch.fx.wrap("len")  # record len(h) calls made in this module
@@ -416,3 +419,96 @@ def test_convnext_residual_streams_prune_on_opt_in() -> None:
     slim = gp.apply(pg, plan)  # verified against the LayerNorms over the kept channels
     assert pg.not_lossless_groups(plan) == [g.id for g in streams]
     assert gp.count_flops(slim, x) < pg.flops
+
+
+def _norm_tensors() -> dict[str, nn.Parameter | torch.Tensor]:
+    return dict(
+        w=nn.Parameter(torch.rand(8) + 0.5),
+        bb=nn.Parameter(torch.randn(8)),
+        rm=torch.randn(8),
+        rv=torch.rand(8) + 0.5,
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        lambda s, h: s.b(F.relu(F.batch_norm(h, s.rm, s.rv, s.w, s.bb))),
+        lambda s, h: s.b(F.batch_norm(h, s.rm, s.rv)),
+        lambda s, h: s.b(F.instance_norm(h, s.rm, s.rv, s.w, s.bb)),
+        lambda s, h: s.b(F.group_norm(h, 4, s.w, s.bb)),
+        lambda s, h: s.b(F.group_norm(h, 2)),
+    ],
+    ids=["batch_norm", "batch_norm_stats_only", "instance_norm", "group_norm", "group_norm_no_affine"],
+)
+def test_functional_norms_on_module_tensors_prune_losslessly(body: object) -> None:
+    """timm's BatchNormAct2d / GroupNormAct call the functions with their own tensors: sliced, lossless."""
+    prunable_and_lossless(Net(body, **_norm_tensors()), zero_preserving=False)
+
+
+def test_functional_group_norm_removes_whole_norm_groups() -> None:
+    pg = gp.trace(Net(lambda s, h: s.b(F.group_norm(h, 4, s.w, s.bb)), **_norm_tensors()).eval(), X)
+    assert a_group(pg).size == 4  # 8 channels in 4 norm groups of 2
+
+
+def test_functional_norm_tensor_read_elsewhere_pins() -> None:
+    body = Net(lambda s, h: (s.b(F.batch_norm(h, s.rm, s.rv, s.w, s.bb)), s.w.sum()), **_norm_tensors())
+    pinned(body, "w is also read")
+
+
+def _timm_layers() -> Any:
+    try:
+        return import_timm().layers
+    except ModelSpecError:
+        pytest.skip("timm is not installed")
+
+
+def test_timm_batch_norm_act_prunes_losslessly() -> None:
+    layers = _timm_layers()
+    norm = layers.BatchNormAct2d(8, act_layer=nn.ReLU)
+    with torch.no_grad():
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.5, 2)
+    prunable_and_lossless(Net(lambda s, h: s.b(s.n(h)), n=norm), zero_preserving=False)
+
+
+def test_timm_dynamic_padding_conv_is_a_conv_leaf_and_prunes_losslessly() -> None:
+    layers = _timm_layers()
+    model = Net(lambda s, h: s.b(s.cv(h)), cv=layers.Conv2dSame(8, 8, 3, stride=2))
+    prunable_and_lossless(model)
+    pg = gp.trace(model.eval(), X)
+    assert pg.group_of("cv").prunable  # its own output channels too
+
+
+def test_timm_weight_standardised_conv_pins_its_input_with_the_reason() -> None:
+    layers = _timm_layers()
+    pinned(Net(lambda s, h: s.b(s.cv(h)), cv=layers.ScaledStdConv2d(8, 8, 3)), "standardises its weight")
+
+
+def test_functional_depthwise_conv_on_a_stored_filter_prunes_losslessly() -> None:
+    """timm's BlurPool2d: F.conv2d(x, self.filt, groups=channels); the filter and `groups` follow."""
+    w = torch.randn(8, 1, 3, 3)
+    prunable_and_lossless(Net(lambda s, h: s.b(F.conv2d(h, s.w, stride=2, padding=1, groups=8)), w=w))
+
+
+def test_functional_conv_mixing_channels_pins_with_the_reason() -> None:
+    w = nn.Parameter(torch.randn(8, 8, 1, 1))
+    pinned(Net(lambda s, h: s.b(F.conv2d(h, s.w)), w=w), "called as a function")
+
+
+def _radix(h: torch.Tensor) -> torch.Tensor:
+    return h.view(h.shape[0], 2, -1, h.shape[2], h.shape[3])  # a (radix, channel) grid, as ResNeSt's
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        lambda s, h: s.b(torch.cat([_radix(h).sum(1), _radix(h).amax(1)], 1)),
+        lambda s, h: s.b((_radix(h) * _radix(h).softmax(1)).flatten(1, 2)),
+    ],
+    ids=["sum_and_amax_over_radix", "softmax_over_radix"],
+)
+def test_an_op_over_one_of_two_channel_dims_prunes_whole_fibers(body: object) -> None:
+    model = Net(body)
+    prunable_and_lossless(model, zero_preserving=False)
+    assert a_group(gp.trace(model.eval(), X)).size == 4  # channel j goes with its fiber (0, j), (1, j)

@@ -82,3 +82,28 @@ def test_removal_does_not_depend_on_the_order_of_blocks() -> None:
             torch.testing.assert_close(slim(x), ref(x))
         results.append(slim(x))
     torch.testing.assert_close(results[0], results[1])
+
+
+class _CheckedBranch(nn.Module):
+    """`x + f(x)` where f asserts its input's rank, as timm's norm layers do (`_assert(x.ndim == 4)`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        h = self.conv(x)
+        torch._assert(h.ndim == 4, "expected 4D input")
+        return x + h.relu()
+
+
+def test_a_branch_with_a_shape_check_is_a_block_and_goes_with_its_check() -> None:
+    x = torch.randn(2, 3, 8, 8)
+    pg = gp.trace(_CheckedBranch(), x)
+    (block,) = pg.blocks
+    assert any("_assert" in c for c in block.checks)
+    slim = EliminateDeadCode()(RemoveBlocks([block])(pg.gm).graph_module).graph_module
+    assert "conv" not in {n for n, _ in slim.named_modules()}
+    check_plan_lossless(pg, gp.PruningPlan.for_graph(pg).remove_block(block.name))

@@ -129,12 +129,13 @@ def _pin_side_reads(dg: DependencyGraph, gm: fx.GraphModule) -> None:
             continue
         target = str(node.target)
         readers = dg.param_readers.get(target)
-        if readers is not None:
+        owner = target.rpartition(".")[0]
+        owned = [s for s in by_target.get(owner, []) if s.kind in _OWNED_KINDS]
+        if readers is not None:  # read by ops that slice it: a PARAM site, or a functional norm's NORM site
             others = [u.name for u in node.users if u.name not in readers]
-            sites = by_target.get(target, [])
+            sites = by_target.get(target, []) + owned
         else:
-            owner = target.rpartition(".")[0]
             others = [u.name for u in node.users]
-            sites = [s for s in by_target.get(owner, []) if s.kind in _OWNED_KINDS]
+            sites = owned
         for site in sites if others else []:
             dg.pin(site.tensor, f"{target} is also read by {', '.join(others)}, which would see it sliced")

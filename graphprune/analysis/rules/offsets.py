@@ -1,4 +1,4 @@
-"""Ops that move channels to offsets: cat, split / chunk, and F.pad on the channel dim."""
+"""Ops that move channels to offsets: cat, stack, split / chunk, and F.pad on the channel dim."""
 
 from __future__ import annotations
 
@@ -54,6 +54,29 @@ def cat(dg: DependencyGraph, node: fx.Node) -> None:
         else:
             dg.pin(out.key, f"cat operand {p.name} has no channel layout", range(offset, offset + n))
         offset += n
+
+
+def stack(dg: DependencyGraph, node: fx.Node) -> None:
+    """torch.stack(tensors, dim): a new dim before `dim`; every operand's channel c is the output's
+    channel c (at the operand's index along the new dim), so all operands share their channels.
+    (SelectiveKernel stacks its paths, then sums or softmaxes over them.)"""
+    parts = list(arg(node, 0, "tensors"))
+    spec = out_spec(node)
+    dim = norm_dim(int(dg.value(arg(node, 1, "dim", 0))), len(spec.shape))
+    infos = [dg.info(p) for p in parts]
+    with_layout = [i for i in infos if i is not None and i.size]
+    if not with_layout:
+        new_tensor(dg, node, ())
+        return
+    cdims = with_layout[0].cdims
+    if len(with_layout) != len(parts) or any(
+        i.cdims != cdims or i.grid != with_layout[0].grid for i in with_layout
+    ):
+        unknown(dg, node, "stack of tensors with different channel layouts")
+        return
+    out = new_tensor(dg, node, tuple(c + 1 if c >= dim else c for c in cdims))
+    for i in with_layout:
+        dg.identity(i.key, out.key, node.name)
 
 
 def split(dg: DependencyGraph, node: fx.Node) -> None:

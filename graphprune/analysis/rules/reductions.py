@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch.fx as fx
 
 from graphprune.analysis.depgraph import DependencyGraph, TensorInfo
@@ -43,6 +44,9 @@ def _reduce(dg: DependencyGraph, node: fx.Node, dims: Any, keepdim: bool, zero_a
         dims_t: tuple[int, ...] = tuple(range(nd))
     else:
         dims_t = tuple(norm_dim(int(d), nd) for d in (dims if isinstance(dims, (list, tuple)) else [dims]))
+    if set(dims_t) & set(xi.cdims) and not set(xi.cdims) <= set(dims_t):
+        _reduce_fibers(dg, node, xi, dims_t, keepdim)
+        return
     if set(dims_t) & set(xi.cdims):
         if zero_adds_nothing and len(xi.cdims) == 1:
             reduce_site(dg, node, xi)
@@ -56,6 +60,34 @@ def _reduce(dg: DependencyGraph, node: fx.Node, dims: Any, keepdim: bool, zero_a
         return
     out = new_tensor(dg, node, cdims)
     dg.identity(xi.key, out.key, node.name)
+
+
+def _fibers(xi: TensorInfo, dims: tuple[int, ...]) -> np.ndarray:
+    """Channel positions of `xi` as rows: one row per position of its channel dims not in `dims`, holding
+    the positions along its channel dims in `dims` (the fiber an op over `dims` reads together)."""
+    along = [k for k, d in enumerate(xi.cdims) if d in dims]
+    other = [k for k, d in enumerate(xi.cdims) if d not in dims]
+    grid = np.arange(xi.size).reshape(xi.grid)
+    n = int(np.prod([xi.grid[k] for k in along]))
+    return grid.transpose(other + along).reshape(-1, n)
+
+
+def _reduce_fibers(
+    dg: DependencyGraph, node: fx.Node, xi: TensorInfo, dims: tuple[int, ...], keepdim: bool
+) -> None:
+    """A reduction over some of several channel dims (ResNeSt's split-attention `x.sum(1)` over the radix
+    of a (radix, C) channel grid): output channel j reads its fiber, positions (r, j) for every r, and
+    nothing else, so j goes with its whole fiber: one coupling per r, and any reduction stays exact."""
+    spec = out_spec(node)
+    kept = tuple(d for d in xi.cdims if d not in dims)
+    cdims = kept if keepdim else tuple(d - sum(1 for r in dims if r < d) for d in kept)
+    fibers = _fibers(xi, dims)
+    if tuple(spec.shape[d] for d in cdims) != tuple(xi.shape[d] for d in kept):
+        unknown(dg, node, f"{op_name(node, dg)} changes the channel shape")
+        return
+    out = new_tensor(dg, node, cdims)
+    for r in range(fibers.shape[1]):
+        dg.couple(xi.key, out.key, fibers[:, r], node.name)
 
 
 def reduction(dg: DependencyGraph, node: fx.Node) -> None:
@@ -138,6 +170,12 @@ def dim_sensitive(dim_arg: int, name: str) -> Rule:
             return
         if not isinstance(d, int):
             dg.pin(xi.key, f"{name} over a dim not known at trace time ({d!r})")
+        elif norm_dim(d, len(xi.shape)) in xi.cdims and len(xi.cdims) > 1 and dg.info(node) is not None:
+            # over one of several channel dims (ResNeSt's radix softmax): each fiber is normalised alone,
+            # so a fiber removed whole leaves the others as they were
+            out = dg.info(node)
+            assert out is not None
+            dg.tie(out.key, _fibers(out, (norm_dim(d, len(xi.shape)),)))
         elif norm_dim(d, len(xi.shape)) in xi.cdims:
             dg.pin(xi.key, f"{name} normalises over the channel dim")
 

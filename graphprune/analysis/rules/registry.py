@@ -15,9 +15,11 @@ from graphprune.analysis.depgraph import DependencyGraph
 from graphprune.analysis.rules.base import (
     ModuleRule,
     Rule,
+    unknown,
 )
 from graphprune.analysis.rules.contractions import einsum, matmul
 from graphprune.analysis.rules.elementwise import elementwise, identity
+from graphprune.analysis.rules.functional_conv import functional_conv
 from graphprune.analysis.rules.layout import getitem, layout
 from graphprune.analysis.rules.modules import (
     conv,
@@ -29,7 +31,8 @@ from graphprune.analysis.rules.modules import (
     module_softmax,
     norm,
 )
-from graphprune.analysis.rules.offsets import cat, pad, split
+from graphprune.analysis.rules.norms import batch_norm_fn, group_norm_fn, instance_norm_fn
+from graphprune.analysis.rules.offsets import cat, pad, split, stack
 from graphprune.analysis.rules.reductions import (
     dim_sensitive,
     layer_norm_fn,
@@ -249,6 +252,7 @@ FUNCTION_RULES: dict[Any, Rule] = {
     torch.cat: cat,
     torch.concat: cat,
     torch.concatenate: cat,
+    torch.stack: stack,
     torch.split: split,
     torch.chunk: split,
     F.pad: pad,
@@ -256,6 +260,12 @@ FUNCTION_RULES: dict[Any, Rule] = {
     F.log_softmax: dim_sensitive(1, "log_softmax"),
     torch.softmax: dim_sensitive(1, "softmax"),
     F.layer_norm: layer_norm_fn,
+    F.batch_norm: batch_norm_fn,
+    F.instance_norm: instance_norm_fn,
+    F.group_norm: group_norm_fn,
+    F.conv1d: functional_conv,
+    F.conv2d: functional_conv,
+    F.conv3d: functional_conv,
 }
 
 METHOD_RULES: dict[str, Rule] = {
@@ -362,10 +372,29 @@ def _tv_modules() -> list[tuple[tuple[type, ...], ModuleRule]]:
     return [((ops.StochasticDepth,), module_identity), ((ops.FrozenBatchNorm2d,), norm)]
 
 
+def std_conv(dg: DependencyGraph, node: fx.Node, m: nn.Module) -> None:
+    """A weight-standardised conv (timm's StdConv2d, ScaledStdConv2d) normalises each output channel's
+    weight over its input channels: removing an input channel changes every kept weight. Pinned."""
+    unknown(
+        dg,
+        node,
+        f"{type(m).__name__} '{node.target}' standardises its weight over the input channels "
+        "(removing one changes every kept weight)",
+    )
+
+
+def _timm_modules() -> list[tuple[tuple[type, ...], ModuleRule]]:
+    """timm's rules, checked before torch's (a StdConv2d is an nn.Conv2d); none unless timm is loaded."""
+    from graphprune.timm_compat import std_conv_types
+
+    types = std_conv_types()
+    return [(types, std_conv)] if types else []
+
+
 def module_rule(m: nn.Module) -> ModuleRule | None:
     if _EXTRA_IDENTITY_MODULES and isinstance(m, tuple(_EXTRA_IDENTITY_MODULES)):
         return module_identity
-    for types, rule in MODULE_RULES + _tv_modules():
+    for types, rule in _timm_modules() + MODULE_RULES + _tv_modules():
         if isinstance(m, types):
             return rule
     return None
