@@ -62,7 +62,8 @@ def accuracy_section(data: dict[str, Any]) -> list[str]:
         lines.append(
             f"Fast number ({mode}): Spearman correlation of validation top-1 right after pruning with the "
             f"final test top-1: raw {_rho(c['raw'])}, after BN recalibration {_rho(c['bnrecal'])} "
-            f"({c['arms']} arms)."
+            f"({c['arms']} arms); {_rho(c.get('data_free_bnrecal'))} after BN recalibration among the "
+            f"{c.get('data_free_arms', 0)} arms that train nothing before it."
         )
     return [*lines, "", "Details: [accuracy.md](accuracy.md).", "", "![accuracy vs FLOPs](accuracy.png)", ""]
 
