@@ -240,10 +240,19 @@ def summary(results: dict[str, dict[str, Any]]) -> list[str]:
             f"{met} of {len(pred['rows'])} meet the goal."
         )
     thr = results.get("train_throughput.json")
-    if thr and thr.get("rows") and all("epoch_seconds_50k" in r for r in thr["rows"]):
-        epochs = ", ".join(f"{r['model']} {r['epoch_seconds_50k']:.0f} s" for r in thr["rows"])
-        ratios = ", ".join(f"{r['ratio']:.2f}" for r in thr["rows"])
-        out.append(f"Training on this machine: a CIFAR epoch takes {epochs}; `fit` / minimal loop {ratios}.")
+    if thr and thr.get("rows") and all("warmup" in r for r in thr["rows"]):
+        ratios = ", ".join(f"{r['model']} {r['ratio']:.2f}" for r in thr["rows"])
+        measured = [r for r in thr["rows"] if "epoch_seconds" in r]
+        epochs = ", ".join(f"{r['model']} {r['epoch_seconds']:.0f} s" for r in measured)
+        out.append(
+            f"Training on this machine: `fit` / minimal loop over the same steps {ratios}"
+            + (f"; one measured CIFAR epoch: {epochs}." if epochs else "; no epoch measured yet.")
+        )
+    elif thr:
+        out.append(
+            "Training throughput: not yet re-measured with equal windows and a real epoch "
+            "(`python benchmarks/train_throughput.py --epoch --compile` on a quiet machine)."
+        )
     ft = results.get("finetune_l1.json")
     if ft and ft.get("config", {}).get("max_steps") is None and ft.get("limit") is None:
         arms = ", ".join(f"{k} {v['top1']:.2f}%" for k, v in ft["arms"].items())

@@ -1,33 +1,45 @@
-"""Training throughput: graphprune's loop vs a minimal hand-written PyTorch loop, and the data pipeline.
+"""Training throughput on this machine: `fit` against a minimal loop over the same steps, a real epoch,
+both data paths, channels_last and torch.compile.
 
-    python benchmarks/train_throughput.py                 # ResNet-20 and ResNet-56; writes docs/results/
+    python benchmarks/train_throughput.py --epoch --compile   # ResNet-20 and ResNet-56 (a quiet machine)
     python benchmarks/train_throughput.py --smoke --out /tmp/tp   # seconds, for CI
 
-For each model: images/s of training steps (batch 128, SGD nesterov, random data of CIFAR shape) of
-(a) a minimal loop (`loss = CE(model(x), y); backward; step` on one fixed batch) and
-(b) `graphprune.train.fit` (its own loader: shuffle, random crop + flip, normalise; its lr schedule
-and running metrics), timed in interleaved rounds, medians. Goal: fit / minimal >= 0.95. And the data
-pipeline alone (loader with augmentation, no model): its images/s must be >= 3x the training step's.
+Per model, in interleaved rounds (medians), each loop runs `warmup + steps` steps at batch 128 and the
+same `steps` after the same `warmup` are timed:
+- the minimal loop (`CE(model(x), y); backward; step` on one fixed batch, SGD nesterov) and `fit` (its
+  own loader: shuffle, crop + flip, normalise; its schedule and running metrics), timed from the
+  windows `fit` logs in metrics.jsonl (its `log_every` divides both `warmup` and `steps`);
+- the minimal loop with channels_last, and (`--compile`) with `torch.compile` (inductor), whose first
+  step, the compilation, is timed apart: an epoch with compilation is that time plus an epoch of steps;
+- `--epoch`: one real epoch of `fit` on the CIFAR-10 JPEG training split (50,000 images), wall clock;
+- the data paths alone: the decode-once loader, and the streamed ImageFolder loader with 0, 1 and 2
+  workers over JPEGs written for the run.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from graphprune.fileio import write_text
 from graphprune.models import get_model
-from graphprune.train import Augment, DataBundle, ImageTensors, TrainConfig, fit
+from graphprune.train import Augment, DataBundle, ImageTensors, TrainConfig, fit, load_data
 
 ROOT = Path(__file__).resolve().parents[1]
+CIFAR_TRAIN = 50_000
 
 
 def random_cifar(n: int) -> DataBundle:
@@ -40,44 +52,76 @@ def random_cifar(n: int) -> DataBundle:
     )
 
 
-def minimal_loop(name: str, data: DataBundle, batch: int, warmup: int, steps: int) -> float:
-    """images/s of the plainest PyTorch loop on one fixed, already normalised batch."""
+def minimal_loop(
+    name: str,
+    data: DataBundle,
+    batch: int,
+    warmup: int,
+    steps: int,
+    *,
+    channels_last: bool = False,
+    compiled: bool = False,
+) -> dict[str, float]:
+    """images/s of the plainest loop on one fixed batch over the `steps` after `warmup`; with
+    `compiled`, also the seconds of the first step (torch.compile's compilation)."""
+    torch.manual_seed(0)
     model = get_model(name).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
     x, y = next(iter(data.loader("train", batch, augment=False)))
-    start = 0.0
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        x = x.contiguous(memory_format=torch.channels_last)
+    net: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model) if compiled else model
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    out: dict[str, float] = {}
+    start = time.perf_counter()
     for i in range(warmup + steps):
+        if i == 1:
+            out["first_step_s"] = time.perf_counter() - start
         if i == warmup:
             start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        F.cross_entropy(net(x), y).backward()
         opt.step()
-    return steps * batch / (time.perf_counter() - start)
+    out["img_s"] = steps * batch / (time.perf_counter() - start)
+    return out
 
 
-def graphprune_loop(
-    name: str, data: DataBundle, batch: int, warmup: int, steps: int, channels_last: bool
-) -> float:
-    """images/s of `fit`'s steps after `warmup`, as fit itself measures them (metrics.jsonl window)."""
-    model = get_model(name)
+def fit_loop(name: str, data: DataBundle, batch: int, warmup: int, steps: int) -> float:
+    """images/s of `fit`'s steps `warmup + 1 .. warmup + steps`, summed over the windows it logs."""
+    every = math.gcd(warmup, steps)
     cfg = TrainConfig(
-        epochs=1, max_steps=warmup + steps, batch_size=batch, lr=0.01, log_every=warmup,
-        eval_every_epoch=False, verbose=False, channels_last=channels_last,
+        epochs=1, max_steps=warmup + steps, batch_size=batch, lr=0.01, log_every=every,
+        eval_every_epoch=False, verbose=False, seed=0,
     )  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         test = ImageTensors(data.test.images[:batch], data.test.labels[:batch])
         small_test = DataBundle(data.name, data.train, test, 10, data.mean, data.std, data.augment)
-        fit(model, small_test, cfg, run_dir=tmp)
+        torch.manual_seed(0)
+        fit(get_model(name), small_test, cfg, run_dir=tmp)
         records = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
-    last = [r for r in records if r["kind"] == "step" and r["step"] == warmup + steps]
-    return float(last[0]["images_per_s"])
+    windows = [r for r in records if r["kind"] == "step" and r["step"] > warmup]
+    seconds = sum(every * batch / r["images_per_s"] for r in windows)
+    return steps * batch / seconds
 
 
-def pipeline(data: DataBundle, batch: int, batches: int) -> float:
-    """images/s of the training loader alone (shuffle, crop + flip, normalise)."""
-    loader = data.loader("train", batch, seed=0)
-    start = time.perf_counter()
-    seen = 0
+def real_epoch(name: str, batch: int) -> float:
+    """Wall seconds of one `fit` epoch on the CIFAR-10 JPEG training split (no evaluation)."""
+    data = load_data("cifar10:")
+    cfg = TrainConfig(epochs=1, batch_size=batch, lr=0.01, eval_every_epoch=False, verbose=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        fit(get_model(name), data, cfg, run_dir=tmp)
+        seconds = time.perf_counter() - start
+    return seconds
+
+
+def memory_path(data: DataBundle, batch: int, batches: int) -> float:
+    """images/s of the decode-once training loader alone (shuffle, crop + flip, normalise)."""
+    return _drain(data.loader("train", batch, seed=0), batches)
+
+
+def _drain(loader: Any, batches: int) -> float:
+    start, seen = time.perf_counter(), 0
     for i, (x, _) in enumerate(loader):
         seen += len(x)
         if i + 1 >= batches:
@@ -85,72 +129,116 @@ def pipeline(data: DataBundle, batch: int, batches: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
+def write_folder(root: Path, images: int, size: int = 32) -> Path:
+    """An ImageFolder of random JPEGs (10 classes, train/ and test/) for the streamed path."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", images), ("test", 10)):
+        for i in range(n):
+            folder = root / split / f"class{i % 10}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
+    return root
+
+
+def stream_path(folder: Path, batch: int, workers: int) -> float:
+    """images/s of the streamed training loader (decode, random-resized-crop + flip) with `workers`."""
+    data = load_data(f"imagefolder:{folder}", stream=True)
+    loader = data.loader("train", batch, seed=0, workers=workers)
+    return _drain(loader, len(loader))
+
+
 @click.command()
 @click.option("--models", default="cifar_resnet20,cifar_resnet56", show_default=True)
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--steps", default=20, show_default=True, help="Timed steps per round.")
-@click.option("--warmup", default=3, show_default=True)
+@click.option("--warmup", default=4, show_default=True)
 @click.option("--rounds", default=3, show_default=True)
-@click.option("--channels-last", is_flag=True, help="Time fit with channels_last as well.")
+@click.option("--compile", "with_compile", is_flag=True, help="Also time torch.compile (inductor).")
+@click.option("--epoch", is_flag=True, help="Also time one real CIFAR-10 epoch of fit per model.")
+@click.option("--stream-images", default=2048, show_default=True, help="JPEGs of the streamed path.")
 @click.option("--smoke", is_flag=True, help="ResNet-20, 2 steps, 1 round (CI).")
 @click.option("--out", type=click.Path(path_type=Path), default=ROOT / "docs" / "results", show_default=True)
 def main(
-    models: str,
-    batch_size: int,
-    steps: int,
-    warmup: int,
-    rounds: int,
-    channels_last: bool,
-    smoke: bool,
-    out: Path,
-) -> None:
+    models: str, batch_size: int, steps: int, warmup: int, rounds: int, with_compile: bool, epoch: bool,
+    stream_images: int, smoke: bool, out: Path,
+) -> None:  # fmt: skip
     if smoke:
-        models, steps, warmup, rounds, batch_size = "cifar_resnet20", 2, 1, 1, 16
+        models, steps, warmup, rounds, batch_size, stream_images = "cifar_resnet20", 2, 2, 1, 16, 64
     data = random_cifar(batch_size * (warmup + steps + 1))
     rows = []
     for name in models.split(","):
-        samples: dict[str, list[float]] = {"minimal": [], "fit": [], "fit_channels_last": []}
-        for _ in range(rounds):
-            samples["minimal"].append(minimal_loop(name, data, batch_size, warmup, steps))
-            samples["fit"].append(graphprune_loop(name, data, batch_size, warmup, steps, False))
-            if channels_last:
-                samples["fit_channels_last"].append(
-                    graphprune_loop(name, data, batch_size, warmup, steps, True)
-                )
+        samples: dict[str, list[float]] = {"minimal": [], "fit": [], "channels_last": [], "compiled": []}
+        compile_s: list[float] = []
+        for _ in range(rounds):  # interleaved: every variant once per round
+            samples["minimal"].append(minimal_loop(name, data, batch_size, warmup, steps)["img_s"])
+            samples["fit"].append(fit_loop(name, data, batch_size, warmup, steps))
+            samples["channels_last"].append(
+                minimal_loop(name, data, batch_size, warmup, steps, channels_last=True)["img_s"]
+            )
+            if with_compile:
+                c = minimal_loop(name, data, batch_size, warmup, steps, compiled=True)
+                samples["compiled"].append(c["img_s"])
+                compile_s.append(c["first_step_s"])
         med = {k: statistics.median(v) for k, v in samples.items() if v}
-        data_rate = statistics.median(pipeline(data, batch_size, warmup + steps) for _ in range(rounds))
-        row = {
-            "model": name, "batch_size": batch_size, "steps": steps, "rounds": rounds,
+        row: dict[str, Any] = {
+            "model": name, "batch_size": batch_size, "steps": steps, "warmup": warmup, "rounds": rounds,
             "minimal_img_s": med["minimal"], "fit_img_s": med["fit"], "ratio": med["fit"] / med["minimal"],
-            "fit_channels_last_img_s": med.get("fit_channels_last"), "pipeline_img_s": data_rate,
-            "pipeline_over_step": data_rate / med["fit"], "epoch_seconds_50k": 50000 / med["fit"],
+            "channels_last_img_s": med["channels_last"],
+            "channels_last_ratio": med["channels_last"] / med["minimal"],
             "samples": samples,
         }  # fmt: skip
+        if with_compile:
+            compiled_epoch = statistics.median(compile_s) + CIFAR_TRAIN / med["compiled"]
+            row.update(
+                compiled_img_s=med["compiled"], compile_s=statistics.median(compile_s),
+                epoch_compiled_over_eager=compiled_epoch / (CIFAR_TRAIN / med["minimal"]),
+            )  # fmt: skip
+        if epoch:
+            row["epoch_seconds"] = real_epoch(name, batch_size)
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "samples"}), flush=True)
-    result = {"command": " ".join(["python", "benchmarks/train_throughput.py", *sys.argv[1:]]),
-              "threads": torch.get_num_threads(), "rows": rows}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_folder(Path(tmp), stream_images)
+        batches = max(1, stream_images // batch_size)
+        paths = {"memory": statistics.median(memory_path(data, batch_size, batches) for _ in range(rounds))}
+        for workers in (0, 1, 2):
+            paths[f"stream_w{workers}"] = statistics.median(
+                stream_path(folder, batch_size, workers) for _ in range(rounds)
+            )
+    result = {
+        "command": " ".join(["python", "benchmarks/train_throughput.py", *sys.argv[1:]]),
+        "threads": torch.get_num_threads(), "rows": rows, "data_paths_img_s": paths,
+    }  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "train_throughput.json", json.dumps(result, indent=2) + "\n")
+    write_text(out / "train_throughput.md", markdown(result))
+
+
+def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Training throughput",
         "",
-        f"Generated by `{result['command']}` ({result['threads']} threads).",
-        "Random uint8 data of CIFAR shape; fit includes its loader (shuffle, crop + flip, normalise);",
-        "medians of interleaved rounds.",
+        f"Generated by `{result['command']}` ({result['threads']} threads). Random uint8 data of CIFAR",
+        "shape; every loop runs the same warm-up and the same timed steps; medians of interleaved rounds.",
         "",
-        "| model | batch | minimal loop img/s | fit img/s | fit / minimal | channels_last img/s "
-        "| data pipeline img/s | pipeline / step | CIFAR epoch (50k images) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | batch | minimal loop img/s | fit img/s | fit / minimal | channels_last / minimal "
+        "| compiled / eager epoch | real epoch (50k images) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]  # fmt: skip
-    for r in rows:
-        cl = f"{r['fit_channels_last_img_s']:.0f}" if r["fit_channels_last_img_s"] else "-"
+    for r in result["rows"]:
+        compiled = f"{r['epoch_compiled_over_eager']:.2f}" if "epoch_compiled_over_eager" in r else "-"
+        epoch = f"{r['epoch_seconds']:.0f} s" if "epoch_seconds" in r else "-"
         lines.append(
             f"| {r['model']} | {r['batch_size']} | {r['minimal_img_s']:.0f} | {r['fit_img_s']:.0f} | "
-            f"{r['ratio']:.3f} | {cl} | {r['pipeline_img_s']:.0f} | {r['pipeline_over_step']:.1f}x | "
-            f"{r['epoch_seconds_50k']:.0f} s |"
+            f"{r['ratio']:.3f} | {r['channels_last_ratio']:.3f} | {compiled} | {epoch} |"
         )
-    write_text(out / "train_throughput.md", "\n".join(lines) + "\n")
+    paths = result["data_paths_img_s"]
+    lines += [
+        "",
+        "Data paths alone (training loader, images/s): "
+        + ", ".join(f"{k.replace('_', ' ')} {v:.0f}" for k, v in paths.items()),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
