@@ -58,9 +58,10 @@ class Arm:
     (or DepGraph's sparse training) take, in stage order; the fine-tune gets the rest."""
 
     name: str
-    kind: str  # learned | l1 | torch_pruning | control
+    kind: str  # learned | l1 | torch_pruning | control | ablation (shown, never in a verdict)
     method: str | None = None
     stage_shares: tuple[float, ...] = ()
+    options: tuple[tuple[str, Any], ...] = ()  # method options over the suite's
     importance: str | None = None
     global_pruning: bool = True
     sparse: bool = False
@@ -83,6 +84,9 @@ ARMS = {
         Arm("abp", "learned", method="abp", stage_shares=(0.15, 0.25)),
         Arm("wgates", "learned", method="wgates", stage_shares=(0.25,)),
         Arm("abp+wgates", "learned", method="abp+wgates", stage_shares=(0.1, 0.15, 0.2)),
+        # ablations: ABP ranking by the paper's vote; W-Gates read off untrained (the filter-norm prior)
+        Arm("abp-vote", "ablation", method="abp", stage_shares=(0.15, 0.25), options=(("rank_by", "vote"),)),
+        Arm("wgates-prior", "ablation", method="wgates", options=(("epochs", [0]),)),
         *(_tp(imp, g) for imp in ("groupnorm", "bnscale", "taylor") for g in (True, False)),
         _tp("groupnorm", True, 8),
         Arm("tp-depgraph", "torch_pruning", importance="groupnorm", sparse=True, stage_shares=(0.25,)),
@@ -149,13 +153,14 @@ MODES = {
         steps=160,
         lr=0.01,
         extra_arms={
+            0.6: ("abp-vote", "wgates-prior"),
             0.5: (
                 "tp-groupnorm-layer",
                 "tp-bnscale-layer",
                 "tp-taylor-layer",
                 "l1-r8",
                 "tp-groupnorm-global-r8",
-            )
+            ),
         },
     ),
     "standard": Mode(
@@ -290,6 +295,7 @@ def prune_gp(
     if arm.method not in method_names():
         raise NotAvailable(f"method {arm.method!r} is not registered")
     options = {"epochs": [_epochs(s, data, cfg) for s in stage_steps], "stage_steps": stage_steps}
+    options.update(dict(arm.options))
     ctx = MethodContext(
         model=model, example_inputs=x, pg=pg, budget=Budget(target_flops=keep), data=data, train_cfg=cfg,
         teacher=model, run_dir=run_dir / "method", resume=True, options=options,

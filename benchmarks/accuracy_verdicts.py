@@ -288,7 +288,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     if not panels:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
-    markers = {"learned": "o", "l1": "D", "torch_pruning": "s"}
+    markers = {"learned": "o", "l1": "D", "torch_pruning": "s", "ablation": "x"}
     for ax, (mode, model) in zip(axes[0], panels, strict=True):
         ok = [r for r in summary["rows"] if r["status"] == "ok" and (r["mode"], r["model"]) == (mode, model)]
         for arm in sorted({r["arm"] for r in ok if r["kind"] != "control"}):
