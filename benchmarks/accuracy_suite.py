@@ -189,19 +189,23 @@ def arm_file(out: Path, mode: str, model: str, arm: str, reduction: float | None
 
 
 def best_two(out: Path) -> list[str] | None:
-    """The two Torch-Pruning importance arms with the best mean validation top-1 over the quick mode's
-    targets (arms that missed a budget count as missing there); None before the quick mode has run."""
+    """The best arms of the two Torch-Pruning importances with the best mean validation top-1 in the quick
+    mode (each importance at its better scope), over the targets every such arm has a record at (an arm
+    over a budget counts 0 there); None before the quick mode has records of two of them."""
     quick = [json.loads(p.read_text()) for p in sorted((out / "accuracy_arms" / "quick").glob("*.json"))]
-    scores: dict[str, list[float]] = {}
+    by_arm: dict[str, dict[float, float]] = {}
     for a in quick:
         if a["arm"] in TP_IMPORTANCE_ARMS and a["status"] == "ok":
             met = a["flops_ratio"] <= 1 - a["reduction"] + accuracy_verdicts.BUDGET_SLACK
-            scores.setdefault(a["arm"], []).append(a["val_top1"] if met else 0.0)
-    if len(scores) < 2:
+            by_arm.setdefault(a["arm"], {})[a["reduction"]] = a["val_top1"] if met else 0.0
+    common = set.intersection(*(set(v) for v in by_arm.values())) if by_arm else set()
+    if len(by_arm) < 2 or not common:
         return None
-    targets = max(len(v) for v in scores.values())
-    ranked = sorted(scores, key=lambda k: (-sum(scores[k]) / targets, k))
-    return ranked[:2]
+    ranked = sorted(by_arm, key=lambda k: (-sum(by_arm[k][t] for t in common) / len(common), k))
+    best_of: dict[str | None, str] = {}  # the best scope of each importance, best importances first
+    for arm in ranked:
+        best_of.setdefault(ARMS[arm].importance, arm)
+    return list(best_of.values())[:2]
 
 
 def jobs(mode: Mode, out: Path) -> list[tuple[Block, str, float | None, int]]:
@@ -412,7 +416,8 @@ def summarise(out: Path) -> dict[str, Any]:
         )
     chosen = best_two(out)
     notes.append(
-        "Torch-Pruning's best two importances by the quick mode's validation top-1 (mean over its targets), "
+        "Torch-Pruning's best two importances by the quick mode's validation top-1 (mean over the targets "
+        "every importance arm was run at), "
         f"run in the standard mode: {', '.join(chosen)}."
         if chosen
         else "Torch-Pruning's best two importances: not chosen yet (the quick mode has no records)."

@@ -64,3 +64,21 @@ def test_fast_number_correlation_ranks_the_pruned_arms() -> None:
     assert corr["arms"] == 5  # the control is not pruned
     assert corr["bnrecal"] == pytest.approx(av.spearman([80, 79, 78, 77, 99], [71, 75, 70, 69, 99]))
     assert av.spearman([1, 2], [2, 1]) is None and av.spearman([1, 1, 1], [1, 2, 3]) is None
+
+
+def test_best_two_are_two_importances_compared_on_shared_targets(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import accuracy_suite
+
+    folder = tmp_path / "accuracy_arms" / "quick"
+    folder.mkdir(parents=True)
+    records = [  # (arm, target, val top-1, FLOPs kept)
+        ("tp-groupnorm-global", 0.5, 80.0, 0.50), ("tp-groupnorm-layer", 0.5, 81.0, 0.50),
+        ("tp-taylor-global", 0.5, 79.0, 0.50), ("tp-bnscale-global", 0.5, 90.0, 0.55),  # over budget
+        ("tp-groupnorm-global", 0.6, 99.0, 0.40),  # not every arm ran at -60%: not compared there
+    ]  # fmt: skip
+    for i, (name, reduction, val, kept) in enumerate(records):
+        record = {"arm": name, "reduction": reduction, "val_top1": val, "flops_ratio": kept, "status": "ok"}
+        (folder / f"{i}.json").write_text(json.dumps(record))
+    assert accuracy_suite.best_two(tmp_path) == ["tp-groupnorm-layer", "tp-taylor-global"]
