@@ -19,14 +19,23 @@ from graphprune.analysis.sites import Site, SiteKind
 from graphprune.trace import META_KEY
 
 
-def cat(dg: DependencyGraph, node: fx.Node) -> None:
+def _operands(
+    dg: DependencyGraph, node: fx.Node
+) -> tuple[list[fx.Node], list[TensorInfo | None], list[TensorInfo], int]:
+    """cat's and stack's operands, their channel layouts (all, and those that have channels) and the
+    normalised dim; an output without channels is made here when no operand has any."""
     parts = list(arg(node, 0, "tensors"))
-    spec = out_spec(node)
-    dim = norm_dim(int(dg.value(arg(node, 1, "dim", 0))), len(spec.shape))
+    dim = norm_dim(int(dg.value(arg(node, 1, "dim", 0))), len(out_spec(node).shape))
     infos = [dg.info(p) for p in parts]
     with_layout = [i for i in infos if i is not None and i.size]
     if not with_layout:
         new_tensor(dg, node, ())
+    return parts, infos, with_layout, dim
+
+
+def cat(dg: DependencyGraph, node: fx.Node) -> None:
+    parts, infos, with_layout, dim = _operands(dg, node)
+    if not with_layout:
         return
     cdims = with_layout[0].cdims
     if any(i.cdims != cdims for i in with_layout):
@@ -60,13 +69,8 @@ def stack(dg: DependencyGraph, node: fx.Node) -> None:
     """torch.stack(tensors, dim): a new dim before `dim`; every operand's channel c is the output's
     channel c (at the operand's index along the new dim), so all operands share their channels.
     (SelectiveKernel stacks its paths, then sums or softmaxes over them.)"""
-    parts = list(arg(node, 0, "tensors"))
-    spec = out_spec(node)
-    dim = norm_dim(int(dg.value(arg(node, 1, "dim", 0))), len(spec.shape))
-    infos = [dg.info(p) for p in parts]
-    with_layout = [i for i in infos if i is not None and i.size]
+    parts, _, with_layout, dim = _operands(dg, node)
     if not with_layout:
-        new_tensor(dg, node, ())
         return
     cdims = with_layout[0].cdims
     if len(with_layout) != len(parts) or any(
