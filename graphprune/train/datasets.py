@@ -458,6 +458,13 @@ FASHION_MNIST_CLASSES = (
 )  # fmt: skip
 
 
+def _normalisation(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std): ImageNet's for RGB folders, 0.5 and 0.5 per channel otherwise."""
+    if channels == 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return (0.5,) * channels, (0.5,) * channels
+
+
 def load_imagefolder(
     path: str,
     *,
@@ -478,13 +485,14 @@ def load_imagefolder(
         streamed = _streamed_tree(root, image_size, channels, None if stream else memory_budget)
         if streamed is not None:
             files, names = streamed
+            mean, std = _normalisation(channels)
             return DataBundle(
                 name=f"imagefolder:{root}",
                 train=_balanced(files["train"], limit),
                 test=_balanced(files["test"], limit),
                 num_classes=len(names),
-                mean=IMAGENET_MEAN if channels == 3 else (0.5,) * channels,
-                std=IMAGENET_STD if channels == 3 else (0.5,) * channels,
+                mean=mean,
+                std=std,
                 classes=tuple(names),
             )
     splits, classes = _cached(
@@ -496,13 +504,14 @@ def load_imagefolder(
     )
     channels = splits["train"].images.shape[1]
     size = splits["train"].images.shape[-1]
+    mean, std = _normalisation(channels)
     return DataBundle(
         name=f"imagefolder:{root}",
         train=_balanced(splits["train"], limit),
         test=_balanced(splits["test"], limit),
         num_classes=len(classes),
-        mean=IMAGENET_MEAN if channels == 3 else (0.5,) * channels,
-        std=IMAGENET_STD if channels == 3 else (0.5,) * channels,
+        mean=mean,
+        std=std,
         augment=Augment(pad=max(1, size // 8), flip=True),
         classes=classes,
     )
