@@ -443,12 +443,21 @@ def summarise(out: Path) -> dict[str, Any]:
     }
 
 
-def missing(mode: Mode, out: Path, only: tuple[str, ...] = ()) -> list[str]:
-    """The mode's arms (those in `only`, if given) that have no record, or one that is not `ok`."""
+def selected(
+    mode: Mode, out: Path, only: tuple[str, ...] = (), seeds: tuple[int, ...] = ()
+) -> list[tuple[Block, str, float | None, int]]:
+    """The mode's jobs, kept to the arms in `only` and the seeds in `seeds` where either is given."""
+    return [
+        (block, arm, reduction, seed)
+        for block, arm, reduction, seed in jobs(mode, out)
+        if (not only or arm in only) and (not seeds or seed in seeds)
+    ]
+
+
+def missing(mode: Mode, out: Path, only: tuple[str, ...] = (), seeds: tuple[int, ...] = ()) -> list[str]:
+    """The selected arms of the mode that have no record, or one that is not `ok`."""
     bad = []
-    for block, arm, reduction, seed in jobs(mode, out):
-        if only and arm not in only:
-            continue
+    for block, arm, reduction, seed in selected(mode, out, only, seeds):
         path = arm_file(out, mode.name, block.model, arm, reduction, seed)
         status = json.loads(path.read_text())["status"] if path.is_file() else "missing"
         if status != "ok":
@@ -457,9 +466,10 @@ def missing(mode: Mode, out: Path, only: tuple[str, ...] = ()) -> list[str]:
 
 
 def run_arms(
-    mode: Mode, out: Path, work_dir: Path | None, only: tuple[str, ...], threads: int, device: str
-) -> None:
-    """Run the mode's arms that have no record yet (those in `only`, if given), writing each record."""
+    mode: Mode, out: Path, work_dir: Path | None, only: tuple[str, ...], threads: int, device: str,
+    seeds: tuple[int, ...] = (),
+) -> None:  # fmt: skip
+    """Run the selected arms of the mode that have no record yet, writing each record."""
     from graphprune.train import load_data
 
     torch.set_num_threads(threads)
@@ -467,9 +477,7 @@ def run_arms(
     with tempfile.TemporaryDirectory() as tmp:
         work = work_dir or (Path(tmp) if mode.name == "smoke" else ROOT / "runs" / f"accuracy-{mode.name}")
         data = load_data("cifar10:", limit=mode.data_limit, val_split=mode.val_images, val_seed=0)
-        for block, arm, reduction, seed in jobs(mode, out):
-            if only and arm not in only:
-                continue
+        for block, arm, reduction, seed in selected(mode, out, only, seeds):
             path = arm_file(out, mode.name, block.model, arm, reduction, seed)
             if path.exists():
                 click.echo(f"{path.stem}: done earlier, skipped (delete {path} to re-run)")
@@ -496,6 +504,10 @@ def run_arms(
     help="Checkpoints of the runs (default: a temporary folder for --smoke, runs/accuracy-<mode>).",
 )  # fmt: skip
 @click.option("--arm", "only", multiple=True, help="Run only these arms (repeatable; 'unpruned' too).")
+@click.option(
+    "--seed", "seeds", type=int, multiple=True,
+    help="Run only these seeds (repeatable): two processes on different seeds share one --work-dir.",
+)  # fmt: skip
 @click.option("--threads", type=click.IntRange(min=1), default=max(1, (os.cpu_count() or 2) - 1),
               show_default=True,
               help="CPU threads of every arm (recorded; runs repeat exactly at the same count).")  # fmt: skip
@@ -504,8 +516,8 @@ def run_arms(
 @click.option("--no-summary", is_flag=True, help="Only run arms; do not rebuild accuracy.json/.md/.png.")
 @click.option("--summary-only", is_flag=True, help="Only rebuild accuracy.json/.md/.png from the records.")
 def main(
-    mode_name: str, out: Path, work_dir: Path | None, only: tuple[str, ...], threads: int, device: str,
-    strict: bool, no_summary: bool, summary_only: bool,
+    mode_name: str, out: Path, work_dir: Path | None, only: tuple[str, ...], seeds: tuple[int, ...],
+    threads: int, device: str, strict: bool, no_summary: bool, summary_only: bool,
 ) -> None:  # fmt: skip
     """Run (or resume) the accuracy suite, then rebuild accuracy.json, accuracy.md and accuracy.png."""
     mode = MODES[mode_name]
@@ -515,7 +527,7 @@ def main(
             f"unknown arm {unknown[0]!r} (choose from {', '.join(ARMS)})", param_hint="--arm"
         )
     if not summary_only:
-        run_arms(mode, out, work_dir, only, threads, device)
+        run_arms(mode, out, work_dir, only, threads, device, seeds)
     if not no_summary:
         summary = summarise(out)
         write_text(out / "accuracy.json", json.dumps(summary, indent=1) + "\n")
@@ -523,7 +535,7 @@ def main(
         accuracy_verdicts.plot(summary, out / "accuracy.png")
         click.echo(f"wrote {out / 'accuracy.json'}, accuracy.md, accuracy.png")
     if strict:
-        bad = missing(mode, out, only)
+        bad = missing(mode, out, only, seeds)
         if bad:
             click.echo(f"error: {len(bad)} arm(s) not ok: {'; '.join(bad)}", err=True)
             sys.exit(1)

@@ -82,3 +82,16 @@ def test_best_two_are_two_importances_compared_on_shared_targets(tmp_path) -> No
         record = {"arm": name, "reduction": reduction, "val_top1": val, "flops_ratio": kept, "status": "ok"}
         (folder / f"{i}.json").write_text(json.dumps(record))
     assert accuracy_suite.best_two(tmp_path) == ["tp-groupnorm-layer", "tp-taylor-global"]
+
+
+def test_a_seed_selection_splits_the_standard_mode_between_two_processes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import accuracy_suite
+
+    mode = accuracy_suite.MODES["standard"]
+    every = accuracy_suite.selected(mode, tmp_path)
+    zero = accuracy_suite.selected(mode, tmp_path, seeds=(0,))
+    one = accuracy_suite.selected(mode, tmp_path, seeds=(1,))
+    assert {j[3] for j in zero} == {0} and {j[3] for j in one} == {1}
+    assert sorted(map(repr, zero + one)) == sorted(map(repr, every))  # no job lost, none run twice
+    l1 = accuracy_suite.selected(mode, tmp_path, only=("l1",), seeds=(1,))
+    assert [(j[1], j[3]) for j in l1] == [("l1", 1)]
