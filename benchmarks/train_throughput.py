@@ -1,7 +1,7 @@
 """Training throughput on this machine: `fit` against a minimal loop over the same steps, a real epoch,
 both data paths, channels_last and torch.compile.
 
-    python benchmarks/train_throughput.py --epoch --compile   # ResNet-20 and ResNet-56 (a quiet machine)
+    python benchmarks/train_throughput.py --epoch --compile --threads 1   # ResNet-20 and ResNet-56
     python benchmarks/train_throughput.py --smoke --out /tmp/tp   # seconds, for CI
 
 Per model, in interleaved rounds (medians), each loop runs `warmup + steps` steps at batch 128 and the
@@ -11,6 +11,7 @@ same `steps` after the same `warmup` are timed:
   windows `fit` logs in metrics.jsonl (its `log_every` divides both `warmup` and `steps`);
 - the minimal loop with channels_last, and (`--compile`) with `torch.compile` (inductor), whose first
   step, the compilation, is timed apart: an epoch with compilation is that time plus an epoch of steps;
+- evaluation (forward only, `torch.inference_mode`), eager and (`--compile`) compiled;
 - `--epoch`: one real epoch of `fit` on the CIFAR-10 JPEG training split (50,000 images), wall clock;
 - the data paths alone: the decode-once loader, and the streamed ImageFolder loader with 0, 1 and 2
   workers over JPEGs written for the run.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -86,14 +88,29 @@ def minimal_loop(
     return out
 
 
+def eval_loop(name: str, data: DataBundle, batch: int, warmup: int, steps: int, *, compiled: bool) -> float:
+    """images/s of evaluation (eval mode, inference_mode) over the `steps` forward passes after `warmup`."""
+    torch.manual_seed(0)
+    model = get_model(name).eval()
+    x, _ = next(iter(data.loader("train", batch, augment=False)))
+    net: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model) if compiled else model
+    with torch.inference_mode():
+        for i in range(warmup + steps):
+            if i == warmup:
+                start = time.perf_counter()
+            net(x)
+    return steps * batch / (time.perf_counter() - start)
+
+
 def fit_loop(name: str, data: DataBundle, batch: int, warmup: int, steps: int) -> float:
     """images/s of `fit`'s steps `warmup + 1 .. warmup + steps`, summed over the windows it logs."""
     every = math.gcd(warmup, steps)
     cfg = TrainConfig(
         epochs=1, max_steps=warmup + steps, batch_size=batch, lr=0.01, log_every=every,
-        eval_every_epoch=False, verbose=False, seed=0,
+        eval_every_epoch=False, verbose=False, seed=0, threads=torch.get_num_threads(),
     )  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
+        assert isinstance(data.test, ImageTensors)  # random_cifar's, decoded
         test = ImageTensors(data.test.images[:batch], data.test.labels[:batch])
         small_test = DataBundle(data.name, data.train, test, 10, data.mean, data.std, data.augment)
         torch.manual_seed(0)
@@ -107,7 +124,10 @@ def fit_loop(name: str, data: DataBundle, batch: int, warmup: int, steps: int) -
 def real_epoch(name: str, batch: int) -> float:
     """Wall seconds of one `fit` epoch on the CIFAR-10 JPEG training split (no evaluation)."""
     data = load_data("cifar10:")
-    cfg = TrainConfig(epochs=1, batch_size=batch, lr=0.01, eval_every_epoch=False, verbose=False)
+    cfg = TrainConfig(
+        epochs=1, batch_size=batch, lr=0.01, eval_every_epoch=False, verbose=False,
+        threads=torch.get_num_threads(),
+    )  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         fit(get_model(name), data, cfg, run_dir=tmp)
@@ -157,17 +177,23 @@ def stream_path(folder: Path, batch: int, workers: int) -> float:
 @click.option("--epoch", is_flag=True, help="Also time one real CIFAR-10 epoch of fit per model.")
 @click.option("--stream-images", default=2048, show_default=True, help="JPEGs of the streamed path.")
 @click.option("--smoke", is_flag=True, help="ResNet-20, 2 steps, 1 round (CI).")
+@click.option("--threads", type=click.IntRange(min=1), default=max(1, (os.cpu_count() or 2) - 1),
+              show_default=True, help="CPU threads of every loop.")  # fmt: skip
 @click.option("--out", type=click.Path(path_type=Path), default=ROOT / "docs" / "results", show_default=True)
 def main(
     models: str, batch_size: int, steps: int, warmup: int, rounds: int, with_compile: bool, epoch: bool,
-    stream_images: int, smoke: bool, out: Path,
+    stream_images: int, smoke: bool, threads: int, out: Path,
 ) -> None:  # fmt: skip
+    torch.set_num_threads(threads)
+    load_start = os.getloadavg()[0]
     if smoke:
         models, steps, warmup, rounds, batch_size, stream_images = "cifar_resnet20", 2, 2, 1, 16, 64
     data = random_cifar(batch_size * (warmup + steps + 1))
     rows = []
     for name in models.split(","):
-        samples: dict[str, list[float]] = {"minimal": [], "fit": [], "channels_last": [], "compiled": []}
+        samples: dict[str, list[float]] = {
+            "minimal": [], "fit": [], "channels_last": [], "compiled": [], "eval": [], "eval_compiled": []
+        }  # fmt: skip
         compile_s: list[float] = []
         for _ in range(rounds):  # interleaved: every variant once per round
             samples["minimal"].append(minimal_loop(name, data, batch_size, warmup, steps)["img_s"])
@@ -175,7 +201,11 @@ def main(
             samples["channels_last"].append(
                 minimal_loop(name, data, batch_size, warmup, steps, channels_last=True)["img_s"]
             )
+            samples["eval"].append(eval_loop(name, data, batch_size, warmup, steps, compiled=False))
             if with_compile:
+                samples["eval_compiled"].append(
+                    eval_loop(name, data, batch_size, warmup, steps, compiled=True)
+                )
                 c = minimal_loop(name, data, batch_size, warmup, steps, compiled=True)
                 samples["compiled"].append(c["img_s"])
                 compile_s.append(c["first_step_s"])
@@ -185,13 +215,15 @@ def main(
             "minimal_img_s": med["minimal"], "fit_img_s": med["fit"], "ratio": med["fit"] / med["minimal"],
             "channels_last_img_s": med["channels_last"],
             "channels_last_ratio": med["channels_last"] / med["minimal"],
-            "samples": samples,
+            "eval_img_s": med["eval"], "samples": samples,
         }  # fmt: skip
         if with_compile:
             compiled_epoch = statistics.median(compile_s) + CIFAR_TRAIN / med["compiled"]
             row.update(
                 compiled_img_s=med["compiled"], compile_s=statistics.median(compile_s),
                 epoch_compiled_over_eager=compiled_epoch / (CIFAR_TRAIN / med["minimal"]),
+                eval_compiled_img_s=med["eval_compiled"],
+                eval_compiled_ratio=med["eval_compiled"] / med["eval"],
             )  # fmt: skip
         if epoch:
             row["epoch_seconds"] = real_epoch(name, batch_size)
@@ -208,6 +240,7 @@ def main(
     result = {
         "command": " ".join(["python", "benchmarks/train_throughput.py", *sys.argv[1:]]),
         "threads": torch.get_num_threads(), "rows": rows, "data_paths_img_s": paths,
+        "load_average": {"start": load_start, "end": os.getloadavg()[0]},
     }  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "train_throughput.json", json.dumps(result, indent=2) + "\n")
@@ -215,22 +248,27 @@ def main(
 
 
 def markdown(result: dict[str, Any]) -> str:
+    load, nan = result.get("load_average", {}), float("nan")
     lines = [
         "# Training throughput",
         "",
-        f"Generated by `{result['command']}` ({result['threads']} threads). Random uint8 data of CIFAR",
-        "shape; every loop runs the same warm-up and the same timed steps; medians of interleaved rounds.",
+        f"Generated by `{result['command']}` ({result['threads']} threads; 1-minute load average "
+        f"{load.get('start', nan):.2f} at the start, {load.get('end', nan):.2f} at the end).",
+        "Random uint8 data of CIFAR shape; every loop runs the same warm-up and the same timed steps;",
+        "medians of interleaved rounds. The compiled epoch includes compilation; evaluation is forward only.",
         "",
         "| model | batch | minimal loop img/s | fit img/s | fit / minimal | channels_last / minimal "
-        "| compiled / eager epoch | real epoch (50k images) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| compiled / eager epoch | eval img/s | compiled / eager eval | real epoch (50k images) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]  # fmt: skip
     for r in result["rows"]:
         compiled = f"{r['epoch_compiled_over_eager']:.2f}" if "epoch_compiled_over_eager" in r else "-"
         epoch = f"{r['epoch_seconds']:.0f} s" if "epoch_seconds" in r else "-"
+        ev = f"{r['eval_img_s']:.0f}" if "eval_img_s" in r else "-"
+        ev_c = f"{r['eval_compiled_ratio']:.2f}" if "eval_compiled_ratio" in r else "-"
         lines.append(
             f"| {r['model']} | {r['batch_size']} | {r['minimal_img_s']:.0f} | {r['fit_img_s']:.0f} | "
-            f"{r['ratio']:.3f} | {r['channels_last_ratio']:.3f} | {compiled} | {epoch} |"
+            f"{r['ratio']:.3f} | {r['channels_last_ratio']:.3f} | {compiled} | {ev} | {ev_c} | {epoch} |"
         )
     paths = result["data_paths_img_s"]
     lines += [
