@@ -24,6 +24,7 @@ KNOWN = {
     "accuracy.json": "Suite 1: accuracy against FLOPs (CIFAR-10 JPEG)",
     "latency.json": "Suite 2: latency of exported models",
     "tool_speed.json": "Suite 3: tool speed and scaling",
+    "timm_latency.json": "timm CNNs at -50% FLOPs: onnxruntime speed-up / FLOPs speed-up, vs Torch-Pruning",
 }
 
 
