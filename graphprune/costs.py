@@ -157,6 +157,7 @@ def count_flops(
     `leaf_modules` are kept opaque while tracing, as in `graphprune.trace`. Works on the meta device too
     (a model built under `torch.device("meta")`, meta inputs).
     """
-    gm = symbolic_trace(model, leaf_modules)
-    record_values_and_macs(gm, as_input_tuple(example_inputs))
+    inputs = as_input_tuple(example_inputs)
+    gm = symbolic_trace(model, leaf_modules, inputs)
+    record_values_and_macs(gm, inputs)
     return sum(c.flops for c in layer_costs(gm))

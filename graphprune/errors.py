@@ -54,5 +54,9 @@ class OutputError(GraphpruneError):
     """An output path cannot be written."""
 
 
+class ShapeSpecialisedWarning(UserWarning):
+    """A module traced with the example input's shapes: the traced graph runs at that input size."""
+
+
 class EvalOnlyWarning(UserWarning):
     """Traced in eval mode: training-only branches (aux heads, `if self.training:`) are left out."""

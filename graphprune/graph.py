@@ -114,7 +114,7 @@ def trace(
     pruned model normalises over the kept channels, so those groups are not lossless (`group.lossless`).
     """
     inputs = as_input_tuple(example_inputs)
-    gm = symbolic_trace(model, leaf_modules)
+    gm = symbolic_trace(model, leaf_modules, inputs)
     eval_only = eval_only_parts(model, gm) if not isinstance(model, fx.GraphModule) else ()
     if eval_only:
         warnings.warn(

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import hashlib
 import inspect
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ import torch.fx as fx
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from graphprune.errors import TraceError, first_line
+from graphprune.errors import ShapeSpecialisedWarning, TraceError, first_line
 from graphprune.modcopy import deepcopy_module, shared_tensors
 from graphprune.timm_compat import notrace_functions, notrace_module_around
 
@@ -76,6 +77,113 @@ class _Tracer(fx.Tracer):
             self.path.pop()
 
 
+class _ValueProxy(fx.Proxy):
+    """A proxy whose shape reads are numbers inside the modules its tracer concretises (`_ValueTracer`)."""
+
+    tracer: _ValueTracer
+
+    def _value(self) -> Any:
+        return self.tracer.values.get(self.node) if self.tracer.concretising() else None
+
+    def __getattr__(self, k: str) -> Any:
+        v = self._value()
+        if isinstance(v, torch.Tensor):
+            if k == "shape":
+                return self.tracer.shape_of(self, v)
+            if k == "size":
+                return functools.partial(self.tracer.size_of, self, v)
+            if k in ("dim", "ndimension", "ndim"):
+                return v.dim() if k == "ndim" else v.dim
+        return super().__getattr__(k)
+
+
+class _ValueTracer(_Tracer):
+    """`_Tracer` that also runs every op it records on the example inputs. Inside a module whose type is in
+    `concrete`, a tensor's shape reads (`x.shape`, `x.size()`, `x.dim()`) are those numbers, so Python
+    arithmetic and branches on shapes trace (`math.ceil(H / p)`); the batch dim stays symbolic. The graph
+    holds the other sizes as constants: it runs at the example's size. Values never become numbers: a
+    branch on data (`if x.sum() > 0`) still fails."""
+
+    def __init__(
+        self,
+        leaf_types: tuple[type, ...],
+        leaf_names: frozenset[str],
+        autowrap: tuple[Callable[..., Any], ...],
+        example_inputs: tuple[torch.Tensor, ...],
+        concrete: tuple[type, ...],
+    ) -> None:
+        super().__init__(leaf_types, leaf_names, autowrap)
+        self.values: dict[fx.Node, Any] = {}
+        self.inputs = list(example_inputs)
+        self.concrete = concrete
+        self.types: list[type] = []
+        self.running = False  # computing a value: module calls run, they are not traced
+
+    def concretising(self) -> bool:
+        return isinstance(self.root, self.concrete) or any(issubclass(t, self.concrete) for t in self.types)
+
+    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        if self.running:
+            return forward(*args, **kwargs)
+        self.types.append(type(m))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self.types.pop()
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        if self.running:  # a parameter read while computing a value is the parameter
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _ValueProxy(node, self)
+
+    def create_proxy(
+        self, kind: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *rest: Any, **kw: Any
+    ) -> fx.Proxy:
+        proxy = super().create_proxy(kind, target, args, kwargs, *rest, **kw)
+        self.values[proxy.node] = self._run(kind, target, args, kwargs)
+        return proxy
+
+    def _run(self, kind: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if kind == "placeholder":
+            return self.inputs.pop(0) if self.inputs else None
+        if kind == "output":
+            return None
+
+        def value(a: Any) -> Any:
+            return self.values.get(a.node) if isinstance(a, fx.Proxy) else a
+
+        a = fx.node.map_aggregate(args, value)
+        kw = fx.node.map_aggregate(kwargs, value)
+        self.running = True  # fx's patched Module.__call__/__getattr__ now run and read, not record
+        try:
+            with torch.no_grad():
+                if kind == "get_attr":
+                    obj: Any = self.root
+                    for part in str(target).split("."):
+                        obj = getattr(obj, part)
+                    return obj
+                if kind == "call_function":
+                    return target(*a, **kw)
+                if kind == "call_method":
+                    return getattr(a[0], target)(*a[1:], **kw)
+                return self.root.get_submodule(target)(*a, **kw)
+        finally:
+            self.running = False
+
+    def shape_of(self, proxy: fx.Proxy, v: torch.Tensor) -> tuple[Any, ...]:
+        return tuple(self.size_of(proxy, v, d) for d in range(v.dim()))
+
+    def size_of(self, proxy: fx.Proxy, v: torch.Tensor, dim: int | None = None) -> Any:
+        if dim is None:
+            return self.shape_of(proxy, v)
+        if dim % v.dim() == 0:  # the batch dim stays symbolic
+            return self.create_proxy("call_method", "size", (proxy, 0), {})
+        return int(v.shape[dim])
+
+
 def as_input_tuple(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """Normalise example inputs to a tuple of tensors."""
     if isinstance(example_inputs, torch.Tensor):
@@ -86,11 +194,17 @@ def as_input_tuple(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tup
     return inputs
 
 
-def symbolic_trace(model: nn.Module, leaf_modules: Iterable[str | type] = ()) -> fx.GraphModule:
+def symbolic_trace(
+    model: nn.Module,
+    leaf_modules: Iterable[str | type] = (),
+    example_inputs: tuple[torch.Tensor, ...] | None = None,
+) -> fx.GraphModule:
     """Trace a copy of `model`'s module tree in eval mode; the user's model is never touched.
 
-    Where tracing fails inside a timm module that timm declares untraceable (MobileVitBlock,
-    LocalWindowAttention...), it is traced again with that module type a leaf (no channel rule: pinned).
+    Where tracing fails inside a module and `example_inputs` are given, it is traced again with that
+    module's shape reads taken from the example (`_ValueTracer`; a `ShapeSpecialisedWarning` says so).
+    Where it still fails inside a timm module that timm declares untraceable (LocalWindowAttention...),
+    it is traced again with that module type a leaf (no channel rule: pinned).
     The copy's parameters and buffers share `model`'s memory (new tensor objects over it): nothing in
     graphprune writes into them, and copying a large model's weights would take most of the analysis time.
     A GraphModule is not traced again: its graph is copied, so names derived from node metadata are stable.
@@ -108,12 +222,24 @@ def symbolic_trace(model: nn.Module, leaf_modules: Iterable[str | type] = ()) ->
     root = deepcopy_module(model, shared_tensors(model), alias=True).eval()
     error: Exception | None = None
     fallback: tuple[type, ...] = ()  # timm modules timm itself declares untraceable, added as they fail
+    concrete: tuple[type, ...] = ()  # modules traced with the example's shapes, added as they fail
+    first_failure: tuple[Exception, tuple[str, str]] | None = None  # the one the error names
     while True:
-        tracer = _Tracer(types + fallback, names, notrace_functions() if fallback else ())
+        autowrap = notrace_functions() if fallback else ()
+        tracer = (
+            _ValueTracer(types + fallback, names, autowrap, example_inputs, concrete)
+            if concrete and example_inputs is not None
+            else _Tracer(types + fallback, names, autowrap)
+        )
         try:
             graph = tracer.trace(root)
             break
         except Exception as exc:  # noqa: BLE001 - any tracing failure becomes a TraceError naming the module
+            first_failure = first_failure or (exc, tracer.failed_at or ("", type(model).__name__))
+            failed = type(root.get_submodule(tracer.failed_at[0])) if tracer.failed_at else type(root)
+            if example_inputs is not None and failed not in concrete + fallback:
+                concrete += (failed,)
+                continue
             leaf = notrace_module_around(root, tracer.failed_at[0] if tracer.failed_at else "")
             if leaf is not None and leaf not in fallback:
                 fallback += (leaf,)
@@ -121,7 +247,7 @@ def symbolic_trace(model: nn.Module, leaf_modules: Iterable[str | type] = ()) ->
             error = exc
             break
     if error is not None:
-        where = tracer.failed_at or ("", type(model).__name__)
+        error, where = first_failure or (error, ("", type(model).__name__))
         mod = f"module '{where[0]}' ({where[1]})" if where[0] else f"model {where[1]}"
         hint = (
             f"; keep it as a leaf module (leaf_modules=['{where[0]}'], or --leaf-module {where[0]})"
@@ -134,6 +260,14 @@ def symbolic_trace(model: nn.Module, leaf_modules: Iterable[str | type] = ()) ->
             node.type = None
     gm = fx.GraphModule(root, graph, class_name=type(model).__name__)
     gm.training = model.training
+    specialised = sorted({t.__name__ for t in concrete} - {t.__name__ for t in fallback})
+    if specialised and isinstance(tracer, _ValueTracer):
+        warnings.warn(
+            f"traced {', '.join(specialised)} with the example input's shapes (torch.fx cannot trace its "
+            f"shape arithmetic): the traced model runs at that input size, with any batch size",
+            ShapeSpecialisedWarning,
+            stacklevel=3,
+        )
     return gm
 
 

@@ -285,3 +285,58 @@ def test_a_module_timm_declares_untraceable_becomes_a_pinned_leaf() -> None:
     pg = gp.trace(model, torch.randn(1, 3, 8, 8))
     group = pg.group_of("0")
     assert not group.prunable and "_DataDependent '1'" in (group.reason or "")
+
+
+class _PatchFlip(nn.Module):
+    """Shape arithmetic torch.fx cannot trace, as in timm's MobileVitBlock: pad the height up to a multiple
+    of the patch, fold the channels into the batch of patches, flip each patch, unfold, crop."""
+
+    def __init__(self, channels: int = 8, patch: int = 3) -> None:
+        super().__init__()
+        self.conv_in, self.conv_out, self.patch = (
+            nn.Conv2d(channels, channels, 1),
+            nn.Conv2d(channels, channels, 1),
+            patch,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import math
+
+        import torch.nn.functional as F
+
+        x = self.conv_in(x)
+        b, c, h, w = x.shape
+        new_h = math.ceil(h / self.patch) * self.patch
+        if new_h != h:
+            x = F.pad(x, (0, 0, 0, new_h - h))
+        x = x.reshape(b * c * (new_h // self.patch), self.patch, w).flip(1).reshape(b, c, new_h, w)
+        return self.conv_out(x[:, :, :h])
+
+
+def test_shape_arithmetic_is_traced_at_the_example_size_for_any_batch() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), _PatchFlip(), nn.Conv2d(8, 4, 1)).eval()
+    with pytest.warns(gp.errors.ShapeSpecialisedWarning, match="_PatchFlip .*any batch size"):
+        pg = gp.trace(model, torch.randn(1, 3, 7, 5))
+    for batch in (1, 3):  # the batch stays symbolic; the height's padding branch is the example's
+        x = torch.randn(batch, 3, 7, 5)
+        torch.testing.assert_close(pg.gm(x), model(x))
+    stream_in, folded, stream_out = pg.group_of("0"), pg.group_of("1.conv_in"), pg.group_of("1.conv_out")
+    assert stream_in.prunable and stream_out.prunable  # channels that only meet convs around it
+    assert not folded.prunable and "reshape" in (folded.reason or "")  # folded into the batch: pinned
+    plan = gp.PruningPlan(channels={stream_in.id: (0, 5), stream_out.id: (2,)})
+    slim = gp.apply(pg, plan)  # verified against the masked reference
+    assert slim(torch.randn(2, 3, 7, 5)).shape == (2, 4, 7, 5)
+
+
+class _SignBranch(nn.Module):
+    """A branch on the data (not registered with timm, unlike `_DataDependent` above)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if x.sum() > 0 else -x
+
+
+def test_a_data_dependent_branch_is_never_specialised() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), _SignBranch(), nn.Conv2d(8, 4, 1))
+    with pytest.raises(gp.TraceError, match=r"cannot trace module '1' \(_SignBranch\)"):
+        gp.trace(model, torch.randn(1, 3, 8, 8))
