@@ -4,6 +4,7 @@
     python benchmarks/zoo_coverage.py --zoo timm      # the timm zoo: docs/coverage_timm.md (L1 to 0.5)
     python benchmarks/zoo_coverage.py resnet18 cifar_resnet56   # a subset, printed only
     python benchmarks/zoo_coverage.py --update vit_h_14          # re-run some, rewrite the docs
+    python benchmarks/zoo_coverage.py --zoo timm --out /tmp/t resnet18   # a timm subset's page, in /tmp/t
     python benchmarks/zoo_coverage.py --flops-only               # recount the GMACs columns only (~minutes)
 
 Each model runs in two subprocesses, the pipeline then the lossless oracle (memory and a time limit
@@ -13,6 +14,7 @@ every number in the table comes from this run.
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -62,7 +64,10 @@ def run_one(name: str, part: str, zoo: str = "torchvision") -> dict[str, object]
         torch.set_num_threads(1)
         model, x = zoo_timm.build(name)
         if part == "both":  # small models: one process for both saves an interpreter start per model
-            return {**zoo_timm.check_l1(name, model, x).to_dict(), **check_oracle(model, x)}
+            untouched = copy.deepcopy(model)  # for Torch-Pruning, side by side
+            record = {**zoo_timm.check_l1(name, model, x).to_dict(), **check_oracle(model, x)}
+            print(json.dumps(record), flush=True)  # what the parent keeps if Torch-Pruning outlasts --timeout
+            return {**record, **zoo_timm.check_tp(untouched, x).to_dict()}
         return zoo_timm.check_l1(name, model, x).to_dict() if part == "check" else check_oracle(model, x)
     model, x = build(name)
     return check_model(name, model, x).to_dict() if part == "check" else check_oracle(model, x)
@@ -165,15 +170,28 @@ def write_markdown(results: list[dict[str, object]]) -> str:
 @click.option("--timeout", default=1200, show_default=True, help="Seconds allowed per model.")
 @click.option("--update", is_flag=True, help="Re-run NAMES and merge them into docs/coverage.{json,md}.")
 @click.option("--flops-only", is_flag=True, help="Recount the GMACs columns of docs/coverage.* only.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="With --zoo timm: write coverage_timm.{json,md} to this folder (NAMES only: their own page).",
+)
 def main(
-    names: tuple[str, ...], zoo: str, one: str | None, part: str, timeout: int, update: bool, flops_only: bool
+    names: tuple[str, ...],
+    zoo: str,
+    one: str | None,
+    part: str,
+    timeout: int,
+    update: bool,
+    flops_only: bool,
+    out: Path | None,
 ) -> None:
     """Write docs/coverage.md and docs/coverage.json (docs/coverage_timm.* with --zoo timm)."""
     if one:
         print(json.dumps(run_one(one, part, zoo)))
         return
     if zoo == "timm":
-        _run_timm(names, timeout, update)
+        _run_timm(names, timeout, update, out)
         return
     from zoo_harness import CoverageResult
 
@@ -209,18 +227,23 @@ def main(
         print(write_markdown(results))
 
 
-def _run_timm(names: tuple[str, ...], timeout: int, update: bool) -> None:
-    """The timm page: each model's L1 check and oracle in a process of its own; the page is rewritten
-    after every model, so an interrupted run leaves the rows it finished (the page says how many)."""
+def _run_timm(names: tuple[str, ...], timeout: int, update: bool, out: Path | None = None) -> None:
+    """The timm page: each model's L1 check, oracle and Torch-Pruning check in a process of its own; the
+    page is rewritten after every model, so an interrupted run leaves the rows it finished (the page says
+    how many). `out` (default docs/) is where it goes; with NAMES and no --update, only there."""
     import zoo_timm
     from zoo_timm_page import write_timm_markdown
 
     from graphprune.fileio import write_text
 
+    folder, write = out or DOCS, update or not names or out is not None
     todo = list(names) or all_models("timm")
+    planned = len(all_models("timm")) if update or not names else len(todo)
     results: list[dict[str, object]] = []
-    if update and (DOCS / "coverage_timm.json").exists():
-        results = [r for r in json.loads((DOCS / "coverage_timm.json").read_text()) if r["model"] not in todo]
+    if update and (folder / "coverage_timm.json").exists():
+        results = [
+            r for r in json.loads((folder / "coverage_timm.json").read_text()) if r["model"] not in todo
+        ]
     for name in tqdm(todo, desc="timm", unit="model"):
         t0 = time.perf_counter()
         result, err = _subprocess(name, "both", timeout, "timm")
@@ -231,10 +254,11 @@ def _run_timm(names: tuple[str, ...], timeout: int, update: bool) -> None:
         results.append(result)
         order = {n: i for i, n in enumerate(all_models("timm"))}
         results.sort(key=lambda r: order.get(str(r["model"]), len(order)))
-        if update or not names:
-            write_text(DOCS / "coverage_timm.json", json.dumps(results, indent=1) + "\n")
-            write_text(DOCS / "coverage_timm.md", write_timm_markdown(results, len(order)))
-    if not (update or not names):
+        if write:
+            folder.mkdir(parents=True, exist_ok=True)
+            write_text(folder / "coverage_timm.json", json.dumps(results, indent=1) + "\n")
+            write_text(folder / "coverage_timm.md", write_timm_markdown(results, planned))
+    if not write:
         print(write_timm_markdown(results, len(results)))
 
 
@@ -250,17 +274,32 @@ def _subprocess(
             timeout=timeout,
             cwd=ROOT,
         )
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as exc:
+        partial = _last_json(exc.stdout)  # the timm worker prints graphprune's part before Torch-Pruning's
+        if partial is not None:
+            return {**partial, "tp_status": f"error: timed out after {timeout} s (the model's process)"}, ""
         return None, f"timed out after {timeout} s"
     line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     if proc.returncode == 0 and line.startswith("{"):
         return json.loads(line), ""
+    partial = _last_json(proc.stdout) if proc.returncode != 0 else None
+    if partial is not None:  # graphprune's part came back; the process died in Torch-Pruning's
+        return {**partial, "tp_status": f"error: its process died (exit code {proc.returncode})"}, ""
     if proc.returncode < 0:
         sig = -proc.returncode
         return None, f"killed by signal {sig}" + (
             " (out of memory on this 24 GiB machine)" if sig == 9 else ""
         )
     return None, (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+
+
+def _last_json(stdout: str | bytes | None) -> dict[str, object] | None:
+    text = stdout.decode(errors="replace") if isinstance(stdout, bytes) else (stdout or "")
+    lines = [ln for ln in text.strip().splitlines() if ln.startswith("{")]
+    try:
+        return json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        return None
 
 
 if __name__ == "__main__":

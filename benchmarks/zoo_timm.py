@@ -3,11 +3,17 @@
 Used by `benchmarks/zoo_coverage.py --zoo timm` (docs/coverage_timm.md) and by the CI subset
 (`tests/test_zoo_timm.py`). Every model comes from the `timm:NAME` MODEL spec (random init, seeded), at a
 small input (`SIZE`); models that fix their input size are created for it (`img_size`).
+
+Beside graphprune's check, `check_tp` runs Torch-Pruning on the same model (`benchmarks/zoo_tp.py`: ratio
+0.5, checked against a masked reference), in its own time limit and never raising: a Torch-Pruning
+failure or hang leaves graphprune's columns as they are.
 """
 
 from __future__ import annotations
 
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +24,7 @@ from torch import nn
 SIZE = 96
 TARGET = 0.5  # of the FLOPs, with L1
 MAX_RATIO = 0.9  # of a group's channels, plan_by_criterion's default
+TP_TIMEOUT = 300  # s for Torch-Pruning on one model: ~1 s on most, minutes where its graph meets reshapes
 
 # At least one architecture per timm CNN family (and the hybrids a deployment engineer meets).
 TIMM_MODELS: dict[str, tuple[str, ...]] = {
@@ -155,3 +162,58 @@ def check_l1(name: str, model: nn.Module, x: torch.Tensor, *, export: bool = Tru
     seconds = time.perf_counter() - start
     size = int(x.shape[-1])
     return TimmResult(name, family_of(name), stage, error, seconds=seconds, input_size=size, **partial)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class TimmTPResult:
+    """Torch-Pruning at ratio 0.5 on one model, its masked-reference check (`zoo_tp.tp_check`'s keys).
+
+    `tp_status`: "ok", "error: <one line>" (a timeout too) or "not installed"; `tp_runs`: the pruned model
+    runs on the example (None when pruning failed); `tp_matches_masked`: True/False, None with the reason
+    in `tp_note`; `tp_flops`, `tp_params`: shares kept, by Torch-Pruning's own counter."""
+
+    tp_status: str = "not run"
+    tp_runs: bool | None = None
+    tp_matches_masked: bool | None = None
+    tp_rel_error: float | None = None
+    tp_note: str = ""
+    tp_flops: float | None = None
+    tp_params: float | None = None
+    tp_groups: int = 0
+    tp_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class _TPTimeout(BaseException):
+    """Raised by the alarm: a BaseException, so no `except Exception` inside Torch-Pruning swallows it."""
+
+
+def check_tp(model: nn.Module, x: torch.Tensor, *, timeout: int = TP_TIMEOUT) -> TimmTPResult:
+    """Torch-Pruning on a copy of `model` (`zoo_tp.tp_check`), stopped after `timeout` seconds (an alarm,
+    where the platform and thread allow one). Never raises."""
+    from zoo_tp import tp_check
+
+    start = time.perf_counter()
+    alarm = hasattr(signal, "SIGALRM") and threading.current_thread() is threading.main_thread()
+
+    def expire(_signum: int, _frame: object) -> None:
+        raise _TPTimeout
+
+    previous = signal.signal(signal.SIGALRM, expire) if alarm else None
+    try:
+        if alarm:
+            signal.alarm(timeout)
+        return TimmTPResult(**tp_check(model, x))  # type: ignore[arg-type]
+    except _TPTimeout:
+        return TimmTPResult(f"error: timed out after {timeout} s", tp_seconds=time.perf_counter() - start)
+    except Exception as exc:  # noqa: BLE001 - tp_check catches the model's failures; this is a backstop
+        from graphprune.errors import first_line
+
+        status = f"error: {first_line(exc, with_type=True)}"
+        return TimmTPResult(status, tp_seconds=time.perf_counter() - start)
+    finally:
+        if alarm:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from zoo_timm import MAX_RATIO, SIZE, TARGET
+from zoo_timm import MAX_RATIO, SIZE, TARGET, TP_TIMEOUT
+from zoo_tp import PRUNING_RATIO, RTOL
 
 # The models of issue 20's table (timm 1.0.31, before timm support): each must reach the target.
 ISSUE_MODELS = (
@@ -40,6 +41,55 @@ def _ops(reasons: list[str]) -> str:
     return shown.replace("|", "\\|")
 
 
+def tp_runs(r: dict[str, object]) -> bool:
+    return r.get("tp_status") == "ok" and r.get("tp_runs") is True
+
+
+def tp_matches(r: dict[str, object]) -> bool:
+    return tp_runs(r) and r.get("tp_matches_masked") is True
+
+
+def _cell(text: str, limit: int = 120) -> str:
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _tp(r: dict[str, object]) -> str:
+    """The Torch-Pruning cell: runs? matches the masked reference? (and the FLOPs share it kept)."""
+    status = str(r.get("tp_status", ""))
+    note = str(r.get("tp_note") or "")
+    if not status or status == "not run":
+        return "–"
+    if status == "not installed":
+        return "– not installed"
+    if status != "ok":
+        return f"❌ {_cell(status)}"
+    if r.get("tp_runs") is not True:
+        return f"❌ {_cell(note or 'the pruned model fails')}"
+    flops = r.get("tp_flops")
+    kept = f"; FLOPs {float(flops):.2f}" if isinstance(flops, int | float) else ""
+    if r.get("tp_matches_masked") is True:
+        return f"✅ runs, matches{kept}"
+    if r.get("tp_matches_masked") is False:
+        why = "; norms over channels pruned" if "statistics" in note else ""
+        return f"⚠️ runs, differs (rel. err {float(r['tp_rel_error']):.0e}){why}{kept}"  # type: ignore[arg-type]
+    return f"✅ runs, not compared ({_cell(note.removeprefix('no reference: '), 80)}){kept}"
+
+
+def _tp_summary(results: list[dict[str, object]]) -> str:
+    ran = [r for r in results if r.get("tp_status") not in (None, "not run", "not installed")]
+    if not ran:
+        return "Torch-Pruning: not run (not installed, or rows from before the column)."
+    runs = [r for r in ran if tp_runs(r)]
+    differs = [r for r in runs if r.get("tp_matches_masked") is False]
+    unknown = [r for r in runs if r.get("tp_matches_masked") is None]
+    return (
+        f"**Torch-Pruning: its pruned model runs on {len(runs)} of {len(ran)} models; its output matches "
+        f"the masked reference on {sum(1 for r in runs if tp_matches(r))} of them** "
+        f"(differs on {len(differs)}, not compared on {len(unknown)})."
+    )
+
+
 def _row(r: dict[str, object]) -> str:
     trace = "❌" if r["stage"] in ("trace", "crashed") else "✅"
     if reaches(r):
@@ -57,7 +107,8 @@ def _row(r: dict[str, object]) -> str:
     model = f"{r['model']}" + (f" ({size} px)" if size != SIZE else "")
     return (
         f"| {model} | {r['family']} | {trace} | {r['groups']} ({r['prunable_groups']}) | "
-        f"{float(r['prunable_channels']):.0%} | {r['blocks']} | {l1} | {oracle} | {export} | {why} |"  # type: ignore[arg-type]
+        f"{float(r['prunable_channels']):.0%} | {r['blocks']} | {l1} | {oracle} | {export} | {why} | "  # type: ignore[arg-type]
+        f"{_tp(r)} |"
     )
 
 
@@ -95,7 +146,25 @@ def write_timm_markdown(results: list[dict[str, object]], planned: int) -> str:
         "  over tokens between two convs over attention heads (EfficientFormerV2's talking heads) does not,",
         "  so it reports a leak there that removing the channels (what `apply` verifies) does not have;",
         "- **export rel. err**: ONNX (onnxruntime) against the pruned PyTorch model;",
-        "- **why some channels stay**: the reasons of the pinned groups (model input and output not listed).",
+        "- **why some channels stay**: the reasons of the pinned groups (model input and output not listed);",
+        f"- **Torch-Pruning (ratio {PRUNING_RATIO})**: Torch-Pruning (`BasePruner`, group L2 magnitude,",
+        f"  its README's default; local, the classifier ignored) at `pruning_ratio={PRUNING_RATIO}` on a",
+        "  copy of the same model (`benchmarks/zoo_tp.py`), given at most "
+        f"{TP_TIMEOUT} s. The ratio is Torch-Pruning's",
+        "  channel ratio, half of every group's channels, not half of the FLOPs: the FLOPs share it keeps",
+        "  (its own counter) is shown. Whether its pruned model runs on the example, and whether its output",
+        "  matches the **masked reference**: the unpruned copy with, at every conv and linear whose input",
+        "  channels Torch-Pruning removed, those input channels zeroed (read from its pruning groups as it",
+        "  executes them; a depthwise conv's input and output channels go together). A correct removal",
+        f"  computes exactly that: it matches when max |pruned - reference| <= {RTOL:g} x max |reference|,",
+        "  on the example and a second random input, both run in float64 (float32 rounding alone reaches",
+        "  1e-3 in the deepest nets; a wrong channel gives 1e-2 and more). Norms are not masked: where",
+        "  Torch-Pruning removes channels of a LayerNorm or GroupNorm (statistics over the channels), or of",
+        "  another op that reads across channels (a mean or softmax over them), the pruned model computes",
+        "  something else, and differs. Constant-initialised parameters (zero-init BatchNorm, layer scales)",
+        "  and the BatchNorm statistics are randomised (seeded) in the copy first, so that no branch hides a",
+        "  wrong rewrite. 'not compared' gives the reason no honest reference exists (the output's shape",
+        "  changed, channels removed at a module the reference cannot mask).",
         "",
     ]
     if n < planned:
@@ -111,9 +180,11 @@ def write_timm_markdown(results: list[dict[str, object]], planned: int) -> str:
             else "."
         ),
         "",
+        _tp_summary(results),
+        "",
         "| model | family | trace | groups (prunable) | prunable channels | blocks | L1 → 0.5 | oracle |"
-        " export rel. err | why some channels stay |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f" export rel. err | why some channels stay | Torch-Pruning (ratio {PRUNING_RATIO}) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [_row(r) for r in results]
     lines += ["", "## What stops the models that do not reach the target", ""]
@@ -126,5 +197,10 @@ def write_timm_markdown(results: list[dict[str, object]], planned: int) -> str:
     lines += [f"- **{r['model']}** (at {r['stage']}): {r['error']}" for r in failed] or ["None."]
     lines += ["", "## Oracle reports", ""]
     lines += [f"- **{r['model']}**: {r['oracle_error']}" for r in oracle_failed] or ["None."]
+    tp_notes = [r for r in results if r.get("tp_status") not in (None, "not run") and not tp_matches(r)]
+    lines += ["", "## Torch-Pruning: where it fails, differs or is not compared", ""]
+    lines += [
+        f"- **{r['model']}**: {_tp(r)}" + (f" — {r['tp_note']}" if r.get("tp_note") else "") for r in tp_notes
+    ] or ["None."]
     lines.append("")
     return "\n".join(lines)
