@@ -132,6 +132,13 @@ def train_options(fn: F) -> F:
             "and thread count.",
         ),
         click.option("--channels-last", is_flag=True, help="channels_last memory format."),
+        click.option(
+            "--compile",
+            "compile_",
+            is_flag=True,
+            help="torch.compile (inductor) the training step: the first step compiles (seconds to "
+            "minutes), later steps run faster (measured: docs/results/train_throughput.md).",
+        ),
         click.option("--bf16", is_flag=True, help="bf16 autocast (on a GPU)."),
         click.option(
             "--sync-bn",
@@ -169,9 +176,11 @@ def train_config(epochs: int, kw: dict[str, Any]) -> TrainConfig:
     names = (
         "lr", "batch_size", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "kd_temperature",
         "kd_alpha", "max_steps", "seed", "threads", "channels_last", "bf16", "keep", "override", "sync_bn",
+        "compile_",
     )  # fmt: skip
     values = {n: kw.pop(n) for n in names}
     values["resume_override"] = values.pop("override")
+    values["compile"] = values.pop("compile_")
     return TrainConfig(epochs=epochs, workers=data_loading().get("workers", 0), **values)
 
 

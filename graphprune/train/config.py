@@ -21,7 +21,9 @@ class TrainConfig:
     CPU core (shared among the processes of a distributed run on one machine). `workers` DataLoader
     processes decode a streamed dataset (unused when it is decoded into memory). `keep="best"` ends the
     run with the weights of the epoch with the best top-1 on the evaluation split (the validation split
-    when one is held out). `resume_override` lets a resume change fields other than `RESUMABLE_CHANGES`.
+    when one is held out). `compile` runs the training forward through `torch.compile` (inductor);
+    evaluation and the saved weights are the plain model's. `resume_override` lets a resume change
+    fields other than `RESUMABLE_CHANGES`.
     """
 
     epochs: int = 1
@@ -39,6 +41,7 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = False
     channels_last: bool = False
+    compile: bool = False
     augment: bool = True
     log_every: int = 50
     verbose: bool = True
@@ -54,7 +57,7 @@ class TrainConfig:
     # What a resume may change without `resume_override`: the length of the run and how it is watched.
     RESUMABLE_CHANGES = (
         "epochs", "max_steps", "verbose", "log_every", "eval_every_epoch", "eval_batch_size", "device",
-        "threads", "keep", "resume_override", "workers",
+        "threads", "keep", "resume_override", "workers", "compile",
     )  # fmt: skip
 
     def __post_init__(self) -> None:

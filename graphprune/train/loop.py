@@ -269,6 +269,8 @@ def fit(
             state.clear_done(run_dir, stage)  # a finished stage trained further is unfinished until done
 
     net: nn.Module = DistributedDataParallel(model) if info.enabled else model
+    if cfg.compile:
+        net = torch.compile(net)  # type: ignore[assignment]  # shares the model's parameters
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
     progress = Progress(stage, end, steps_per_epoch, enabled=info.is_main and cfg.verbose, start=step)
     log_sums, log_time = sums.clone(), time.perf_counter()

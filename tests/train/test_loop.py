@@ -218,3 +218,44 @@ def test_keep_best_ends_with_the_best_epoch(tmp_path: Path, monkeypatch: pytest.
     assert (tmp_path / "stages" / "finetune" / "best.safetensors").is_file()
     last = fit(tiny_net(), data, quiet(epochs=3, keep="last"), run_dir=tmp_path, resume=True)
     assert last.steps == 9  # keep is no config change; the finished stage returns at once
+
+
+def test_compile_trains_through_torch_compile_and_keeps_the_plain_weights(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    compiled: list[torch.nn.Module] = []
+
+    def spy(net: torch.nn.Module) -> torch.nn.Module:  # records the call; runs eagerly (no compile in CI)
+        compiled.append(net)
+        return net
+
+    monkeypatch.setattr(torch, "compile", spy)
+    data = tiny_bundle(n_train=16)
+    eager, fast = tiny_net(), tiny_net()
+    fast.load_state_dict(eager.state_dict())
+    cfg = quiet(epochs=1, max_steps=2, eval_every_epoch=False)
+    fit(eager, data, cfg)
+    assert compiled == []
+    fit(fast, data, quiet(epochs=1, max_steps=2, eval_every_epoch=False, compile=True))
+    assert compiled == [fast]
+    for k, v in eager.state_dict().items():
+        torch.testing.assert_close(fast.state_dict()[k], v)  # the same steps on the same weights
+
+
+def test_compile_is_a_cli_option_of_every_training_command() -> None:
+    import click
+    from click.testing import CliRunner
+
+    from graphprune.cli import cli
+    from graphprune.cli.training import train_config
+
+    kw = {
+        "lr": 0.02, "batch_size": 128, "weight_decay": 1e-4, "schedule": "onecycle", "warmup_epochs": 0.0,
+        "label_smoothing": 0.0, "kd_temperature": 4.0, "kd_alpha": 0.9, "max_steps": None, "seed": 0,
+        "threads": None, "channels_last": False, "bf16": False, "keep": "last", "override": False,
+        "sync_bn": False, "compile_": True,
+    }  # fmt: skip
+    with click.Context(click.Command("finetune")).scope():
+        assert train_config(1, kw).compile and not kw
+    for command in ("prune", "finetune"):
+        assert "--compile" in CliRunner().invoke(cli, [command, "--help"]).output
