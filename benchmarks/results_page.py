@@ -245,9 +245,14 @@ def summary(results: dict[str, dict[str, Any]]) -> list[str]:
         ratios = ", ".join(f"{r['model']} {r['ratio']:.2f}" for r in thr["rows"])
         measured = [r for r in thr["rows"] if "epoch_seconds" in r]
         epochs = ", ".join(f"{r['model']} {r['epoch_seconds']:.0f} s" for r in measured)
+        compiled = ", ".join(
+            f"{r['model']} {r['epoch_compiled_over_eager']:.2f}" for r in thr["rows"] if "compile_s" in r
+        )
         out.append(
-            f"Training on this machine: `fit` / minimal loop over the same steps {ratios}"
-            + (f"; one measured CIFAR epoch: {epochs}." if epochs else "; no epoch measured yet.")
+            f"Training on this machine ({thr['threads']} threads): `fit` / minimal loop over the same steps "
+            f"{ratios}"
+            + (f"; one measured CIFAR epoch: {epochs}" if epochs else "; no epoch measured yet")
+            + (f"; epoch with `--compile` / eager, cold compile included: {compiled}." if compiled else ".")
         )
     elif thr:
         out.append(
