@@ -316,7 +316,7 @@ def _epochs(steps: int, data: Any, cfg: Any) -> int:
 
 def run_arm(
     arm_name: str, block: Block, reduction: float | None, seed: int, mode: Mode, data: Any, work: Path,
-    threads: int, device: str, code: str,
+    threads: int, device: str, code: str, compile_: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Prune, take the fast numbers, fine-tune to the budget, evaluate once on test; never raises."""
     from graphprune.train import TrainConfig, evaluate, fit, recalibrate_bn
@@ -329,7 +329,7 @@ def run_arm(
     budget = mode.steps or mode.epochs * per_epoch
     cfg = TrainConfig(
         epochs=1, batch_size=mode.batch_size, lr=mode.lr, seed=seed, threads=threads, device=device,
-        eval_every_epoch=False, eval_batch_size=mode.eval_batch_size, verbose=False,
+        eval_every_epoch=False, eval_batch_size=mode.eval_batch_size, verbose=False, compile=compile_,
     )  # fmt: skip
     stage_steps = [max(1, round(s * budget)) for s in arm.stage_shares]
     run_dir = (
@@ -341,7 +341,8 @@ def run_arm(
     out: dict[str, Any] = {
         "mode": mode.name, "model": block.model, "weights": block.weights, "arm": arm_name, "kind": arm.kind,
         "reduction": reduction, "seed": seed, "round_to": arm.round_to, "threads": threads, "device": device,
-        "code": code, "commit": run_meta.versions()["git"], "command": run_meta.command_line(),
+        "compile": compile_, "code": code,
+        "commit": run_meta.versions()["git"], "command": run_meta.command_line(),
         "budget_steps": budget, "batch_size": mode.batch_size, "lr": mode.lr,
         "stage_shares": list(arm.stage_shares),
     }  # fmt: skip
@@ -467,7 +468,7 @@ def missing(mode: Mode, out: Path, only: tuple[str, ...] = (), seeds: tuple[int,
 
 def run_arms(
     mode: Mode, out: Path, work_dir: Path | None, only: tuple[str, ...], threads: int, device: str,
-    seeds: tuple[int, ...] = (),
+    seeds: tuple[int, ...] = (), compile_: bool = False,
 ) -> None:  # fmt: skip
     """Run the selected arms of the mode that have no record yet, writing each record."""
     from graphprune.train import load_data
@@ -482,7 +483,7 @@ def run_arms(
             if path.exists():
                 click.echo(f"{path.stem}: done earlier, skipped (delete {path} to re-run)")
                 continue
-            result = run_arm(arm, block, reduction, seed, mode, data, work, threads, device, code)
+            result = run_arm(arm, block, reduction, seed, mode, data, work, threads, device, code, compile_)
             write_text(path, json.dumps(result, indent=1) + "\n")
             ok = result["status"] == "ok"
             shown = f"test top-1 {result['test_top1']:.2f}" if ok else result.get("error", "")
@@ -511,13 +512,18 @@ def run_arms(
 @click.option("--threads", type=click.IntRange(min=1), default=max(1, (os.cpu_count() or 2) - 1),
               show_default=True,
               help="CPU threads of every arm (recorded; runs repeat exactly at the same count).")  # fmt: skip
+@click.option(
+    "--compile", "compile_", is_flag=True,
+    help="torch.compile every arm's training (recorded; faster per CPU epoch, compilation included: "
+    "docs/results/train_throughput.md). Off by default: the standard mode's arms so far ran eager.",
+)  # fmt: skip
 @click.option("--device", default="auto", show_default=True, help="Training device (auto: CUDA if present).")
 @click.option("--strict", is_flag=True, help="Exit 1 unless every arm of the mode has an ok record.")
 @click.option("--no-summary", is_flag=True, help="Only run arms; do not rebuild accuracy.json/.md/.png.")
 @click.option("--summary-only", is_flag=True, help="Only rebuild accuracy.json/.md/.png from the records.")
 def main(
     mode_name: str, out: Path, work_dir: Path | None, only: tuple[str, ...], seeds: tuple[int, ...],
-    threads: int, device: str, strict: bool, no_summary: bool, summary_only: bool,
+    threads: int, compile_: bool, device: str, strict: bool, no_summary: bool, summary_only: bool,
 ) -> None:  # fmt: skip
     """Run (or resume) the accuracy suite, then rebuild accuracy.json, accuracy.md and accuracy.png."""
     mode = MODES[mode_name]
@@ -527,7 +533,7 @@ def main(
             f"unknown arm {unknown[0]!r} (choose from {', '.join(ARMS)})", param_hint="--arm"
         )
     if not summary_only:
-        run_arms(mode, out, work_dir, only, threads, device, seeds)
+        run_arms(mode, out, work_dir, only, threads, device, seeds, compile_)
     if not no_summary:
         summary = summarise(out)
         write_text(out / "accuracy.json", json.dumps(summary, indent=1) + "\n")
