@@ -96,7 +96,8 @@ def verdicts(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
             pool = [control] if kind == "control" and control else [r for r in met if r["kind"] == kind]
             top = max(pool, key=lambda r: r["val_top1_mean"], default=None)
             best[kind] = _entry(top) if top else None
-        seeds = sorted({s for r in compared for s in r["seeds"]})
+        # the pruned arms' seeds (the control's own are in its cell): a verdict is as seeded as its arms
+        seeds = sorted({s for r in (met or compared) for s in r["seeds"]})
         out.append(
             {
                 "mode": mode,

@@ -95,3 +95,9 @@ def test_a_seed_selection_splits_the_standard_mode_between_two_processes(tmp_pat
     assert sorted(map(repr, zero + one)) == sorted(map(repr, every))  # no job lost, none run twice
     l1 = accuracy_suite.selected(mode, tmp_path, only=("l1",), seeds=(1,))
     assert [(j[1], j[3]) for j in l1] == [("l1", 1)]
+
+
+def test_a_verdict_names_the_pruned_arms_seeds_not_the_controls() -> None:
+    arms = [*ARMS, arm("unpruned", "control", 1.0, 90.0, 89.2, seed=1)]  # a second control seed only
+    verdict = next(v for v in av.verdicts(av.rows(arms)) if v["mode"] == "quick")
+    assert verdict["seeds"] == [0]

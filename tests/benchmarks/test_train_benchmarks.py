@@ -25,7 +25,8 @@ def test_train_throughput_smoke(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "train_throughput.json").read_text())
     row = result["rows"][0]
     assert row["model"] == "cifar_resnet20" and row["fit_img_s"] > 0 and row["minimal_img_s"] > 0
-    assert row["steps"] == 2 and row["warmup"] == 2 and row["channels_last_img_s"] > 0 and row["eval_img_s"] > 0
+    assert row["steps"] == 2 and row["warmup"] == 2 and row["channels_last_img_s"] > 0
+    assert row["eval_img_s"] > 0
     assert result["threads"] >= 1 and set(result["load_average"]) == {"start", "end"}
     assert set(result["data_paths_img_s"]) == {"memory", "stream_w0", "stream_w1", "stream_w2"}
     assert all(v > 0 for v in result["data_paths_img_s"].values())
