@@ -116,20 +116,17 @@ class _ValueTracer(_Tracer):
         self.values: dict[fx.Node, Any] = {}
         self.inputs = list(example_inputs)
         self.concrete = concrete
-        self.types: list[type] = []
         self.running = False  # computing a value: module calls run, they are not traced
 
     def concretising(self) -> bool:
-        return isinstance(self.root, self.concrete) or any(issubclass(t, self.concrete) for t in self.types)
+        """Whether tracing is inside a module of a `concrete` type (the root included)."""
+        inside = (self.root.get_submodule(path) for path, _ in self.path)
+        return isinstance(self.root, self.concrete) or any(isinstance(m, self.concrete) for m in inside)
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
         if self.running:
             return forward(*args, **kwargs)
-        self.types.append(type(m))
-        try:
-            return super().call_module(m, forward, args, kwargs)
-        finally:
-            self.types.pop()
+        return super().call_module(m, forward, args, kwargs)
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
         if self.running:  # a parameter read while computing a value is the parameter
