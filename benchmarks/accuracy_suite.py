@@ -1,7 +1,7 @@
 """Suite 1: top-1 against FLOPs on CIFAR-10 JPEG, graphprune's methods against L1 and Torch-Pruning.
 
     python benchmarks/accuracy_suite.py --smoke      # every arm, a few steps on a few images (CI)
-    python benchmarks/accuracy_suite.py --quick      # ResNet-20 at -40/-50/-60%, 1 seed, short budget
+    python benchmarks/accuracy_suite.py --quick      # ResNet-20 at -40/-50/-60/-80%, 1 seed, short budget
     python benchmarks/accuracy_suite.py --standard   # the evidence: ResNet-20 (2 seeds), ResNet-56, -60%
 
 The rules (see accuracy_verdicts for how they are judged):
@@ -148,7 +148,7 @@ MODES = {
     ),
     "quick": Mode(
         "quick",
-        (Block(*R20, (0.6, 0.5, 0.4), (0,)),),  # the headline cut first
+        (Block(*R20, (0.6, 0.5, 0.4, 0.8), (0,)),),  # the headline cut first, -80% last
         ("l1", *LEARNED, "tp-groupnorm-global", "tp-bnscale-global", "tp-taylor-global", "tp-depgraph"),
         steps=160,
         lr=0.01,
@@ -493,7 +493,7 @@ def run_arms(
 @click.command()
 @click.option("--smoke", "mode_name", flag_value="smoke", help="Every arm, a few steps on a few images (CI).")
 @click.option(
-    "--quick", "mode_name", flag_value="quick", help="ResNet-20 at -40/-50/-60%, one seed, short budget."
+    "--quick", "mode_name", flag_value="quick", help="ResNet-20 at -40/-50/-60/-80%, one seed, short budget."
 )
 @click.option(
     "--standard", "mode_name", flag_value="standard", default=True,
