@@ -86,6 +86,10 @@ ARMS = {
         Arm("abp+wgates", "learned", method="abp+wgates", stage_shares=(0.1, 0.15, 0.2)),
         # ablations: ABP ranking by the paper's vote; W-Gates read off untrained (the filter-norm prior)
         Arm("abp-vote", "ablation", method="abp", stage_shares=(0.15, 0.25), options=(("rank_by", "vote"),)),
+        Arm(
+            "abp-vote-veto", "ablation", method="abp", stage_shares=(0.15, 0.25),
+            options=(("rank_by", "vote+veto"),),
+        ),  # fmt: skip
         Arm("wgates-prior", "ablation", method="wgates", options=(("epochs", [0]),)),
         *(_tp(imp, g) for imp in ("groupnorm", "bnscale", "taylor") for g in (True, False)),
         _tp("groupnorm", True, 8),
@@ -153,7 +157,7 @@ MODES = {
         steps=160,
         lr=0.01,
         extra_arms={
-            0.6: ("abp-vote", "wgates-prior"),
+            0.6: ("abp-vote", "wgates-prior", "abp-vote-veto"),
             0.5: (
                 "tp-groupnorm-layer",
                 "tp-bnscale-layer",

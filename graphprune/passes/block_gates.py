@@ -73,6 +73,27 @@ def forget_marks(model: nn.Module) -> None:
         gate.mark = None
 
 
+def branch_scales(gm: fx.GraphModule) -> dict[str, nn.Parameter]:
+    """Block name -> the scale (γ) of the affine BatchNorm that ends its gated branch, where one does.
+
+    `m * BN(z)` has a flat direction: m can shrink while γ grows, so a mark need not say what the block
+    is worth. ABP freezes these scales while the marks train."""
+    gates = {f"{GATES}.{gate_name(name)}": name for name in gates_of(gm)}
+    modules = dict(gm.named_modules())
+    out: dict[str, nn.Parameter] = {}
+    for node in gm.graph.nodes:
+        block = gates.get(str(node.target)) if node.op == "call_module" else None
+        if block is None:
+            continue
+        for mul in node.users:
+            branch = next((a for a in mul.args if a is not node), None)
+            if isinstance(branch, fx.Node) and branch.op == "call_module":
+                norm = modules[str(branch.target)]
+                if isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.weight is not None:
+                    out[block] = norm.weight
+    return out
+
+
 def _channels(node: fx.Node) -> int:
     spec = node.meta.get(META_KEY)
     if not isinstance(spec, TensorSpec) or len(spec.shape) < 2:

@@ -38,7 +38,7 @@ from graphprune.methods.abp.budget import (
 from graphprune.methods.abp.regulariser import GateRegulariser
 from graphprune.methods.abp.voting import Vote, calibrate, vote
 from graphprune.methods.base import seeded
-from graphprune.passes.block_gates import InsertBlockGates, forget_marks, gates_of
+from graphprune.passes.block_gates import InsertBlockGates, branch_scales, forget_marks, gates_of
 from graphprune.train import TrainConfig, fit, recalibrate_bn
 from graphprune.train.data import DataBundle
 from graphprune.train.state import stage_dir
@@ -54,7 +54,10 @@ class AbpConfig:
     epochs: tuple[int, int] = (2, 2)  # stage 1, stage 2 (stage 3 is the pipeline's fine-tune)
     stage_steps: tuple[int | None, int | None] = (None, None)  # caps on each stage's optimiser steps
     prune_steps: int = 3  # pruning steps in stage 2, each followed by its share of recovery training
-    rank_by: str = "measured"  # "measured": removal cost (output KL) per FLOPs saved; "vote": the paper's
+    rank_by: str = "measured"  # "measured": removal cost (output KL) per FLOPs saved; "vote": the paper's;
+    # "vote+veto": the vote, but a block whose measured cost per FLOPs saved exceeds `veto` x the median
+    # candidate's goes last
+    veto: float = 3.0
     measure_images: int = 1024  # validation images the removal cost of a candidate is measured on
     recal_images: int = 1024  # training images BatchNorm statistics are re-estimated on after a change
     kd_stage1: bool = True  # distil from the original in stage 1 too
@@ -67,6 +70,7 @@ class AbpConfig:
     calib_batch_size: int = 128
     calib_seed: int = 1
     fold_mean_mark: bool = True  # fold a kept block's mean mark into its branch (else mark 1)
+    freeze_branch_scale: bool = True  # freeze the γ ending each gated branch in stages 1-2 (m·γ is flat)
 
 
 @dataclass
@@ -138,6 +142,17 @@ def removal_losses(
     return costs
 
 
+def vetoed_blocks(cost: dict[str, float], veto: float) -> set[str]:
+    """The blocks whose measured removal cost (per FLOPs share) exceeds `veto` x the candidates' median:
+    the vote may not put them first, however low their marks."""
+    if not cost:
+        return set()
+    values = sorted(cost.values())
+    mid = len(values) // 2
+    median = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    return {b for b, c in cost.items() if c > veto * median}
+
+
 def prune_step(
     model: nn.Module,
     pg: PrunableGraph,
@@ -157,13 +172,19 @@ def prune_step(
     v = vote(names, marks, k=max(1, needed_now - len(pruned)), exclude=pruned)
     record: dict[str, Any] = {"pruned_before": pruned, "vote": v.to_dict()}
     ranking = list(v.ranking)
-    if cfg.rank_by == "measured":
+    if cfg.rank_by in ("measured", "vote+veto"):
         losses = removal_losses(model, data, ranking, cfg)
         shares = block_shares(pg)
-        ranking = sorted(ranking, key=lambda b: (losses[b] / max(shares[b], 1e-12), ranking.index(b)))
+        cost = {b: losses[b] / max(shares[b], 1e-12) for b in ranking}
         record["removal_kl"] = {b: round(losses[b], 6) for b in ranking}
+        if cfg.rank_by == "measured":
+            ranking = sorted(ranking, key=lambda b: (cost[b], ranking.index(b)))
+        else:
+            vetoed = vetoed_blocks(cost, cfg.veto)
+            ranking = [b for b in ranking if b not in vetoed] + [b for b in ranking if b in vetoed]
+            record["vetoed"] = sorted(vetoed, key=ranking.index)
     elif cfg.rank_by != "vote":
-        raise PlanError(f"abp: rank_by must be 'measured' or 'vote', got {cfg.rank_by!r}")
+        raise PlanError(f"abp: rank_by must be 'measured', 'vote' or 'vote+veto', got {cfg.rank_by!r}")
     removal = removal_for_budget(pg, pruned + ranking, budget)
     new = [b for b in removal.blocks if b not in pruned]
     take = new[: blocks_this_step(len(pruned), len(removal.blocks), steps_left)]
@@ -212,6 +233,10 @@ def run_abp(
         params = [p for g in gates_of(model).values() for p in g.parameters()]
         return [{"params": params, "lr": train_cfg.lr * cfg.gate_lr_scale, "weight_decay": 0.0}]
 
+    frozen = list(branch_scales(gated).values()) if cfg.freeze_branch_scale else []
+    for p in frozen:
+        p.requires_grad_(False)
+
     e1, e2 = cfg.epochs
     s1, s2 = (s if s is not None else train_cfg.max_steps for s in cfg.stage_steps)
     # stage 1: backbone and gates together, KD (or CE) + regulariser
@@ -251,6 +276,8 @@ def run_abp(
         _save_votes(run_dir, votes)
         recalibrate_bn(gated, data, images=cfg.recal_images, seed=cfg.calib_seed)
 
+    for p in frozen:
+        p.requires_grad_(True)
     names, marks = calibrate(gated, calibration_batches(gated, data, cfg))
     forget_marks(gated)
     pruned = _pruned(gated)
