@@ -6,7 +6,9 @@
 Per model: `graphprune.efficiency.build_latency_model` measures random sub-networks (kept channels per group
 and removed blocks; the unpruned model first) with onnxruntime at 1 thread and batch 1, fits the
 predictor on all but a held-out share, and reports the held-out MAPE and Spearman rank correlation, the
-fit's own MAPE, and how long collecting the samples took. Samples are measured afresh into a temporary
+fit's own MAPE, and how long collecting the samples took. It then measures `--repeat` of the samples a
+second time: their MAPE against the first measurement is the noise floor, the error a perfect predictor
+would still show on this machine. Samples are measured afresh into a temporary
 cache (a cache from a busier hour would carry its noise into the fit). The goal is a held-out MAPE of at
 most 5%. Writes predictor_error.{json,md} under --out (docs/results by default).
 """
@@ -14,6 +16,7 @@ most 5%. Writes predictor_error.{json,md} under --out (docs/results by default).
 from __future__ import annotations
 
 import json
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -32,10 +35,23 @@ MODELS = (
 GOAL_MAPE = 0.05
 
 
-def measure(spec: str, shape: tuple[int, ...], samples: int, runs: int, cache: Path) -> dict[str, Any]:
-    """Collect `samples` sub-networks of `spec`, fit, and return the predictor's report as one row."""
+def repeat_error(pg: Any, samples: list[Any], repeat: int, runs: int) -> float | None:
+    """MAPE (%) of a second measurement of `repeat` seeded-random samples against their first one."""
+    from graphprune.efficiency.latency import kept_plan, measure_plan
+
+    if repeat < 1:
+        return None
+    chosen = random.Random(0).sample(samples, min(repeat, len(samples)))
+    again = [measure_plan(pg, kept_plan(pg, s.kept, s.blocks), threads=1, runs=runs) for s in chosen]
+    return 100 * sum(abs(a - s.ms) / s.ms for a, s in zip(again, chosen, strict=True)) / len(chosen)
+
+
+def measure(
+    spec: str, shape: tuple[int, ...], samples: int, runs: int, cache: Path, repeat: int = 0
+) -> dict[str, Any]:
+    """Collect `samples` sub-networks of `spec`, fit, re-measure `repeat` of them, and return one row."""
     import graphprune as gp
-    from graphprune.efficiency.latency import build_latency_model
+    from graphprune.efficiency.latency import build_latency_model, collect_samples
     from graphprune.modelspec import resolve_model
 
     torch.manual_seed(0)
@@ -52,6 +68,8 @@ def measure(spec: str, shape: tuple[int, ...], samples: int, runs: int, cache: P
     )
     seconds = time.perf_counter() - start
     r = predictor.report
+    measured = collect_samples(pg, samples, threads=1, cache_dir=cache, runs=runs)  # from the cache
+    noise = repeat_error(pg, measured, repeat, runs)
     return {
         "model": spec,
         "input": "x".join(map(str, shape)),
@@ -64,6 +82,8 @@ def measure(spec: str, shape: tuple[int, ...], samples: int, runs: int, cache: P
         "groups": len(pg.prunable_groups),
         "blocks": len(pg.blocks),
         "meets_goal": bool("mape" in r and r["mape"] <= GOAL_MAPE),
+        "repeated": min(repeat, samples),
+        "repeat_mape_pct": noise,
     }
 
 
@@ -77,16 +97,19 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         "onnxruntime at 1 thread, batch 1; each sample is the 10th percentile of "
         f"{data['runs']} runs; held-out share of the samples never seen by the fit. Goal: held-out MAPE "
-        f"<= {100 * GOAL_MAPE:.0f}%.",
+        f"<= {100 * GOAL_MAPE:.0f}%. Noise floor: MAPE of a second measurement of some samples against "
+        "their first, i.e. what a perfect predictor would score here.",
         "",
-        "| model | input | samples (held out) | held-out MAPE | Spearman | fit MAPE | collecting | goal |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | input | samples (held out) | held-out MAPE | noise floor (repeated) | Spearman | fit MAPE "
+        "| collecting | goal |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["rows"]:
         mape = "-" if r["held_out_mape_pct"] is None else f"{r['held_out_mape_pct']:.2f}%"
         rho = "-" if r["spearman"] is None else f"{r['spearman']:.3f}"
+        floor = "-" if r.get("repeat_mape_pct") is None else f"{r['repeat_mape_pct']:.2f}% ({r['repeated']})"
         lines.append(
-            f"| {r['model']} | {r['input']} | {r['samples']} ({r['held_out']}) | {mape} | {rho} | "
+            f"| {r['model']} | {r['input']} | {r['samples']} ({r['held_out']}) | {mape} | {floor} | {rho} | "
             f"{r['fit_mape_pct']:.2f}% | {r['collect_s']:.0f} s | {'yes' if r['meets_goal'] else 'no'} |"
         )
     return "\n".join(lines) + "\n"
@@ -96,9 +119,13 @@ def markdown(data: dict[str, Any]) -> str:
 @click.option("--smoke", is_flag=True, help="CIFAR ResNet-20, a few samples and runs (CI).")
 @click.option("--samples", type=int, default=60, show_default=True, help="Measured sub-networks per model.")
 @click.option("--runs", type=int, default=30, show_default=True, help="Timed onnxruntime runs per sample.")
+@click.option(
+    "--repeat", type=int, default=12, show_default=True,
+    help="Samples measured a second time, for the noise floor (0: none).",
+)  # fmt: skip
 @click.option("--model", "only", multiple=True, help="Only these MODEL specs (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=ROOT / "docs" / "results")
-def main(smoke: bool, samples: int, runs: int, only: tuple[str, ...], out: Path) -> None:
+def main(smoke: bool, samples: int, runs: int, repeat: int, only: tuple[str, ...], out: Path) -> None:
     """Measure the held-out error of the latency predictor; write predictor_error.{json,md}."""
     from graphprune.fileio import write_text
 
@@ -107,11 +134,11 @@ def main(smoke: bool, samples: int, runs: int, only: tuple[str, ...], out: Path)
     if only:
         models = [m for m in models if m[0] in only]
     if smoke:
-        samples, runs = 8, 5
+        samples, runs, repeat = 8, 5, 2
     rows = []
     with tempfile.TemporaryDirectory(prefix="graphprune-latency-") as cache:
         for spec, shape in models:
-            rows.append(measure(spec, shape, samples, runs, Path(cache)))
+            rows.append(measure(spec, shape, samples, runs, Path(cache), repeat))
     data = {
         "meta": describe_run("smoke" if smoke else "full"),
         "runs": runs,

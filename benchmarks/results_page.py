@@ -234,7 +234,11 @@ def summary(results: dict[str, dict[str, Any]]) -> list[str]:
         )
     pred = results.get("predictor_error.json")
     if pred and pred.get("rows"):
-        cells = ", ".join(f"{r['model']} {r['held_out_mape_pct']:.1f}%" for r in pred["rows"])
+        cells = ", ".join(
+            f"{r['model']} {r['held_out_mape_pct']:.1f}%"
+            + (f" (noise floor {r['repeat_mape_pct']:.1f}%)" if r.get("repeat_mape_pct") is not None else "")
+            for r in pred["rows"]
+        )
         met = sum(r["meets_goal"] for r in pred["rows"])
         out.append(
             f"Latency predictor, held-out MAPE (goal <= {pred['goal_mape_pct']}%): {cells}; "
