@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -85,6 +85,44 @@ def rounded_kept(size: int, kept: int, round_to: int) -> int:
     if round_to == 1 or size <= round_to:
         return kept
     return min(size, -(-kept // round_to) * round_to)
+
+
+def give_back(
+    model: FlopsModel,
+    budget: float,
+    scores: Mapping[str, np.ndarray],
+    removed: Mapping[str, Sequence[int]],
+    round_to: int = 1,
+) -> dict[str, list[int]]:
+    """Return whole rounding units while the plan still fits `budget`, most score per MAC first.
+
+    The smallest removal that meets a budget can undershoot it by far: one coarse unit (half of a
+    rounded group that spans every stage) closes the gap and much more. `removed[gid]` lists indices
+    lowest score first; a unit given back is the highest-scoring removed indices that take the group to
+    its next valid count. Stops when no unit fits."""
+    out = {gid: list(idx) for gid, idx in removed.items() if len(idx)}
+    flops = float(model.flops(out))
+    while True:
+        best: tuple[float, str, list[int], float] | None = None
+        for gid, idx in out.items():
+            size = len(scores[gid])
+            kept = size - len(idx)
+            back = rounded_kept(size, kept + 1, round_to) - kept
+            trial = idx[: len(idx) - back]
+            cost = model.flops({**out, gid: trial})
+            if cost > budget:
+                continue
+            value = float(np.asarray(scores[gid])[idx[len(idx) - back :]].sum())
+            key = value / max(cost - flops, 1e-9)
+            if best is None or key > best[0]:
+                best = (key, gid, trial, cost)
+        if best is None:
+            return out
+        _, gid, trial, flops = best
+        if trial:
+            out[gid] = trial
+        else:
+            del out[gid]
 
 
 def channel_scores(pg: PrunableGraph, criterion: Criterion = "l1") -> dict[str, np.ndarray]:
@@ -169,8 +207,12 @@ def plan_by_criterion(
             hi = mid
         else:
             lo = mid + 1
+    chosen = removal(lo)
+    if scope == "global":
+        norm = {gid: s / (s.mean() or 1.0) for gid, s in scores.items()}
+        chosen = give_back(model, budget, norm, chosen, round_to)
     plan = PruningPlan.for_graph(pg)
-    for gid, idx in removal(lo).items():
+    for gid, idx in chosen.items():
         plan.remove_channels(gid, idx)
     plan.meta.update(
         round_to=round_to,

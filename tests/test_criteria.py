@@ -82,3 +82,25 @@ def test_global_ranking_takes_candidates_by_normalised_score_then_group_then_ran
         for rank, i in enumerate(removable[k])
     )
     assert _global_ranking(scores, removable).tolist() == [k for _, k, _ in expected]
+
+
+@pytest.mark.parametrize("round_to", [1, 8])
+@pytest.mark.parametrize("target", [0.7, 0.5, 0.4])
+def test_global_plan_gives_back_every_unit_that_still_fits(
+    pg: gp.PrunableGraph, round_to: int, target: float
+) -> None:
+    """The smallest removal meeting the budget can undershoot it by a coarse unit; every rounding unit
+    that fits comes back, so no single one more can (the CIFAR ResNet-56 with trained weights kept 0.474
+    of the FLOPs for a 0.7 target at round 8 before)."""
+    from graphprune.criteria import rounded_kept
+    from graphprune.efficiency import FlopsModel
+
+    plan = plan_by_criterion(pg, "l1", target, "global", round_to=round_to)
+    fm, budget = FlopsModel(pg), target * pg.flops
+    assert fm.flops(plan.channels) <= budget
+    for gid, idx in plan.channels.items():
+        size = pg.group(gid).size
+        kept = size - len(idx)
+        back = rounded_kept(size, kept + 1, round_to) - kept
+        order = sorted(idx, key=lambda i: channel_scores(pg, "l1")[gid][i])
+        assert fm.flops({**plan.channels, gid: order[: len(order) - back]}) > budget, gid
