@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -172,45 +172,79 @@ def plan_by_criterion(
         size = len(scores[gid])
         return size - rounded_kept(size, size - k, round_to)
 
-    if scope == "global":
-        gids = sorted(scores)
-        ranked_group = _global_ranking([scores[g] for g in gids], [order[g][: caps[g]] for g in gids])
-        groups_seen, first_seen = np.unique(ranked_group, return_index=True)
-        by_first = np.argsort(first_seen)  # groups in the order the ranking first reaches them
-        first_order = list(zip(first_seen[by_first].tolist(), groups_seen[by_first].tolist(), strict=True))
+    def smallest(removal: Callable[[int], dict[str, list[int]]], hi: int) -> int | None:
+        """The smallest n whose removal meets the budget (bisection), None if even `hi` does not."""
+        if model.flops(removal(hi)) > budget:
+            return None
+        lo = 0
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if model.flops(removal(mid)) <= budget:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
 
-        def removal(n: int) -> dict[str, list[int]]:
-            taken = np.bincount(ranked_group[:n], minlength=len(gids)).tolist()
-            return {
-                gids[k]: order[gids[k]][: rounded(gids[k], taken[k])] for first, k in first_order if first < n
-            }
+    def out_of_reach(removal: Callable[[int], dict[str, list[int]]], hi: int) -> PlanError:
+        reachable = model.flops(removal(hi)) / pg.flops
+        return PlanError(
+            f"target FLOPs {target_flops:.2f} is out of reach: at most {max_ratio:.0%} of each group "
+            f"can go, which leaves {reachable:.2f} of the FLOPs"
+        )
 
-        lo, hi = 0, len(ranked_group)
-    else:
+    if scope == "layer":
         steps = 1000
 
-        def removal(n: int) -> dict[str, list[int]]:
+        def by_fraction(n: int) -> dict[str, list[int]]:
             r = n / steps * max_ratio
             counts = {gid: rounded(gid, min(caps[gid], int(r * len(s)))) for gid, s in scores.items()}
             return {gid: order[gid][:k] for gid, k in counts.items() if k}
 
-        lo, hi = 0, steps
-    if model.flops(removal(hi)) > budget:
-        reachable = model.flops(removal(hi)) / pg.flops
-        raise PlanError(
-            f"target FLOPs {target_flops:.2f} is out of reach: at most {max_ratio:.0%} of each group "
-            f"can go, which leaves {reachable:.2f} of the FLOPs"
-        )
-    while lo < hi:  # smallest removal meeting the budget
-        mid = (lo + hi) // 2
-        if model.flops(removal(mid)) <= budget:
-            hi = mid
-        else:
-            lo = mid + 1
-    chosen = removal(lo)
-    if scope == "global":
+        n = smallest(by_fraction, steps)
+        if n is None:
+            raise out_of_reach(by_fraction, steps)
+        chosen = by_fraction(n)
+    else:
+        gids = sorted(scores)
         norm = {gid: s / (s.mean() or 1.0) for gid, s in scores.items()}
-        chosen = give_back(model, budget, norm, chosen, round_to)
+
+        def global_plan(limits: Mapping[str, int]) -> tuple[dict[str, list[int]] | None, str | None]:
+            """The bisected prefix of the global ranking with units given back, and the group whose
+            candidate closed the gap; (None, None) when the limits cannot meet the budget."""
+            ranked_group = _global_ranking([scores[g] for g in gids], [order[g][: limits[g]] for g in gids])
+            groups_seen, first_seen = np.unique(ranked_group, return_index=True)
+            by_first = np.argsort(first_seen)  # groups in the order the ranking first reaches them
+            first_order = list(
+                zip(first_seen[by_first].tolist(), groups_seen[by_first].tolist(), strict=True)
+            )
+
+            def removal(n: int) -> dict[str, list[int]]:
+                taken = np.bincount(ranked_group[:n], minlength=len(gids)).tolist()
+                return {
+                    gids[k]: order[gids[k]][: rounded(gids[k], taken[k])]
+                    for first, k in first_order
+                    if first < n
+                }
+
+            n = smallest(removal, len(ranked_group))
+            if n is None:
+                if limits is caps:
+                    raise out_of_reach(removal, len(ranked_group))
+                return None, None
+            closing = gids[int(ranked_group[n - 1])] if n else None
+            return give_back(model, budget, norm, removal(n), round_to), closing
+
+        def kept_value(removed: Mapping[str, list[int]]) -> float:
+            return sum(float(v.sum() - v[removed.get(gid, [])].sum()) for gid, v in norm.items())
+
+        found, closing = global_plan(caps)
+        assert found is not None
+        chosen = found
+        if round_to > 1 and closing is not None:
+            # a coarse unit closed the gap: also plan without that group's cuts, keep the better plan
+            other, _ = global_plan({**caps, closing: 0})
+            if other is not None and kept_value(other) > kept_value(chosen):
+                chosen = other
     plan = PruningPlan.for_graph(pg)
     for gid, idx in chosen.items():
         plan.remove_channels(gid, idx)
