@@ -250,6 +250,9 @@ def markdown(data: dict[str, Any]) -> str:
         "falls as fast as FLOPs).",
         "",
     ]
+    left = [m for m in MODELS if m not in {d["spec"] for d in data["models"]}]
+    if meta["mode"] != "smoke" and left:
+        lines += [f"Not in this run (re-run them with `--model NAME --resume`): {', '.join(left)}.", ""]
     for cmp_key, text in (
         ("block_channel_vs_channel", "block+channel faster than channel-only"),
         ("channel_vs_tp", "graphprune channel faster than Torch-Pruning"),
