@@ -108,3 +108,16 @@ def test_predictor_error_smoke(tmp_path: Path) -> None:
     assert row["meets_goal"] == (row["held_out_mape_pct"] <= data["goal_mape_pct"])
     assert row["repeated"] == 2 and row["repeat_mape_pct"] >= 0
     assert "held-out MAPE" in (tmp_path / "predictor_error.md").read_text()
+
+
+def test_choice_ablation_smoke_scores_every_arms_choice_on_the_original_weights(
+    tmp_path: Path, shared_dir: Path
+) -> None:
+    run_script(BENCHMARKS / "choice_ablation.py", "--smoke", "--out", tmp_path)
+    data = json.loads((tmp_path / "choice_ablation.json").read_text())
+    rows = {r["arm"]: r for r in data["rows"]}
+    assert set(rows) == {"l1", "wgates-prior", "wgates"}
+    assert all(r["flops_ratio"] <= data["keep"] + 1e-9 for r in rows.values())
+    assert all(0 <= r["original_weights_bnrecal"] <= 100 for r in rows.values())
+    assert "own_weights_bnrecal" in rows["wgates"] and "own_weights_bnrecal" not in rows["l1"]
+    assert "original weights" in (tmp_path / "choice_ablation.md").read_text()
