@@ -222,7 +222,8 @@ def summary(results: dict[str, dict[str, Any]]) -> list[str]:
         out += accuracy_lines(acc)
     lat = real.get("latency.json")
     if lat and lat.get("meta"):
-        out += [f"Latency: {line}" for line in latency_answers(lat)]
+        models = ", ".join(m["spec"] for m in lat.get("models", []))
+        out += [f"Latency ({models}): {line}" for line in latency_answers(lat)]
     speed = results.get("tool_speed.json")
     if speed and speed.get("results"):
         rows = speed["results"]

@@ -76,7 +76,7 @@ def test_readme_block_is_replaced_and_smoke_runs_are_not_summarised(tmp_path: Pa
     results_page.update_readme(readme, results_page.summary({"latency.json": _latency("full")}))
     twice = readme.read_text()
     assert twice.count(results_page.BEGIN) == 1 and "No full benchmark run" not in twice
-    assert "Latency: graphprune block+channel was faster than channel-only in 1 of 1" in twice
+    assert "Latency (m): graphprune block+channel was faster than channel-only in 1 of 1" in twice
     assert twice.startswith("# project\n\ntext\n")
 
 
