@@ -346,6 +346,7 @@ def run_arm(
         "mode": mode.name, "model": block.model, "weights": block.weights, "arm": arm_name, "kind": arm.kind,
         "reduction": reduction, "seed": seed, "round_to": arm.round_to, "threads": threads, "device": device,
         "compile": compile_, "code": code,
+        "criteria_code": run_meta.code_version("graphprune/criteria.py"),  # the data-free criteria (L1)
         "commit": run_meta.versions()["git"], "command": run_meta.command_line(),
         "budget_steps": budget, "batch_size": mode.batch_size, "lr": mode.lr,
         "stage_shares": list(arm.stage_shares),
