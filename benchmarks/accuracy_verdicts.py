@@ -292,12 +292,15 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     markers = {"learned": "o", "l1": "D", "torch_pruning": "s", "ablation": "x"}
     for ax, (mode, model) in zip(axes[0], panels, strict=True):
         ok = [r for r in summary["rows"] if r["status"] == "ok" and (r["mode"], r["model"]) == (mode, model)]
-        for arm in sorted({r["arm"] for r in ok if r["kind"] != "control"}):
+        names = sorted({r["arm"] for r in ok if r["kind"] != "control"})
+        palette = plt.get_cmap("tab20")  # more arms than tab10 has colours: one colour per arm
+        for i, arm in enumerate(names):
             pts = sorted((r["flops_kept"], r["test_top1_mean"], r["test_top1_spread"]) for r in ok
                          if r["arm"] == arm)  # fmt: skip
             kind = next(r["kind"] for r in ok if r["arm"] == arm)
             xs, ys, es = zip(*pts, strict=True)
-            ax.errorbar(xs, ys, yerr=es, fmt=markers[kind] + "-", ms=4, lw=0.8, capsize=2, label=arm)
+            ax.errorbar(xs, ys, yerr=es, fmt=markers[kind] + "-", ms=4, lw=0.8, capsize=2, label=arm,
+                        color=palette(i % palette.N))  # fmt: skip
         for r in ok:
             if r["kind"] == "control":
                 steps = r["total_steps"][0]
