@@ -25,6 +25,7 @@ KNOWN = {
     "latency.json": "Suite 2: latency of exported models",
     "tool_speed.json": "Suite 3: tool speed and scaling",
     "timm_latency.json": "timm CNNs at -50% FLOPs: onnxruntime speed-up / FLOPs speed-up, vs Torch-Pruning",
+    "choice_ablation.json": "W-Gates ablation: each arm's choice of channels on the original weights",
 }
 
 
@@ -244,6 +245,13 @@ def summary(results: dict[str, dict[str, Any]]) -> list[str]:
         out.append(
             f"Latency predictor, held-out MAPE (goal <= {pred['goal_mape_pct']}%): {cells}; "
             f"{met} of {len(pred['rows'])} meet the goal."
+        )
+    choice = real.get("choice_ablation.json")
+    if choice and choice.get("rows"):
+        cells = ", ".join(f"{r['arm']} {r['original_weights_bnrecal']:.2f}" for r in choice["rows"])
+        out.append(
+            f"Choice of channels alone ({choice['model']} at {choice['keep']:.2f} of the FLOPs, each plan on "
+            f"the original weights, validation top-1 after BN recalibration): {cells}."
         )
     thr = results.get("train_throughput.json")
     if thr and thr.get("rows") and all("warmup" in r for r in thr["rows"]):

@@ -86,9 +86,14 @@ def test_readme_has_a_line_per_suite_including_losses() -> None:
     acc = {"meta": _meta("quick"), "verdicts": accuracy_verdicts.verdicts(accuracy_verdicts.rows(tv.ARMS))}
     speed = {"results": [{"model": "r", "ratio_analysis_apply": 0.4, "ratio_with_verify": 1.3}]}
     pred = {"goal_mape_pct": 5.0, "rows": [{"model": "m", "held_out_mape_pct": 7.9, "meets_goal": False}]}
-    found = {"accuracy.json": acc, "tool_speed.json": speed, "predictor_error.json": pred}
+    key = "original_weights_bnrecal"
+    rows = [{"arm": "l1", key: 32.88}, {"arm": "wgates", key: 33.36}]
+    choice = {"meta": _meta("full"), "model": "r20", "keep": 0.4, "rows": rows}
+    found = {"accuracy.json": acc, "tool_speed.json": speed, "predictor_error.json": pred,
+             "choice_ablation.json": choice}  # fmt: skip
     lines = results_page.summary(found)
     (acc_line,) = [x for x in lines if x.startswith("Accuracy")]
     assert "learned abp 71.00, L1 l1 70.00, Torch-Pruning tp-groupnorm-global 69.00" in acc_line
     assert any("no slower on 0 of 1 models" in x for x in lines)
     assert any("m 7.9%" in x and "0 of 1 meet the goal" in x for x in lines)
+    assert any("Choice of channels alone (r20 at 0.40" in x and "l1 32.88, wgates 33.36" in x for x in lines)
