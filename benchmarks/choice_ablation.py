@@ -63,9 +63,9 @@ def run(keep: float, gate_steps: int, limit: int | None, val_images: int, recal:
     plans: dict[str, tuple[gp.PruningPlan, torch.nn.Module | None]] = {
         "l1": (gp.criteria.plan_by_criterion(pg, "l1", keep, "global"), None)
     }
+    per_epoch = max(1, len(data.train) // cfg.batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         for arm, steps in (("wgates-prior", 0), ("wgates", gate_steps)):
-            per_epoch = max(1, len(data.train) // cfg.batch_size)
             epochs = max(1, -(-steps // per_epoch)) if steps else 0
             ctx = MethodContext(
                 model=original, example_inputs=x, pg=pg, budget=Budget(target_flops=keep), data=data,

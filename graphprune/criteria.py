@@ -208,9 +208,12 @@ def plan_by_criterion(
         gids = sorted(scores)
         norm = {gid: s / (s.mean() or 1.0) for gid, s in scores.items()}
 
-        def global_plan(limits: Mapping[str, int]) -> tuple[dict[str, list[int]] | None, str | None]:
+        def global_plan(
+            limits: Mapping[str, int], required: bool
+        ) -> tuple[dict[str, list[int]] | None, str | None]:
             """The bisected prefix of the global ranking with units given back, and the group whose
-            candidate closed the gap; (None, None) when the limits cannot meet the budget."""
+            candidate closed the gap; when the limits cannot meet the budget, an error if `required`,
+            else (None, None)."""
             ranked_group = _global_ranking([scores[g] for g in gids], [order[g][: limits[g]] for g in gids])
             groups_seen, first_seen = np.unique(ranked_group, return_index=True)
             by_first = np.argsort(first_seen)  # groups in the order the ranking first reaches them
@@ -228,7 +231,7 @@ def plan_by_criterion(
 
             n = smallest(removal, len(ranked_group))
             if n is None:
-                if limits is caps:
+                if required:
                     raise out_of_reach(removal, len(ranked_group))
                 return None, None
             closing = gids[int(ranked_group[n - 1])] if n else None
@@ -237,12 +240,12 @@ def plan_by_criterion(
         def kept_value(removed: Mapping[str, list[int]]) -> float:
             return sum(float(v.sum() - v[removed.get(gid, [])].sum()) for gid, v in norm.items())
 
-        found, closing = global_plan(caps)
+        found, closing = global_plan(caps, required=True)
         assert found is not None
         chosen = found
         if round_to > 1 and closing is not None:
             # a coarse unit closed the gap: also plan without that group's cuts, keep the better plan
-            other, _ = global_plan({**caps, closing: 0})
+            other, _ = global_plan({**caps, closing: 0}, required=False)
             if other is not None and kept_value(other) > kept_value(chosen):
                 chosen = other
     plan = PruningPlan.for_graph(pg)

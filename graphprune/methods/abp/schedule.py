@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -147,9 +148,7 @@ def vetoed_blocks(cost: dict[str, float], veto: float) -> set[str]:
     the vote may not put them first, however low their marks."""
     if not cost:
         return set()
-    values = sorted(cost.values())
-    mid = len(values) // 2
-    median = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    median = statistics.median(cost.values())
     return {b for b, c in cost.items() if c > veto * median}
 
 
@@ -233,8 +232,9 @@ def run_abp(
         params = [p for g in gates_of(model).values() for p in g.parameters()]
         return [{"params": params, "lr": train_cfg.lr * cfg.gate_lr_scale, "weight_decay": 0.0}]
 
-    frozen = list(branch_scales(gated).values()) if cfg.freeze_branch_scale else []
-    for p in frozen:
+    # frozen while the marks train, then as they were (the gated net is a private copy either way)
+    frozen = [(p, p.requires_grad) for p in branch_scales(gated).values()] if cfg.freeze_branch_scale else []
+    for p, _ in frozen:
         p.requires_grad_(False)
 
     e1, e2 = cfg.epochs
@@ -276,8 +276,8 @@ def run_abp(
         _save_votes(run_dir, votes)
         recalibrate_bn(gated, data, images=cfg.recal_images, seed=cfg.calib_seed)
 
-    for p in frozen:
-        p.requires_grad_(True)
+    for p, was in frozen:
+        p.requires_grad_(was)
     names, marks = calibrate(gated, calibration_batches(gated, data, cfg))
     forget_marks(gated)
     pruned = _pruned(gated)
