@@ -91,6 +91,14 @@ ARMS = {
             options=(("rank_by", "vote+veto"),),
         ),  # fmt: skip
         Arm("wgates-prior", "ablation", method="wgates", options=(("epochs", [0]),)),
+        # ablations: the residual stream across stages kept whole (as Torch-Pruning leaves it)
+        Arm(
+            "wgates-stream", "ablation", method="wgates", stage_shares=(0.25,), options=(("span_floor", 1.0),)
+        ),
+        Arm(
+            "abp+wgates-stream", "ablation", method="abp+wgates", stage_shares=(0.1, 0.15, 0.2),
+            options=(("span_floor", 1.0),),
+        ),  # fmt: skip
         *(_tp(imp, g) for imp in ("groupnorm", "bnscale", "taylor") for g in (True, False)),
         _tp("groupnorm", True, 8),
         Arm("tp-depgraph", "torch_pruning", importance="groupnorm", sparse=True, stage_shares=(0.25,)),
@@ -157,7 +165,7 @@ MODES = {
         steps=160,
         lr=0.01,
         extra_arms={
-            0.6: ("abp-vote", "wgates-prior", "abp-vote-veto"),
+            0.6: ("abp-vote", "wgates-prior", "abp-vote-veto", "wgates-stream", "abp+wgates-stream"),
             0.5: (
                 "tp-groupnorm-layer",
                 "tp-bnscale-layer",
@@ -165,6 +173,7 @@ MODES = {
                 "l1-r8",
                 "tp-groupnorm-global-r8",
             ),
+            0.8: ("wgates-stream", "abp+wgates-stream"),
         },
     ),
     "standard": Mode(
@@ -173,6 +182,7 @@ MODES = {
         ("l1", "tp-depgraph", BEST_TWO, *LEARNED),
         epochs=6,
         lr=0.02,
+        extra_arms={0.6: ("abp+wgates-stream",)},
     ),
 }
 

@@ -96,6 +96,18 @@ def verdicts(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
             pool = [control] if kind == "control" and control else [r for r in met if r["kind"] == kind]
             top = max(pool, key=lambda r: r["val_top1_mean"], default=None)
             best[kind] = _entry(top) if top else None
+        # does validation rank the cell's arms as test does? (the validation images were seen in
+        # pre-training, so close arms may swap)
+        by_val = max(met, key=lambda r: r["val_top1_mean"], default=None)
+        by_test = max(met, key=lambda r: r["test_top1_mean"], default=None)
+        agreement = {
+            "arms": len(met),
+            "rho": spearman([r["val_top1_mean"] for r in met], [r["test_top1_mean"] for r in met]),
+            "val_best": by_val["arm"] if by_val else None,
+            "test_best": by_test["arm"] if by_test else None,
+            # how far validation overstates test, per arm: larger where more of the pre-training is kept
+            "gap": {r["arm"]: r["val_top1_mean"] - r["test_top1_mean"] for r in met},
+        }
         # the pruned arms' seeds (the control's own are in its cell): a verdict is as seeded as its arms
         seeds = sorted({s for r in (met or compared) for s in r["seeds"]})
         out.append(
@@ -110,6 +122,7 @@ def verdicts(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "same_code": len(codes) <= 1,
                 "code_differs": {r["arm"]: r["code"] for r in learned} if len(codes) > 1 else {},
                 "best": best,
+                "val_test_agreement": agreement,
                 "not_compared": [
                     {"arm": r["arm"], "flops_kept": r["flops_kept"]} for r in members if r not in met
                 ],
@@ -240,6 +253,21 @@ def markdown(summary: dict[str, Any]) -> str:
         if v["code_differs"]:
             lines.append(f"- {v['mode']} {v['model']} −{v['target_reduction']:.0%}: learned arms ran on "
                          f"different method code: {v['code_differs']}.")  # fmt: skip
+    lines += [
+        "",
+        "## Does validation choose what test confirms?",
+        "",
+        "Per cell, Spearman rank correlation of the arms' final validation top-1 with their test "
+        "top-1 (arms within the budget, ablations included), and the arm each one puts first:",
+        "",
+    ]
+    for v in summary["verdicts"]:
+        a = v.get("val_test_agreement")
+        if a:
+            same = "the same arm" if a["val_best"] == a["test_best"] else f"test puts {a['test_best']} first"
+            lines.append(f"- {v['mode']} {v['model']} −{v['target_reduction']:.0%} (round {v['round_to']}): "
+                         f"ρ {_rho(a['rho'])} over {a['arms']} arms; validation puts {a['val_best']} first, "
+                         f"{same}.{_gap(a['gap'])}")  # fmt: skip
     corr = summary["fast_number"]
     lines += [
         "",
@@ -271,6 +299,13 @@ def markdown(summary: dict[str, Any]) -> str:
     if notes:
         lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]
     return "\n".join(lines) + "\n"
+
+
+def _gap(gap: dict[str, float]) -> str:
+    if len(gap) < 2:
+        return ""
+    lo, hi = min(gap, key=gap.__getitem__), max(gap, key=gap.__getitem__)
+    return f" Validation − test: {gap[lo]:.2f} ({lo}) to {gap[hi]:.2f} ({hi})."
 
 
 def _rho(value: float | None) -> str:

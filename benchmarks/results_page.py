@@ -207,9 +207,15 @@ def accuracy_lines(acc: dict[str, Any]) -> list[str]:
         ]  # fmt: skip
         valid = "" if v["equal_steps"] else " (INVALID: unequal steps)"
         where = f"{v['mode']}, {v['model']}, -{v['target_reduction']:.0%} FLOPs, round {v['round_to']}"
+        a = v.get("val_test_agreement") or {}
+        differ = (
+            f" By test alone {a['test_best']} is first (validation images were seen in pre-training)."
+            if a.get("test_best") and a["test_best"] != a["val_best"]
+            else ""
+        )
         out.append(
             f"Accuracy ({where}, seeds {v['seeds']}, test top-1 of the best arm by validation){valid}: "
-            f"{', '.join(cells)}."
+            f"{', '.join(cells)}.{differ}"
         )
     return out
 

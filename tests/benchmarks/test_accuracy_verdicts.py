@@ -38,6 +38,17 @@ def test_best_arm_is_chosen_by_validation_and_over_budget_arms_are_listed() -> N
     assert v["equal_steps"] and v["same_code"] and v["seeds"] == [0]
 
 
+def test_agreement_names_the_arm_validation_and_test_each_put_first() -> None:
+    (v,) = av.verdicts(av.rows(ARMS))
+    a = v["val_test_agreement"]
+    assert a["arms"] == 4 and a["val_best"] == "abp" and a["test_best"] == "wgates"
+    assert a["rho"] == pytest.approx(av.spearman([80, 79, 78, 77], [71, 75, 70, 69]))
+    summary = {"meta": {"command": "c", "date": "d"}, "verdicts": [v], "fast_number": {}, "rows": []}
+    page = av.markdown({**summary, "cpu_hours": 0.0})
+    assert "validation puts abp first, test puts wgates first" in page
+    assert "Validation − test: 4.00 (wgates) to 9.00 (abp)" in page
+
+
 def test_unequal_steps_make_the_verdict_invalid_on_the_page() -> None:
     arms = copy.deepcopy(ARMS)
     arms[1]["total_steps"] = 200

@@ -94,6 +94,7 @@ def test_readme_has_a_line_per_suite_including_losses() -> None:
     lines = results_page.summary(found)
     (acc_line,) = [x for x in lines if x.startswith("Accuracy")]
     assert "learned abp 71.00, L1 l1 70.00, Torch-Pruning tp-groupnorm-global 69.00" in acc_line
+    assert "By test alone wgates is first" in acc_line  # validation chose abp
     assert any("no slower on 0 of 1 models" in x for x in lines)
     assert any("m 7.9%" in x and "0 of 1 meet the goal" in x for x in lines)
     assert any("Choice of channels alone (r20 at 0.40" in x and "l1 32.88, wgates 33.36" in x for x in lines)
