@@ -324,6 +324,21 @@ def prune_gp(
     return slim, {"method_report": report, "method_options": options, "removed_blocks": result.plan.blocks}
 
 
+FINAL_ONNX = "final.onnx"
+"""The finished arm, exported and verified in its run folder, so that arm_latency.py can time it."""
+
+
+def export_final(model: nn.Module, x: tuple[torch.Tensor, ...], run_dir: Path) -> dict[str, Any]:
+    """Export the finished arm to `run_dir/final.onnx` (simplified, verified); the error if it fails."""
+    from graphprune.export import export_onnx
+
+    try:
+        export_onnx(model, x, run_dir / FINAL_ONNX)
+    except Exception as exc:  # the arm's accuracy stands; its latency cannot be timed
+        return {"error": _one_line(exc)}
+    return {"file": FINAL_ONNX}
+
+
 def _epochs(steps: int, data: Any, cfg: Any) -> int:
     return max(1, math.ceil(steps / (len(data.train) // cfg.batch_size)))
 
@@ -402,6 +417,7 @@ def run_arm(
         val = result.test if result.test is not None else evaluate(slim, data, "val")
         test = evaluate(slim, data, "test")
         out.update(val_top1=val.top1, test_top1=test.top1, test_top5=test.top5, test_images=test.n)
+        out["onnx"] = export_final(slim, x, run_dir)
         out["status"] = "ok"
     except NotAvailable as exc:
         out.update(status="not available", error=str(exc))

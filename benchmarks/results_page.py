@@ -26,6 +26,7 @@ KNOWN = {
     "tool_speed.json": "Suite 3: tool speed and scaling",
     "timm_latency.json": "timm CNNs at -50% FLOPs: onnxruntime speed-up / FLOPs speed-up, vs Torch-Pruning",
     "choice_ablation.json": "W-Gates ablation: each arm's choice of channels on the original weights",
+    "arm_latency.json": "Latency of the accuracy suite's own arms (their exports, beside their top-1)",
 }
 
 
@@ -166,6 +167,8 @@ def page(results: dict[str, dict[str, Any]], folder: Path) -> str:
         "- `python benchmarks/latency_suite.py` (six models, three targets; `--model SPEC` for a subset,",
         "  `--resume` to keep the models already measured)",
         "- `python benchmarks/tool_speed.py` (suite 3)",
+        "- `python benchmarks/arm_latency.py --model SPEC` (the accuracy suite's own exports of one cell,",
+        "  timed beside the original on a quiet machine; checks ABP against L1)",
         "- then `python benchmarks/results_page.py` for this page and the README summary",
         "",
     ]
@@ -258,6 +261,15 @@ def summary(results: dict[str, dict[str, Any]]) -> list[str]:
         out.append(
             f"Choice of channels alone ({choice['model']} at {choice['keep']:.2f} of the FLOPs, each plan on "
             f"the original weights, validation top-1 after BN recalibration): {cells}."
+        )
+    arm_lat = real.get("arm_latency.json")
+    if arm_lat and arm_lat.get("claim", {}).get("judged"):
+        c = arm_lat["claim"]
+        ratio = ", ".join(f"batch {b} {v:.2f}" for b, v in c["latency_ratio_abp_over_l1"].items())
+        out.append(
+            f"ABP against L1, the accuracy suite's own exports ({arm_lat['model']} at "
+            f"-{arm_lat['reduction']:.0%}): {'met' if c['met'] else 'not met'}; latency ABP / L1 {ratio}, "
+            f"FLOPs {c['flops_gap']:.3f} apart, top-1 ABP - L1 {c['top1_abp_minus_l1']:+.2f}."
         )
     thr = results.get("train_throughput.json")
     if thr and thr.get("rows") and all("warmup" in r for r in thr["rows"]):

@@ -63,6 +63,7 @@ def test_accuracy_suite_smoke_runs_every_arm_under_the_rules(tmp_path: Path, sha
     assert set(arms) == expected and all(a["status"] == "ok" for a in arms.values())
     assert {a["total_steps"] for a in arms.values()} == {mode.steps}  # equal budgets, control included
     assert all(a["threads"] >= 1 and a["code"] and a["commit"] for a in arms.values())
+    assert all(a["onnx"] == {"file": accuracy_suite.FINAL_ONNX} for a in arms.values())  # for arm_latency.py
     for name, a in arms.items():
         if name != CONTROL:
             assert a["flops_ratio"] <= 0.5 + 0.01 + 1e-9, name
