@@ -2,16 +2,19 @@
 
     python benchmarks/choice_ablation.py                  # ResNet-20 at -60%, the standard gate stage
     python benchmarks/choice_ablation.py --smoke --out D  # a few images and steps (CI)
+    python benchmarks/choice_ablation.py --model graphprune:cifar_resnet56 --arm l1 --arm l1-stream
 
 Every arm's plan is applied to the *original* weights, so only the choice differs; the fast number
 (validation top-1 right after pruning, raw and after BatchNorm recalibration on 1,024 training images)
 then scores the choice alone. For the learned arms the same plan on the method's own trained weights is
 shown beside it: the difference is what the method's training stage bought, not its choice.
 
-Arms: `l1` (data-free, global), `wgates-prior` (W-Gates read off its untrained gates: the filter-norm
-prior), `wgates` (gates trained for `--gate-steps`, the standard mode's gate stage). Validation is the
-seeded 5,000-image split held out from the training images, as in the accuracy suite; the test split is
-not used. Writes choice_ablation.{json,md} under --out (docs/results by default).
+Arms: `l1` (data-free, global), `l1-stream` (the same with the residual streams left whole, as
+Torch-Pruning must leave the option-A ones), `wgates-prior` (W-Gates read off its untrained gates: the
+filter-norm prior), `wgates` (gates trained for `--gate-steps`, the standard mode's gate stage). The
+validation split is the seeded 5,000-image split held out from the training images, as in the accuracy
+suite; the test split is not used. Writes choice_ablation.{json,md} under --out (docs/results by
+default; for another --model, choice_ablation_<model>.{json,md}).
 """
 
 from __future__ import annotations
@@ -34,7 +37,20 @@ from graphprune.modelspec import resolve_model
 from graphprune.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL, WEIGHTS = "graphprune:cifar_resnet20", "cifar10jpeg_resnet20.th"
+MODELS = {
+    "graphprune:cifar_resnet20": "cifar10jpeg_resnet20.th",
+    "graphprune:cifar_resnet56": "cifar10jpeg_resnet56.th",
+}
+ARMS = ("l1", "l1-stream", "wgates-prior", "wgates")
+
+
+def output_stem(model: str) -> str:
+    """choice_ablation for ResNet-20 (the first one run), choice_ablation_<model> for the others."""
+    return (
+        "choice_ablation"
+        if model == "graphprune:cifar_resnet20"
+        else f"choice_ablation_{model.split(':')[-1]}"
+    )
 
 
 def fast_number(model: torch.nn.Module, data: Any, recal_images: int, seed: int) -> tuple[float, float]:
@@ -47,25 +63,36 @@ def fast_number(model: torch.nn.Module, data: Any, recal_images: int, seed: int)
     return raw, evaluate(model, data, "val").top1
 
 
-def run(keep: float, gate_steps: int, limit: int | None, val_images: int, recal: int, seed: int) -> dict:
+def run(
+    model: str, arms: tuple[str, ...], keep: float, gate_steps: int, limit: int | None, val_images: int,
+    recal: int, seed: int,
+) -> dict:  # fmt: skip
     from graphprune.methods import Budget, MethodContext, get_method
     from graphprune.train import TrainConfig, load_data
 
     data = load_data("cifar10:", limit=limit, val_split=val_images, val_seed=0)
-    resolved = resolve_model(MODEL)
-    original = load_weights(resolved.model, shared.weights_file(WEIGHTS)).eval()
+    resolved = resolve_model(model)
+    original = load_weights(resolved.model, shared.weights_file(MODELS[model])).eval()
     x = resolved.example_inputs
     pg = gp.trace(original, x)
     base = gp.count_flops(original, x)
     cfg = TrainConfig(epochs=1, batch_size=128, lr=0.02, seed=seed, threads=torch.get_num_threads(),
                       eval_every_epoch=False, verbose=False)  # fmt: skip
     rows = []
-    plans: dict[str, tuple[gp.PruningPlan, torch.nn.Module | None]] = {
-        "l1": (gp.criteria.plan_by_criterion(pg, "l1", keep, "global"), None)
-    }
+    plans: dict[str, tuple[gp.PruningPlan, torch.nn.Module | None]] = {}
+    if "l1" in arms:
+        plans["l1"] = (gp.criteria.plan_by_criterion(pg, "l1", keep, "global"), None)
+    if "l1-stream" in arms:  # the residual streams left whole, as Torch-Pruning must leave option-A ones
+        streams = [g.id for g in pg.prunable_groups if g.is_residual_stream]
+        plans["l1-stream"] = (
+            gp.criteria.plan_by_criterion(pg, "l1", keep, "global", keep_whole=streams),
+            None,
+        )
     per_epoch = max(1, len(data.train) // cfg.batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         for arm, steps in (("wgates-prior", 0), ("wgates", gate_steps)):
+            if arm not in arms:
+                continue
             epochs = max(1, -(-steps // per_epoch)) if steps else 0
             ctx = MethodContext(
                 model=original, example_inputs=x, pg=pg, budget=Budget(target_flops=keep), data=data,
@@ -91,7 +118,7 @@ def run(keep: float, gate_steps: int, limit: int | None, val_images: int, recal:
         click.echo(
             f"{arm}: {row['flops_ratio']:.3f} of the FLOPs, val {raw:.2f} raw / {recal_top1:.2f} recal"
         )
-    return {"model": MODEL, "weights": WEIGHTS, "keep": keep, "gate_steps": gate_steps, "seed": seed,
+    return {"model": model, "weights": MODELS[model], "keep": keep, "gate_steps": gate_steps, "seed": seed,
             "val_images": val_images, "recal_images": recal, "rows": rows}  # fmt: skip
 
 
@@ -133,18 +160,27 @@ def markdown(data: dict[str, Any]) -> str:
               help="W-Gates' gate stage (526 = the standard mode's 25% of 2,106 steps).")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True)
+@click.option(
+    "--model", type=click.Choice(sorted(MODELS)), default="graphprune:cifar_resnet20", show_default=True
+)
+@click.option("--arm", "arms", multiple=True, type=click.Choice(ARMS), help="Only these arms (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=ROOT / "docs" / "results")
-def main(smoke: bool, keep: float, gate_steps: int, seed: int, threads: int, out: Path) -> None:
-    """Score each arm's choice of channels on the original weights; write choice_ablation.{json,md}."""
+def main(
+    smoke: bool, keep: float, gate_steps: int, seed: int, threads: int, model: str, arms: tuple[str, ...],
+    out: Path,
+) -> None:  # fmt: skip
+    """Score each arm's choice of channels on the original weights; write choice_ablation*.{json,md}."""
     torch.set_num_threads(threads)
+    arms = arms or ARMS
     if smoke:
-        result = run(keep, 2, limit=300, val_images=100, recal=64, seed=seed)
+        result = run(model, arms, keep, 2, limit=300, val_images=100, recal=64, seed=seed)
     else:
-        result = run(keep, gate_steps, limit=None, val_images=5000, recal=1024, seed=seed)
+        result = run(model, arms, keep, gate_steps, limit=None, val_images=5000, recal=1024, seed=seed)
     data = {"meta": run_meta.describe_run("smoke" if smoke else "full"), **result}
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "choice_ablation.json", json.dumps(data, indent=1) + "\n")
-    write_text(out / "choice_ablation.md", markdown(data))
+    stem = output_stem(model)
+    write_text(out / f"{stem}.json", json.dumps(data, indent=1) + "\n")
+    write_text(out / f"{stem}.md", markdown(data))
     click.echo(markdown(data))
 
 

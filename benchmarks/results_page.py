@@ -26,6 +26,7 @@ KNOWN = {
     "tool_speed.json": "Suite 3: tool speed and scaling",
     "timm_latency.json": "timm CNNs at -50% FLOPs: onnxruntime speed-up / FLOPs speed-up, vs Torch-Pruning",
     "choice_ablation.json": "W-Gates ablation: each arm's choice of channels on the original weights",
+    "choice_ablation_cifar_resnet56.json": "The same choice ablation on ResNet-56",
     "arm_latency.json": "Latency of the accuracy suite's own arms (their exports, beside their top-1)",
 }
 
@@ -255,8 +256,10 @@ def summary(results: dict[str, dict[str, Any]]) -> list[str]:
             f"Latency predictor, held-out MAPE (goal <= {pred['goal_mape_pct']}%): {cells}; "
             f"{met} of {len(pred['rows'])} meet the goal."
         )
-    choice = real.get("choice_ablation.json")
-    if choice and choice.get("rows"):
+    for name in sorted(n for n in real if n.startswith("choice_ablation")):
+        choice = real[name]
+        if not choice.get("rows"):
+            continue
         cells = ", ".join(f"{r['arm']} {r['original_weights_bnrecal']:.2f}" for r in choice["rows"])
         out.append(
             f"Choice of channels alone ({choice['model']} at {choice['keep']:.2f} of the FLOPs, each plan on "

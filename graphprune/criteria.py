@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -147,13 +147,15 @@ def plan_by_criterion(
     scope: Scope = "global",
     max_ratio: float = 0.9,
     round_to: int = 1,
+    keep_whole: Collection[str] = (),
 ) -> PruningPlan:
     """Remove the least important channels until the model has at most `target_flops` of its MACs.
 
     `global` ranks all channels together (scores normalised by their group's mean); `layer` removes the
     same fraction from every group. No group loses more than `max_ratio` of its channels. With
     `round_to` > 1, every group keeps a multiple of that many channels (where it has that many), which
-    suits vectorised kernels.
+    suits vectorised kernels. Groups named in `keep_whole` (e.g. those whose `is_residual_stream`) keep
+    every channel; the others take the whole cut.
     """
     if not 0.0 < target_flops <= 1.0:
         raise PlanError(f"target FLOPs must be a fraction in (0, 1], got {target_flops}")
@@ -161,7 +163,10 @@ def plan_by_criterion(
         raise PlanError(f"round_to must be a positive integer, got {round_to}")
     if scope not in ("global", "layer"):
         raise PlanError(f"unknown scope '{scope}' (choose global or layer)")
-    scores = channel_scores(pg, criterion)
+    unknown = sorted(set(keep_whole) - {g.id for g in pg.groups})
+    if unknown:
+        raise PlanError(f"keep_whole: no channel group '{unknown[0]}'")
+    scores = {gid: s for gid, s in channel_scores(pg, criterion).items() if gid not in set(keep_whole)}
     model = FlopsModel(pg)
     budget = target_flops * pg.flops
     caps = {gid: min(len(s) - 1, int(math.floor(len(s) * max_ratio))) for gid, s in scores.items()}

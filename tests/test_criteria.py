@@ -104,3 +104,16 @@ def test_global_plan_gives_back_every_unit_that_still_fits(
         back = rounded_kept(size, kept + 1, round_to) - kept
         order = sorted(idx, key=lambda i: channel_scores(pg, "l1")[gid][i])
         assert fm.flops({**plan.channels, gid: order[: len(order) - back]}) > budget, gid
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_keep_whole_leaves_the_residual_streams_and_the_rest_takes_the_cut(
+    pg: gp.PrunableGraph, scope: str
+) -> None:
+    streams = [g.id for g in pg.prunable_groups if g.is_residual_stream]
+    assert streams == ["conv1", "layer2.0.conv2", "layer3.0.conv2"]  # option-A: one stream per stage
+    plan = plan_by_criterion(pg, "l1", 0.5, scope, keep_whole=streams)
+    assert not set(plan.channels) & set(streams) and plan.channels
+    assert plan.meta["predicted_flops"] <= 0.5 * pg.flops
+    with pytest.raises(gp.PlanError, match="no channel group 'nope'"):
+        plan_by_criterion(pg, "l1", 0.5, scope, keep_whole=["nope"])

@@ -59,6 +59,15 @@ class ChannelGroup:
     def modules(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(m.target for m in self.members))
 
+    @property
+    def is_residual_stream(self) -> bool:
+        """Whether several convs / linears write these channels (their outputs are added): a residual
+        stream, which every block along it reads. A depthwise conv, which reads the channels it writes,
+        does not count as a second writer."""
+        readers = {m.target for m in self.members if m.kind == SiteKind.CONV_IN}
+        writers = {m.target for m in self.members if m.kind in PRODUCER_KINDS} - readers
+        return len(writers) > 1
+
 
 def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Component label of each of `n` items joined by the pairs (a[i], b[i]): its smallest item."""

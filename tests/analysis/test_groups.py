@@ -265,3 +265,26 @@ def test_registered_channelwise_leaf_module_keeps_channels_prunable(monkeypatch:
     gp.register_channelwise_module(Swish)
     assert registry._EXTRA_IDENTITY_MODULES == [Swish]
     assert gp.trace(model, X, leaf_modules=[Swish]).group_of("blocks.0.0").prunable
+
+
+def test_a_residual_stream_has_several_writers_and_a_depthwise_conv_is_not_one() -> None:
+    class Inverted(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 1)
+            self.expand = nn.Conv2d(8, 16, 1)
+            self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+            self.project = nn.Conv2d(16, 8, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            s = self.stem(x)
+            return s + self.project(F.relu(self.dw(F.relu(self.expand(s)))))
+
+    pg = gp.trace(Inverted().eval(), torch.randn(1, 3, 8, 8))
+    (stream,) = [g for g in pg.groups if g.is_residual_stream]
+    assert {"stem", "project"} <= set(stream.modules)
+    expand_group = next(
+        g for g in pg.groups if any(m.target == "expand" and m.kind == SiteKind.CONV_OUT for m in g.members)
+    )
+    assert any(m.target == "dw" and m.kind == SiteKind.CONV_OUT for m in expand_group.members)
+    assert not expand_group.is_residual_stream  # expand and dw write it, but dw reads it too

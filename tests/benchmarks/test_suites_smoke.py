@@ -117,7 +117,8 @@ def test_choice_ablation_smoke_scores_every_arms_choice_on_the_original_weights(
     run_script(BENCHMARKS / "choice_ablation.py", "--smoke", "--out", tmp_path)
     data = json.loads((tmp_path / "choice_ablation.json").read_text())
     rows = {r["arm"]: r for r in data["rows"]}
-    assert set(rows) == {"l1", "wgates-prior", "wgates"}
+    assert set(rows) == {"l1", "l1-stream", "wgates-prior", "wgates"}
+    assert not set(rows["l1-stream"]["kept"]) & {"conv1", "layer2.0.conv2", "layer3.0.conv2"}  # streams whole
     assert all(r["flops_ratio"] <= data["keep"] + 1e-9 for r in rows.values())
     assert all(0 <= r["original_weights_bnrecal"] <= 100 for r in rows.values())
     assert "own_weights_bnrecal" in rows["wgates"] and "own_weights_bnrecal" not in rows["l1"]
