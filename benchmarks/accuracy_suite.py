@@ -81,6 +81,7 @@ ARMS = {
         Arm(CONTROL, "control"),
         Arm("l1", "l1", method="l1"),
         Arm("l1-r8", "l1", method="l1", round_to=8),
+        Arm("l1-stream", "l1", method="l1", options=(("keep_whole", "residual streams"),)),
         Arm("abp", "learned", method="abp", stage_shares=(0.15, 0.25)),
         Arm("wgates", "learned", method="wgates", stage_shares=(0.25,)),
         Arm("abp+wgates", "learned", method="abp+wgates", stage_shares=(0.1, 0.15, 0.2)),
@@ -150,7 +151,7 @@ MODES = {
     "smoke": Mode(
         "smoke",
         (Block(*R20, (0.5,), (0,)),),
-        ("l1", *LEARNED, *TP_IMPORTANCE_ARMS, "tp-depgraph", "l1-r8", "tp-groupnorm-global-r8"),
+        ("l1", *LEARNED, *TP_IMPORTANCE_ARMS, "tp-depgraph", "l1-r8", "tp-groupnorm-global-r8", "l1-stream"),
         steps=4,
         batch_size=32,
         val_images=100,
@@ -165,7 +166,10 @@ MODES = {
         steps=160,
         lr=0.01,
         extra_arms={
-            0.6: ("abp-vote", "wgates-prior", "abp-vote-veto", "wgates-stream", "abp+wgates-stream"),
+            0.6: (
+                "abp-vote", "wgates-prior", "abp-vote-veto",
+                "wgates-stream", "abp+wgates-stream", "l1-stream",
+            ),  # fmt: skip
             0.5: (
                 "tp-groupnorm-layer",
                 "tp-bnscale-layer",
@@ -173,7 +177,7 @@ MODES = {
                 "l1-r8",
                 "tp-groupnorm-global-r8",
             ),
-            0.8: ("wgates-stream", "abp+wgates-stream"),
+            0.8: ("wgates-stream", "abp+wgates-stream", "l1-stream"),
         },
     ),
     "standard": Mode(
@@ -182,7 +186,7 @@ MODES = {
         ("l1", "tp-depgraph", BEST_TWO, *LEARNED),
         epochs=6,
         lr=0.02,
-        extra_arms={0.6: ("abp+wgates-stream",)},
+        extra_arms={0.6: ("abp+wgates-stream", "l1-stream")},
     ),
 }
 
@@ -305,8 +309,12 @@ def prune_gp(
     """A graphprune arm: the L1 criterion (data-free), or a learned method from the registry."""
     pg = gp.trace(model, x)
     if arm.method == "l1":
-        plan = gp.criteria.plan_by_criterion(pg, "l1", keep, "global", round_to=arm.round_to)
-        return gp.apply(pg, plan), {"criterion": "l1", "scope": "global"}
+        streams = dict(arm.options).get("keep_whole") == "residual streams"
+        whole = [g.id for g in pg.prunable_groups if g.is_residual_stream] if streams else []
+        plan = gp.criteria.plan_by_criterion(
+            pg, "l1", keep, "global", round_to=arm.round_to, keep_whole=whole
+        )
+        return gp.apply(pg, plan), {"criterion": "l1", "scope": "global", "kept_whole": whole}
     from graphprune.methods import Budget, MethodContext, get_method, method_names
 
     assert arm.method is not None

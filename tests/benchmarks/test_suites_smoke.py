@@ -68,6 +68,8 @@ def test_accuracy_suite_smoke_runs_every_arm_under_the_rules(tmp_path: Path, sha
         if name != CONTROL:
             assert a["flops_ratio"] <= 0.5 + 0.01 + 1e-9, name
     assert len(arms["abp+wgates"]["stage_steps"]) == 4  # three method stages and the fine-tune
+    assert arms["l1-stream"]["notes"]["kept_whole"] == ["conv1", "layer2.0.conv2", "layer3.0.conv2"]
+    assert arms["l1"]["notes"]["kept_whole"] == []
     assert "depgraph-sparse" in " ".join(arms["tp-depgraph"]["stage_steps"])
     verdicts = {v["round_to"]: v for v in data["verdicts"]}
     assert verdicts[1]["equal_steps"] and all(verdicts[1]["best"].values())
