@@ -92,12 +92,14 @@ ARMS = {
             options=(("rank_by", "vote+veto"),),
         ),  # fmt: skip
         Arm("wgates-prior", "ablation", method="wgates", options=(("epochs", [0]),)),
-        # ablations: the residual stream across stages kept whole (as Torch-Pruning leaves it)
+        # ablation: the residual stream across stages kept whole (as Torch-Pruning leaves it)
         Arm(
             "wgates-stream", "ablation", method="wgates", stage_shares=(0.25,), options=(("span_floor", 1.0),)
         ),
+        # abp+wgates with every channel of the stream across stages kept (span_floor 1.0, a documented
+        # option): a learned arm, so the verdict chooses between it and abp+wgates by validation
         Arm(
-            "abp+wgates-stream", "ablation", method="abp+wgates", stage_shares=(0.1, 0.15, 0.2),
+            "abp+wgates-stream", "learned", method="abp+wgates", stage_shares=(0.1, 0.15, 0.2),
             options=(("span_floor", 1.0),),
         ),  # fmt: skip
         *(_tp(imp, g) for imp in ("groupnorm", "bnscale", "taylor") for g in (True, False)),
@@ -438,6 +440,8 @@ def run_arm(
 def summarise(out: Path) -> dict[str, Any]:
     """accuracy.json from the per-arm records of every mode run so far."""
     arms = [json.loads(p.read_text()) for p in sorted((out / "accuracy_arms").glob("*/*.json"))]
+    for a in arms:  # an arm's kind is the suite's current one (a record keeps the kind it ran under)
+        a["kind"] = ARMS[a["arm"]].kind if a["arm"] in ARMS else a["kind"]
     table = accuracy_verdicts.rows(arms)
     notes = []
     broken = next((a["notes"]["first_attempt"] for a in arms if "first_attempt" in a.get("notes", {})), None)
