@@ -91,7 +91,11 @@ def test_readme_has_a_line_per_suite_including_losses() -> None:
     choice = {"meta": _meta("full"), "model": "r20", "keep": 0.4, "rows": rows}
     claim = {"judged": True, "met": False, "latency_ratio_abp_over_l1": {"1": 0.5, "32": 0.6},
              "flops_gap": 0.004, "top1_abp_minus_l1": -1.5}  # fmt: skip
-    arm_lat = {"meta": _meta("standard"), "model": "r56", "reduction": 0.6, "claim": claim}
+    timed = {"arm": "abp", "speedup": {"1": 2.5, "32": 3.0}, "flops_ratio": 0.4, "test_top1": 85.0}
+    timed["source"] = "final.onnx"
+    original = {"arm": "original", "speedup": {"1": 1.0, "32": 1.0}, "flops_ratio": 1.0}
+    arm_lat = {"meta": _meta("standard"), "model": "r56", "reduction": 0.6, "seed": 0, "claim": claim,
+               "rows": [original, timed]}  # fmt: skip
     found = {"accuracy.json": acc, "tool_speed.json": speed, "predictor_error.json": pred,
              "choice_ablation.json": choice, "arm_latency.json": arm_lat}  # fmt: skip
     lines = results_page.summary(found)
@@ -101,5 +105,7 @@ def test_readme_has_a_line_per_suite_including_losses() -> None:
     assert any("no slower on 0 of 1 models" in x for x in lines)
     assert any("m 7.9%" in x and "0 of 1 meet the goal" in x for x in lines)
     assert any("Choice of channels alone (r20 at 0.40" in x and "l1 32.88, wgates 33.36" in x for x in lines)
+    (speed,) = [x for x in lines if x.startswith("Speed-up of the accuracy suite's own exports")]
+    assert speed.endswith("1 thread): abp 2.50x / 3.00x at 0.400 of the FLOPs (85.00%).")  # no original
     (abp_line,) = [x for x in lines if x.startswith("ABP against L1")]
     assert "not met" in abp_line and "batch 32 0.60" in abp_line and "-1.50" in abp_line
