@@ -5,8 +5,9 @@
 
 Every finished arm leaves `final.onnx` in its run folder (accuracy_suite.py, `--work-dir`). An arm that
 ran before that file existed is rebuilt where its record pins the architecture: L1 (data-free, so its plan
-is recomputed and must give the record's FLOPs exactly) and ABP (the blocks its record lists). Other arms
-without the file are listed as not timed. The files are timed with the unpruned original in interleaved
+is recomputed and must give the record's FLOPs exactly) and the learned methods (the blocks and the
+kept-channel counts their records list; the FLOPs must match too). Other arms without the file are
+listed as not timed. The files are timed with the unpruned original in interleaved
 rounds (onnxruntime CPU, 1 thread, batch 1 and 32), on a machine that should be quiet: pause background
 runs first (the load average is recorded).
 
@@ -68,10 +69,13 @@ def rebuild(
         plan = gp.criteria.plan_by_criterion(
             pg, "l1", 1.0 - record["reduction"], "global", round_to=arm.round_to
         )
-    elif arm is not None and arm.method == "abp":
+    elif arm is not None and arm.method in ("abp", "wgates", "abp+wgates"):
         plan = gp.PruningPlan.for_graph(pg)
-        for name in record["notes"]["removed_blocks"]:
+        for name in record["notes"].get("removed_blocks", []):
             plan.remove_block(name)
+        report = record["notes"].get("method_report", {})
+        for gid, kept in kept_counts(report.get("kept_channels", "")).items():
+            plan.remove_channels(gid, range(kept, pg.group(gid).size))  # which ones does not change latency
     else:
         raise ValueError("no final.onnx and the record does not pin the architecture")
     slim = gp.apply(pg, plan)
@@ -80,6 +84,15 @@ def rebuild(
             f"rebuilt FLOPs {gp.count_flops(slim, x)} differ from the record's {record['flops']}"
         )
     return slim
+
+
+def kept_counts(text: str) -> dict[str, int]:
+    """`conv1 9/16, layer1.0.conv1 8/16` (a learned method's report) -> {"conv1": 9, "layer1.0.conv1": 8}."""
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        gid, counts = item.rsplit(" ", 1)
+        out[gid] = int(counts.split("/")[0])
+    return out
 
 
 def claim(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ KNOWN = {
     "choice_ablation.json": "W-Gates ablation: each arm's choice of channels on the original weights",
     "choice_ablation_cifar_resnet56.json": "The same choice ablation on ResNet-56",
     "arm_latency.json": "Latency of the accuracy suite's own arms (their exports, beside their top-1)",
+    "arm_latency_cifar_resnet56.json": "The same on ResNet-56",
 }
 
 
@@ -224,6 +225,32 @@ def accuracy_lines(acc: dict[str, Any]) -> list[str]:
     return out
 
 
+def arm_latency_lines(arm_lat: dict[str, Any]) -> list[str]:
+    """The speed-up of each timed arm of one cell, and ABP's claim against L1 where it was judged."""
+    out = []
+    # the arms (the original has no source)
+    timed = [r for r in arm_lat.get("rows", []) if "speedup" in r and "source" in r]
+    if timed:
+        cells = ", ".join(
+            f"{r['arm']} {r['speedup']['1']:.2f}x / {r['speedup']['32']:.2f}x "
+            f"at {r['flops_ratio']:.3f} of the FLOPs ({r['test_top1']:.2f}%)"
+            for r in timed
+        )
+        out.append(
+            f"Speed-up of the accuracy suite's own exports over the original ({arm_lat['model']}, "
+            f"-{arm_lat['reduction']:.0%}, seed {arm_lat['seed']}, batch 1 / 32, 1 thread): {cells}."
+        )
+    if arm_lat.get("claim", {}).get("judged"):
+        c = arm_lat["claim"]
+        ratio = ", ".join(f"batch {b} {v:.2f}" for b, v in c["latency_ratio_abp_over_l1"].items())
+        out.append(
+            f"ABP against L1, the accuracy suite's own exports ({arm_lat['model']} at "
+            f"-{arm_lat['reduction']:.0%}): {'met' if c['met'] else 'not met'}; latency ABP / L1 {ratio}, "
+            f"FLOPs {c['flops_gap']:.3f} apart, top-1 ABP - L1 {c['top1_abp_minus_l1']:+.2f}."
+        )
+    return out
+
+
 def summary(results: dict[str, dict[str, Any]]) -> list[str]:
     """One line per suite result for the project README (every suite, wins and losses), non-smoke only."""
     real = {k: v for k, v in results.items() if v.get("meta", {}).get("mode") not in ("smoke",)}
@@ -265,27 +292,8 @@ def summary(results: dict[str, dict[str, Any]]) -> list[str]:
             f"Choice of channels alone ({choice['model']} at {choice['keep']:.2f} of the FLOPs, each plan on "
             f"the original weights, validation top-1 after BN recalibration): {cells}."
         )
-    arm_lat = real.get("arm_latency.json")
-    # the arms (the original has no source)
-    timed = [r for r in (arm_lat or {}).get("rows", []) if "speedup" in r and "source" in r]
-    if arm_lat and timed:
-        cells = ", ".join(
-            f"{r['arm']} {r['speedup']['1']:.2f}x / {r['speedup']['32']:.2f}x "
-            f"at {r['flops_ratio']:.3f} of the FLOPs ({r['test_top1']:.2f}%)"
-            for r in timed
-        )
-        out.append(
-            f"Speed-up of the accuracy suite's own exports over the original ({arm_lat['model']}, "
-            f"-{arm_lat['reduction']:.0%}, seed {arm_lat['seed']}, batch 1 / 32, 1 thread): {cells}."
-        )
-    if arm_lat and arm_lat.get("claim", {}).get("judged"):
-        c = arm_lat["claim"]
-        ratio = ", ".join(f"batch {b} {v:.2f}" for b, v in c["latency_ratio_abp_over_l1"].items())
-        out.append(
-            f"ABP against L1, the accuracy suite's own exports ({arm_lat['model']} at "
-            f"-{arm_lat['reduction']:.0%}): {'met' if c['met'] else 'not met'}; latency ABP / L1 {ratio}, "
-            f"FLOPs {c['flops_gap']:.3f} apart, top-1 ABP - L1 {c['top1_abp_minus_l1']:+.2f}."
-        )
+    for name in sorted(n for n in real if n.startswith("arm_latency")):
+        out += arm_latency_lines(real[name])
     thr = results.get("train_throughput.json")
     if thr and thr.get("rows") and all("warmup" in r for r in thr["rows"]):
         ratios = ", ".join(f"{r['model']} {r['ratio']:.2f}" for r in thr["rows"])

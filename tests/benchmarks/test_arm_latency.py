@@ -56,7 +56,7 @@ def test_arms_are_rebuilt_only_where_the_record_pins_them(tmp_path: Path, shared
     recs = [
         _record("l1", gp.count_flops(l1, x), "l1"),
         _record("abp", gp.count_flops(abp, x), "learned", {"removed_blocks": ["layer1.1"]}),
-        _record("wgates", 1, "learned"),  # neither an export nor a pinned architecture
+        _record("wgates", 1, "learned"),  # its FLOPs do not match what its (empty) report pins
         _record("tp-depgraph", gp.count_flops(l1, x) + 1, "torch_pruning"),
     ]
     stale = _record("l1", gp.count_flops(l1, x) - 1, "l1")  # an older L1: its plan no longer matches
@@ -67,6 +67,14 @@ def test_arms_are_rebuilt_only_where_the_record_pins_them(tmp_path: Path, shared
     assert rows["l1"]["source"] == rows["abp"]["source"] == "rebuilt from the record"
     assert "latency" in rows["abp"] and rows["abp"]["speedup"]["1"] > 0
     assert "not_timed" in rows["wgates"] and "not_timed" in rows["tp-depgraph"]
+    assert arm_latency.kept_counts("conv1 9/16, layer1.0.conv1 8/16") == {"conv1": 9, "layer1.0.conv1": 8}
+    both = gp.PruningPlan.for_graph(pg)
+    both.remove_block("layer1.1")
+    both.remove_channels("layer2.0.conv1", range(20, 32))
+    flops = gp.count_flops(gp.apply(pg, both), x)
+    combined = _record("abp+wgates", flops, "learned", {"removed_blocks": ["layer1.1"],
+                       "method_report": {"kept_channels": "layer2.0.conv1 20/32"}})  # fmt: skip
+    assert gp.count_flops(arm_latency.rebuild(combined, original, x), x) == flops
     assert data["claim"]["judged"]
     with pytest.raises(ValueError, match="differ from the record"):
         arm_latency.rebuild(stale, original, x)
