@@ -66,6 +66,7 @@ class Arm:
     global_pruning: bool = True
     sparse: bool = False
     round_to: int = 1
+    keep_streams: bool = False  # L1: the residual streams (`ChannelGroup.is_residual_stream`) stay whole
 
 
 def _tp(importance: str, global_pruning: bool, round_to: int = 1) -> Arm:
@@ -81,7 +82,7 @@ ARMS = {
         Arm(CONTROL, "control"),
         Arm("l1", "l1", method="l1"),
         Arm("l1-r8", "l1", method="l1", round_to=8),
-        Arm("l1-stream", "l1", method="l1", options=(("keep_whole", "residual streams"),)),
+        Arm("l1-stream", "l1", method="l1", keep_streams=True),
         Arm("abp", "learned", method="abp", stage_shares=(0.15, 0.25)),
         Arm("wgates", "learned", method="wgates", stage_shares=(0.25,)),
         Arm("abp+wgates", "learned", method="abp+wgates", stage_shares=(0.1, 0.15, 0.2)),
@@ -304,6 +305,18 @@ def prune_tp(
     return res.model, notes
 
 
+def l1_plan(pg: gp.PrunableGraph, arm: Arm, keep: float) -> tuple[gp.PruningPlan, list[str]]:
+    """An L1 arm's plan (global scope, data-free) and the groups it left whole."""
+    whole = [g.id for g in pg.prunable_groups if g.is_residual_stream] if arm.keep_streams else []
+    plan = gp.criteria.plan_by_criterion(pg, "l1", keep, "global", round_to=arm.round_to, keep_whole=whole)
+    return plan, whole
+
+
+def run_folder(work: Path, model: str, arm: str, reduction: float | None, seed: int) -> Path:
+    """Where an arm keeps its checkpoints and its final.onnx under the suite's --work-dir."""
+    return work / model.split(":")[-1] / (f"{arm}@{reduction:g}" if reduction else arm) / f"seed{seed}"
+
+
 def prune_gp(
     arm: Arm, model: nn.Module, x: tuple[torch.Tensor, ...], keep: float, data: Any, cfg: Any, run_dir: Path,
     stage_steps: list[int],
@@ -311,11 +324,7 @@ def prune_gp(
     """A graphprune arm: the L1 criterion (data-free), or a learned method from the registry."""
     pg = gp.trace(model, x)
     if arm.method == "l1":
-        streams = dict(arm.options).get("keep_whole") == "residual streams"
-        whole = [g.id for g in pg.prunable_groups if g.is_residual_stream] if streams else []
-        plan = gp.criteria.plan_by_criterion(
-            pg, "l1", keep, "global", round_to=arm.round_to, keep_whole=whole
-        )
+        plan, whole = l1_plan(pg, arm, keep)
         return gp.apply(pg, plan), {"criterion": "l1", "scope": "global", "kept_whole": whole}
     from graphprune.methods import Budget, MethodContext, get_method, method_names
 
@@ -371,12 +380,7 @@ def run_arm(
         eval_every_epoch=False, eval_batch_size=mode.eval_batch_size, verbose=False, compile=compile_,
     )  # fmt: skip
     stage_steps = [max(1, round(s * budget)) for s in arm.stage_shares]
-    run_dir = (
-        work
-        / block.model.split(":")[-1]
-        / (f"{arm_name}@{reduction:g}" if reduction else arm_name)
-        / f"seed{seed}"
-    )
+    run_dir = run_folder(work, block.model, arm_name, reduction, seed)
     out: dict[str, Any] = {
         "mode": mode.name, "model": block.model, "weights": block.weights, "arm": arm_name, "kind": arm.kind,
         "reduction": reduction, "seed": seed, "round_to": arm.round_to, "threads": threads, "device": device,

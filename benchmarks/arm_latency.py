@@ -66,9 +66,7 @@ def rebuild(
     if arm is not None and arm.kind == "control":
         plan = gp.PruningPlan.for_graph(pg)
     elif arm is not None and arm.method == "l1":
-        plan = gp.criteria.plan_by_criterion(
-            pg, "l1", 1.0 - record["reduction"], "global", round_to=arm.round_to
-        )
+        plan, _ = accuracy_suite.l1_plan(pg, arm, 1.0 - record["reduction"])
     elif arm is not None and arm.method in ("abp", "wgates", "abp+wgates"):
         plan = gp.PruningPlan.for_graph(pg)
         for name in record["notes"].get("removed_blocks", []):
@@ -79,10 +77,9 @@ def rebuild(
     else:
         raise ValueError("no final.onnx and the record does not pin the architecture")
     slim = gp.apply(pg, plan)
-    if gp.count_flops(slim, x) != record["flops"]:
-        raise ValueError(
-            f"rebuilt FLOPs {gp.count_flops(slim, x)} differ from the record's {record['flops']}"
-        )
+    flops = gp.count_flops(slim, x)
+    if flops != record["flops"]:
+        raise ValueError(f"rebuilt FLOPs {flops} differ from the record's {record['flops']}")
     return slim
 
 
@@ -103,24 +100,20 @@ def claim(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     ratios = {str(b): abp["latency"][str(b)]["p50_ms"] / l1["latency"][str(b)]["p50_ms"] for b in BATCHES}
     flops_gap = abs(abp["flops_ratio"] - l1["flops_ratio"])
     top1_gap = abp["test_top1"] - l1["test_top1"]
-    return {
-        "judged": True,
-        "latency_ratio_abp_over_l1": ratios,
-        "flops_gap": flops_gap,
-        "top1_abp_minus_l1": top1_gap,
+    checks = {
         "faster": all(r < 1.0 for r in ratios.values()),
         "same_flops": flops_gap <= FLOPS_MATCH,
         "top1_within": top1_gap >= -TOP1_WITHIN,
-        "met": all(r < 1.0 for r in ratios.values())
-        and flops_gap <= FLOPS_MATCH
-        and top1_gap >= -TOP1_WITHIN,
     }
+    return {
+        "judged": True, "latency_ratio_abp_over_l1": ratios, "flops_gap": flops_gap,
+        "top1_abp_minus_l1": top1_gap, **checks, "met": all(checks.values()),
+    }  # fmt: skip
 
 
 def run(
     out: Path, work: Path, mode: str, model: str, reduction: float, seed: int, rounds: int, runs: int
 ) -> dict:
-    short = model.split(":")[-1]
     cell = records(out, mode, model, reduction, seed)
     if not cell:
         raise click.ClickException(f"no finished arm records for {model} at -{reduction:.0%}, seed {seed}")
@@ -135,8 +128,8 @@ def run(
         for r in cell:
             name = r["arm"]
             row = {k: r[k] for k in ("arm", "kind", "flops_ratio", "params", "test_top1", "val_top1")}
-            folder = f"{name}@{r['reduction']:g}" if r["reduction"] is not None else name
-            final = work / short / folder / f"seed{seed}" / accuracy_suite.FINAL_ONNX
+            folder = accuracy_suite.run_folder(work, model, name, r["reduction"], seed)
+            final = folder / accuracy_suite.FINAL_ONNX
             if final.is_file():
                 paths[name], row["source"] = final, "final.onnx"
             else:

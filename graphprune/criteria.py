@@ -163,10 +163,11 @@ def plan_by_criterion(
         raise PlanError(f"round_to must be a positive integer, got {round_to}")
     if scope not in ("global", "layer"):
         raise PlanError(f"unknown scope '{scope}' (choose global or layer)")
-    unknown = sorted(set(keep_whole) - {g.id for g in pg.groups})
+    whole = set(keep_whole)
+    unknown = sorted(whole - {g.id for g in pg.groups})
     if unknown:
         raise PlanError(f"keep_whole: no channel group '{unknown[0]}'")
-    scores = {gid: s for gid, s in channel_scores(pg, criterion).items() if gid not in set(keep_whole)}
+    scores = {gid: s for gid, s in channel_scores(pg, criterion).items() if gid not in whole}
     model = FlopsModel(pg)
     budget = target_flops * pg.flops
     caps = {gid: min(len(s) - 1, int(math.floor(len(s) * max_ratio))) for gid, s in scores.items()}
