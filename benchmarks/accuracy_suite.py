@@ -475,6 +475,7 @@ def summarise(out: Path) -> dict[str, Any]:
         "to multiples of 8 on both sides, where the learned methods cannot yet take part."
     )
     cpu_hours = sum(a["seconds"] * a.get("threads", 1) for a in arms) / 3600
+    verdicts = accuracy_verdicts.verdicts(table)
     return {
         "meta": run_meta.describe_run("+".join(sorted({a["mode"] for a in arms})) or "none"),
         "modes": {
@@ -482,7 +483,8 @@ def summarise(out: Path) -> dict[str, Any]:
             | {"blocks": [vars(b) for b in m.blocks]}
             for name, m in MODES.items()
         },
-        "verdicts": accuracy_verdicts.verdicts(table),
+        "verdicts": verdicts,
+        "targets": accuracy_verdicts.targets(verdicts, table),
         "fast_number": accuracy_verdicts.fast_number_correlation(arms),
         "cpu_hours": cpu_hours,
         "notes": notes,

@@ -131,6 +131,88 @@ def verdicts(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+MARGIN = 0.5
+"""The methods issue: the best learned arm beats the best L1 and the best Torch-Pruning arm by this."""
+WITHIN = 1.0
+"""... abp+wgates within this of the control (ResNet-56); ABP's top-1 within this of L1's (ResNet-56)."""
+RESNET20, RESNET56 = "graphprune:cifar_resnet20", "graphprune:cifar_resnet56"
+
+
+def _margin_target(v: dict[str, Any]) -> dict[str, Any]:
+    b = v["best"]
+    out: dict[str, Any] = {
+        "target": f"best learned ≥ best L1 + {MARGIN} and ≥ best Torch-Pruning + {MARGIN}",
+        "model": v["model"],
+        "seeds": v["seeds"],
+    }
+    pool = {k: b[k] for k in ("learned", "l1", "torch_pruning")}
+    missing = [k for k, e in pool.items() if e is None]
+    if missing or not v["equal_steps"]:
+        return {**out, "met": None, "measured": f"not judged: {', '.join(missing) or 'unequal steps'}"}
+    learned = pool.pop("learned")
+    margins = {k: learned["top1_mean"] - e["top1_mean"] for k, e in pool.items()}
+    rivals = "; ".join(f"{pool[k]['arm']} {pool[k]['top1_mean']:.2f} ({m:+.2f})" for k, m in margins.items())
+    return {
+        **out,
+        "met": all(m >= MARGIN for m in margins.values()),
+        "measured": f"{learned['arm']} {learned['top1_mean']:.2f} against {rivals}",
+    }
+
+
+def _pair_target(text: str, model: str, arm: str, rival: str, rows: dict, holds: Any) -> dict[str, Any]:
+    """`arm` against `rival` on mean test top-1: `holds(gap, arm_row, rival_row)`, gap = arm − rival."""
+    mine, theirs = rows.get((model, arm)), rows.get((model, rival))
+    out: dict[str, Any] = {"target": text, "model": model, "seeds": mine["seeds"] if mine else []}
+    if mine is None or theirs is None:
+        return {**out, "met": None, "measured": f"not run: {arm if mine is None else rival}"}
+    gap = mine["test_top1_mean"] - theirs["test_top1_mean"]
+    measured = (
+        f"{arm} {mine['test_top1_mean']:.2f} ({mine['flops_kept']:.3f}) against "
+        f"{rival} {theirs['test_top1_mean']:.2f} ({theirs['flops_kept']:.3f}): {gap:+.2f}"
+    )
+    return {**out, "met": bool(holds(gap, mine, theirs)), "measured": measured}
+
+
+def targets(
+    vs: list[dict[str, Any]], table: list[dict[str, Any]], reduction: float = 0.6
+) -> list[dict[str, Any]]:
+    """The methods issue's done-when targets on the standard mode at `reduction`, judged from the verdicts
+    and rows: `met` is True, False, or None while an arm is missing. ABP's latency half is arm_latency's."""
+    rows = {
+        (r["model"], r["arm"]): r
+        for r in table
+        if r["mode"] == "standard" and r["status"] == "ok" and r["reduction"] in (reduction, None)
+    }
+    out = [
+        _margin_target(v)
+        for v in vs
+        if v["mode"] == "standard" and v["target_reduction"] == reduction and v["round_to"] == 1
+    ]
+    same_flops = lambda a, b: abs(a["flops_kept"] - b["flops_kept"]) <= BUDGET_SLACK  # noqa: E731
+    out += [
+        _pair_target(f"abp+wgates within {WITHIN} of the control", RESNET56, "abp+wgates", "unpruned", rows,
+                     lambda gap, a, b: gap >= -WITHIN),
+        _pair_target("wgates beats l1", RESNET20, "wgates", "l1", rows, lambda gap, a, b: gap > 0),
+        _pair_target(f"abp within {WITHIN} of l1 at equal FLOPs (±{BUDGET_SLACK}); its latency: arm_latency",
+                     RESNET56, "abp", "l1", rows,
+                     lambda gap, a, b: gap >= -WITHIN and same_flops(a, b)),
+    ]  # fmt: skip
+    return out
+
+
+def target_lines(ts: list[dict[str, Any]]) -> list[str]:
+    """The targets as a markdown table."""
+    lines = [
+        "| target | model | seeds | status | measured (test top-1, FLOPs kept) |",
+        "|---|---|---|---|---|",
+    ]
+    for t in ts:
+        status = {True: "met", False: "**not met**", None: "not judged"}[t["met"]]
+        seeds = ",".join(map(str, t["seeds"])) or "—"
+        lines.append(f"| {t['target']} | {t['model']} | {seeds} | {status} | {t['measured']} |")
+    return lines
+
+
 def spearman(x: list[float], y: list[float]) -> float | None:
     """Spearman's rank correlation (average ranks for ties); None for fewer than 3 pairs."""
     if len(x) < 3:
@@ -253,6 +335,17 @@ def markdown(summary: dict[str, Any]) -> str:
         if v["code_differs"]:
             lines.append(f"- {v['mode']} {v['model']} −{v['target_reduction']:.0%}: learned arms ran on "
                          f"different method code: {v['code_differs']}.")  # fmt: skip
+    if summary.get("targets"):
+        lines += [
+            "",
+            "## The methods issue's targets (standard mode, −60%)",
+            "",
+            'Judged on mean test top-1 of the arms validation chose (see Verdicts); "not judged" while an '
+            "arm has not run. ABP's latency against L1 is judged by `benchmarks/arm_latency.py` "
+            "(`arm_latency_<model>.md`).",
+            "",
+            *target_lines(summary["targets"]),
+        ]
     lines += [
         "",
         "## Does validation choose what test confirms?",

@@ -63,6 +63,9 @@ def accuracy_section(data: dict[str, Any]) -> list[str]:
     import accuracy_verdicts
 
     lines = [*accuracy_verdicts.verdict_table(data["verdicts"]), ""]
+    if data.get("targets"):
+        lines += ["The methods issue's targets (standard mode, −60%):", "",
+                  *accuracy_verdicts.target_lines(data["targets"]), ""]  # fmt: skip
     for mode, c in data.get("fast_number", {}).items():
         lines.append(
             f"Fast number ({mode}): Spearman correlation of validation top-1 right after pruning with the "
@@ -222,6 +225,13 @@ def accuracy_lines(acc: dict[str, Any]) -> list[str]:
             f"Accuracy ({where}, seeds {v['seeds']}, test top-1 of the best arm by validation){valid}: "
             f"{', '.join(cells)}.{differ}"
         )
+    if acc.get("targets"):
+        status = {True: "met", False: "NOT met", None: "not judged yet"}
+        judged = "; ".join(
+            f"{t['target']} ({t['model'].split(':')[-1]}): {status[t['met']]}" for t in acc["targets"]
+        )
+        met = sum(t["met"] is True for t in acc["targets"])
+        out.append(f"Methods issue's targets (standard, -60%): {met} of {len(acc['targets'])} met. {judged}.")
     return out
 
 

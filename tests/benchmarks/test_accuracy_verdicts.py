@@ -112,3 +112,46 @@ def test_a_verdict_names_the_pruned_arms_seeds_not_the_controls() -> None:
     arms = [*ARMS, arm("unpruned", "control", 1.0, 90.0, 89.2, seed=1)]  # a second control seed only
     verdict = next(v for v in av.verdicts(av.rows(arms)) if v["mode"] == "quick")
     assert verdict["seeds"] == [0]
+
+
+def _standard(model: str, *arms: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{**a, "mode": "standard", "model": model} for a in arms]
+
+
+def test_targets_judge_each_done_when_rule_and_wait_for_missing_arms() -> None:
+    r20 = _standard(
+        av.RESNET20,
+        arm("unpruned", "control", 1.0, 95.0, 88.4),
+        arm("abp+wgates", "learned", 0.40, 90.0, 86.8),  # +0.6 over l1, +0.5 over TP: met
+        arm("wgates", "learned", 0.40, 89.0, 85.6),  # below l1: not met
+        arm("l1", "l1", 0.40, 88.0, 86.2),
+        arm("tp-groupnorm-layer", "torch_pruning", 0.405, 88.0, 86.3),
+    )
+    r56 = _standard(
+        av.RESNET56,
+        arm("unpruned", "control", 1.0, 95.0, 90.0),
+        arm("abp+wgates", "learned", 0.40, 93.0, 88.9),  # -1.1 from the control: not met
+        arm("abp", "learned", 0.405, 90.0, 87.8),  # within 1.0 of l1 and 0.005 of its FLOPs: met
+        arm("l1", "l1", 0.40, 90.0, 88.7),
+    )
+    table = av.rows(r20 + r56)
+    ts = av.targets(av.verdicts(table), table)
+
+    def find(model: str, start: str) -> dict[str, Any]:
+        (t,) = [t for t in ts if t["model"] == model and t["target"].startswith(start)]
+        return t
+
+    margin20, margin56 = find(av.RESNET20, "best"), find(av.RESNET56, "best")
+    assert margin20["met"] is True and "+0.60" in margin20["measured"] and "+0.50" in margin20["measured"]
+    assert margin56["met"] is None and "torch_pruning" in margin56["measured"]  # the peer has not run
+    control = find(av.RESNET56, "abp+wgates within")
+    assert control["met"] is False and "-1.10" in control["measured"]
+    assert find(av.RESNET20, "wgates beats")["met"] is False
+    assert find(av.RESNET56, "abp within")["met"] is True
+    r56[2]["flops_ratio"] = 0.39  # 0.01 + from l1's FLOPs: no longer equal FLOPs
+    table = av.rows(r20 + r56)
+    abp = next(t for t in av.targets(av.verdicts(table), table) if t["target"].startswith("abp within"))
+    assert abp["met"] is False
+    page = av.markdown({"meta": {"command": "c", "date": "d"}, "verdicts": [], "fast_number": {}, "rows": [],
+                        "cpu_hours": 0.0, "targets": av.targets(av.verdicts(table), table)})  # fmt: skip
+    assert "| wgates beats l1 | graphprune:cifar_resnet20 | 0 | **not met** |" in page

@@ -109,3 +109,14 @@ def test_readme_has_a_line_per_suite_including_losses() -> None:
     assert speed.endswith("1 thread): abp 2.50x / 3.00x at 0.400 of the FLOPs (85.00%).")  # no original
     (abp_line,) = [x for x in lines if x.startswith("ABP against L1")]
     assert "not met" in abp_line and "batch 32 0.60" in abp_line and "-1.50" in abp_line
+
+
+def test_readme_counts_the_methods_issue_targets_met() -> None:
+    targets = [
+        {"target": "wgates beats l1", "model": "graphprune:cifar_resnet20", "met": False, "seeds": [0]},
+        {"target": "abp within 1.0 of l1", "model": "graphprune:cifar_resnet56", "met": None, "seeds": []},
+        {"target": "abp+wgates within 1.0", "model": "graphprune:cifar_resnet56", "met": True, "seeds": [0]},
+    ]
+    (line,) = [x for x in results_page.accuracy_lines({"verdicts": [], "targets": targets}) if "targets" in x]
+    assert line.startswith("Methods issue's targets (standard, -60%): 1 of 3 met.")
+    assert "wgates beats l1 (cifar_resnet20): NOT met" in line and "not judged yet" in line
