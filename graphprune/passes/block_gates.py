@@ -25,19 +25,25 @@ GATES = "abp_gates"  # the submodule holding every gate of a gated graph
 
 
 class BlockGate(nn.Module):
-    """SkipNet-style gate: global average pool -> Linear -> ReLU -> Linear -> sigmoid, one mark per sample.
+    """SkipNet-style gate: global average pool -> Linear -> [BatchNorm] -> ReLU -> Linear -> sigmoid, one
+    mark per sample.
 
     Reads the block's shortcut s(x) (the block input for identity shortcuts), returns the mark shaped to
     broadcast over f(x) and keeps it in `self.mark` (shape (N,)) for the regulariser and the vote.
     A pruned gate (`pruned` buffer set) outputs 0: the block is off but its shape is kept.
+    `norm` puts a BatchNorm on the hidden layer, as ConvNet-AIG's gates have: pooled features differ
+    little between samples, and without it the mark is nearly the same for every input.
     """
 
     pruned: torch.Tensor
 
-    def __init__(self, channels: int, hidden: int = 16, init_mark: float = 0.95, block: str = "") -> None:
+    def __init__(
+        self, channels: int, hidden: int = 16, init_mark: float = 0.95, block: str = "", norm: bool = False
+    ) -> None:
         super().__init__()
         self.block = block  # the name of the gated block
         self.fc1 = nn.Linear(channels, hidden)
+        self.norm: nn.Module = nn.BatchNorm1d(hidden) if norm else nn.Identity()
         self.fc2 = nn.Linear(hidden, 1)
         # start near "on" so a trained network is barely changed by inserting the gates
         nn.init.zeros_(self.fc2.weight)
@@ -47,7 +53,7 @@ class BlockGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = x.mean(dim=tuple(range(2, x.dim()))) if x.dim() > 2 else x
-        m = torch.sigmoid(self.fc2(torch.relu(self.fc1(pooled)))).squeeze(1)
+        m = torch.sigmoid(self.fc2(torch.relu(self.norm(self.fc1(pooled))))).squeeze(1)
         m = torch.where(self.pruned, torch.zeros_like(m), m)
         self.mark = m
         return m.reshape(-1, *([1] * (x.dim() - 1)))
@@ -104,11 +110,14 @@ def _channels(node: fx.Node) -> int:
 class InsertBlockGates(GraphPass):
     """`add(s, f)` -> `add(s, f * gate(s))` on every block; gates live under `abp_gates`."""
 
-    def __init__(self, blocks: Sequence[Block], hidden: int = 16, init_mark: float = 0.95) -> None:
+    def __init__(
+        self, blocks: Sequence[Block], hidden: int = 16, init_mark: float = 0.95, norm: bool = False
+    ) -> None:
         super().__init__()
         self.blocks = list(blocks)
         self.hidden = hidden
         self.init_mark = init_mark
+        self.norm = norm
 
     def requires(self, graph_module: fx.GraphModule) -> None:
         if hasattr(graph_module, GATES):
@@ -123,7 +132,7 @@ class InsertBlockGates(GraphPass):
             shortcut = next(a for a in add.args if a is not branch)
             assert isinstance(shortcut, fx.Node)
             name = gate_name(b.name)
-            gate = BlockGate(_channels(shortcut), self.hidden, self.init_mark, b.name)
+            gate = BlockGate(_channels(shortcut), self.hidden, self.init_mark, b.name, self.norm)
             ref = next(iter(gm.parameters()), None)
             if ref is not None:
                 gate.to(ref.device)

@@ -125,3 +125,16 @@ def test_choice_ablation_smoke_scores_every_arms_choice_on_the_original_weights(
     assert all(0 <= r["original_weights_bnrecal"] <= 100 for r in rows.values())
     assert "own_weights_bnrecal" in rows["wgates"] and "own_weights_bnrecal" not in rows["l1"]
     assert "original weights" in (tmp_path / "choice_ablation.md").read_text()
+
+
+def test_abp_marks_smoke_scores_every_ranking_on_each_gate(tmp_path: Path, shared_dir: Path) -> None:
+    import abp_marks
+
+    run_script(BENCHMARKS / "abp_marks.py", "--smoke", "--out", tmp_path)
+    data = json.loads((tmp_path / "abp_marks.json").read_text())
+    assert [r["variant"] for r in data["rows"]] == list(abp_marks.VARIANTS)
+    for row in data["rows"]:
+        assert set(row["removed"]) == set(row["fast"]) == set(abp_marks.RANKINGS)
+        assert all(0 <= v <= 100 for v in row["fast"].values())
+        assert all(row["removed"][k] for k in abp_marks.RANKINGS)  # the budget removes blocks
+    assert "mean mark: val top-1" in (tmp_path / "abp_marks.md").read_text()

@@ -49,6 +49,13 @@ def test_abp_removes_exactly_the_planted_blocks() -> None:
     assert sorted(res.plan.blocks) == sorted(REDUNDANT)
 
 
+def test_abp_with_normalised_gates_removes_exactly_the_planted_blocks() -> None:
+    model, x = planted()
+    ctx = context(model, x, Budget(num_blocks=2), epochs=[1, 1], stage_steps=[2, 2], gate_norm=True)
+    res = get_method("abp")(ctx)
+    assert sorted(res.plan.blocks) == sorted(REDUNDANT)
+
+
 def test_wgates_removes_exactly_the_planted_filters() -> None:
     model, x = planted()
     pg = gp.trace(model, x)

@@ -53,6 +53,39 @@ def test_gate_outputs_one_mark_per_sample_in_unit_interval_with_gradient() -> No
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in gate.parameters())
 
 
+def test_a_normalised_gate_spreads_marks_that_pooled_features_barely_separate() -> None:
+    """Post-ReLU features pool to a large common mean with a small per-sample part: without the hidden
+    BatchNorm every sample gets nearly the same mark, with it the per-sample part decides."""
+    torch.manual_seed(0)
+    plain, normed = BlockGate(8, hidden=4), BlockGate(8, hidden=4, norm=True)
+    normed.load_state_dict(plain.state_dict(), strict=False)  # the same fc1 and fc2
+    with torch.no_grad():
+        for gate in (plain, normed):
+            gate.fc2.weight.copy_(torch.tensor([[1.0, -1.0, 1.0, -1.0]]))
+    x = 5.0 + 0.01 * torch.randn(64, 8, 1, 1) + 0.1 * torch.randn(64, 8, 4, 4)
+    std = {}
+    for name, gate in (("plain", plain), ("norm", normed)):
+        gate.train()
+        gate(x)
+        assert gate.mark is not None
+        std[name] = float(gate.mark.std())
+    assert isinstance(normed.norm, torch.nn.BatchNorm1d) and isinstance(plain.norm, torch.nn.Identity)
+    assert std["norm"] > 10 * std["plain"] and std["norm"] > 0.05
+    normed.eval()  # running statistics: one sample alone still gets its own mark
+    assert normed(x[:1]).shape == (1, 1, 1, 1)
+
+
+def test_normalised_gates_insert_and_remove_losslessly(resnet20: gp.PrunableGraph) -> None:
+    x = torch.randn(4, 3, 32, 32)
+    gated = InsertBlockGates(resnet20.blocks, norm=True)(resnet20.gm).graph_module.eval()
+    assert all(isinstance(g.norm, torch.nn.BatchNorm1d) for g in gates_of(gated).values())
+    _set_marks(gated, 1.0)
+    restored = RemoveBlockGates()(gated).graph_module
+    assert restored.state_dict().keys() == resnet20.gm.state_dict().keys()
+    with torch.no_grad():
+        torch.testing.assert_close(restored(x), resnet20.gm(x), rtol=1e-6, atol=1e-6)
+
+
 def test_pruned_gate_outputs_zero() -> None:
     gate = BlockGate(4)
     gate.pruned.fill_(True)

@@ -63,6 +63,7 @@ class AbpConfig:
     recal_images: int = 1024  # training images BatchNorm statistics are re-estimated on after a change
     kd_stage1: bool = True  # distil from the original in stage 1 too
     gate_hidden: int = 16
+    gate_norm: bool = False  # BatchNorm on the gate hidden layer (ConvNet-AIG): marks that follow the input
     init_mark: float = 0.9
     gate_lr_scale: float = 10.0  # gate learning rate = backbone learning rate x this
     reg_weight: float = 2.0
@@ -225,7 +226,7 @@ def run_abp(
     """Stages 1 and 2 on a gated copy of `pg.gm`; returns the pruned gated network (gates still in).
     `teacher` (the original) is distilled from in stage 1 when `cfg.kd_stage1`."""
     with seeded(train_cfg.seed):
-        gated = InsertBlockGates(pg.blocks, cfg.gate_hidden, cfg.init_mark)(pg.gm).graph_module
+        gated = InsertBlockGates(pg.blocks, cfg.gate_hidden, cfg.init_mark, cfg.gate_norm)(pg.gm).graph_module
     reg = GateRegulariser(block_shares(pg), keep_target(pg, budget), cfg.reg_weight, cfg.polar)
 
     def gate_group(model: nn.Module) -> list[dict[str, Any]]:
