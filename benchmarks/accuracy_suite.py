@@ -255,6 +255,23 @@ def steps_done(run_dir: Path) -> dict[str, int]:
     }
 
 
+def logged_seconds(run_dir: Path) -> float:
+    """Training seconds of every epoch logged under `run_dir`, by every process that worked on it: a
+    resumed arm's own `seconds` cover only the process that finished it."""
+    total = 0.0
+    for path in sorted(run_dir.rglob("metrics.jsonl")):
+        for line in path.read_text().splitlines():
+            entry = json.loads(line) if line.strip() else {}
+            if entry.get("kind") == "epoch":
+                total += float(entry.get("seconds", 0.0))
+    return round(total, 1)
+
+
+def arm_cpu_seconds(record: dict[str, Any]) -> float:
+    """CPU seconds an arm cost: wall seconds (its last process, or every epoch's if more) x threads."""
+    return max(record["seconds"], record.get("epoch_seconds", 0.0)) * record.get("threads", 1)
+
+
 def calibration_batches(data: Any, n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """A fixed class-stratified sample of `n` un-augmented training images, in batches of 128."""
     from graphprune.train.data import stratified_sample
@@ -438,6 +455,7 @@ def run_arm(
     except Exception as exc:  # recorded as this arm's failure, shown on the page, fails --strict
         out.update(status="failed", error=_one_line(exc), traceback=traceback.format_exc(limit=6))
     out["seconds"] = round(time.perf_counter() - start, 1)
+    out["epoch_seconds"] = logged_seconds(run_dir) if run_dir.is_dir() else 0.0
     return out
 
 
@@ -474,7 +492,7 @@ def summarise(out: Path) -> dict[str, Any]:
         "Channel counts are unrounded (round 1) in the main comparison for both tools; the `-r8` arms round "
         "to multiples of 8 on both sides, where the learned methods cannot yet take part."
     )
-    cpu_hours = sum(a["seconds"] * a.get("threads", 1) for a in arms) / 3600
+    cpu_hours = sum(arm_cpu_seconds(a) for a in arms) / 3600
     verdicts = accuracy_verdicts.verdicts(table)
     return {
         "meta": run_meta.describe_run("+".join(sorted({a["mode"] for a in arms})) or "none"),

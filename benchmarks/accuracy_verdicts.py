@@ -384,7 +384,8 @@ def markdown(summary: dict[str, Any]) -> str:
         "",
         *arm_table(summary["rows"]),
         "",
-        f"CPU time summed over the finished arms: {summary['cpu_hours']:.2f} h (wall seconds × threads).",
+        f"CPU time summed over the arms: {summary['cpu_hours']:.2f} h (wall seconds × threads; an arm "
+        "resumed across processes counts the training seconds every process logged, where that is more).",
         "",
         "![top-1 against FLOPs kept](accuracy.png)",
     ]

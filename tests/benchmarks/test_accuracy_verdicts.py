@@ -155,3 +155,19 @@ def test_targets_judge_each_done_when_rule_and_wait_for_missing_arms() -> None:
     page = av.markdown({"meta": {"command": "c", "date": "d"}, "verdicts": [], "fast_number": {}, "rows": [],
                         "cpu_hours": 0.0, "targets": av.targets(av.verdicts(table), table)})  # fmt: skip
     assert "| wgates beats l1 | graphprune:cifar_resnet20 | 0 | **not met** |" in page
+
+
+def test_a_resumed_arm_costs_the_epochs_every_process_logged(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import accuracy_suite
+
+    stage = tmp_path / "method"
+    stage.mkdir()
+    epoch = {"kind": "epoch", "seconds": 100.0}
+    (stage / "metrics.jsonl").write_text("\n".join(map(json.dumps, [epoch, {"kind": "step"}, epoch])) + "\n")
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({**epoch, "seconds": 50.0}) + "\n\n")
+    assert accuracy_suite.logged_seconds(tmp_path) == 250.0
+    resumed = {"seconds": 60.0, "epoch_seconds": 250.0, "threads": 2}
+    assert accuracy_suite.arm_cpu_seconds(resumed) == 500.0  # the finishing process alone ran 60 s
+    assert accuracy_suite.arm_cpu_seconds({"seconds": 300.0, "threads": 1}) == 300.0  # older records
