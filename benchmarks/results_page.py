@@ -304,6 +304,17 @@ def summary(results: dict[str, dict[str, Any]]) -> list[str]:
         )
     for name in sorted(n for n in real if n.startswith("arm_latency")):
         out += arm_latency_lines(real[name])
+    marks = real.get("abp_marks.json")
+    if marks and marks.get("rows"):
+        cells = "; ".join(
+            f"{r['variant']} gate (largest per-sample std {r['max_std']:.3f}): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in r["fast"].items())
+            for r in marks["rows"]
+        )
+        out.append(
+            f"ABP's block rankings on one stage-1 network ({marks['model']} at {marks['keep']:.2f} of the "
+            f"FLOPs, validation top-1 with the chosen blocks off, BN recalibrated): {cells}."
+        )
     thr = results.get("train_throughput.json")
     if thr and thr.get("rows") and all("warmup" in r for r in thr["rows"]):
         ratios = ", ".join(f"{r['model']} {r['ratio']:.2f}" for r in thr["rows"])

@@ -120,3 +120,11 @@ def test_readme_counts_the_methods_issue_targets_met() -> None:
     (line,) = [x for x in results_page.accuracy_lines({"verdicts": [], "targets": targets}) if "targets" in x]
     assert line.startswith("Methods issue's targets (standard, -60%): 1 of 3 met.")
     assert "wgates beats l1 (cifar_resnet20): NOT met" in line and "not judged yet" in line
+
+
+def test_readme_shows_each_abp_ranking_on_each_gate() -> None:
+    fast = {"vote": 14.48, "mean mark": 14.48, "measured": 25.86}
+    row = {"variant": "plain", "max_std": 0.029, "fast": fast}
+    marks = {"meta": _meta("full"), "model": "r20", "keep": 0.4, "rows": [row]}
+    (line,) = [x for x in results_page.summary({"abp_marks.json": marks}) if x.startswith("ABP's block")]
+    assert "plain gate (largest per-sample std 0.029): vote 14.48, mean mark 14.48, measured 25.86" in line
