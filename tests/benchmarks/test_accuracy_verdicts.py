@@ -105,7 +105,9 @@ def test_a_seed_selection_splits_the_standard_mode_between_two_processes(tmp_pat
     assert {j[3] for j in zero} == {0} and {j[3] for j in one} == {1}
     assert sorted(map(repr, zero + one)) == sorted(map(repr, every))  # no job lost, none run twice
     l1 = accuracy_suite.selected(mode, tmp_path, only=("l1",), seeds=(1,))
-    assert [(j[1], j[3]) for j in l1] == [("l1", 1)]
+    assert [(j[1], j[2], j[3]) for j in l1] == [("l1", 0.6, 1), ("l1", 0.8, 1)]  # ResNet-20 at -60%, -80%
+    controls = [(j[0].model, j[3]) for j in every if j[1] == accuracy_suite.CONTROL]
+    assert len(controls) == len(set(controls)) == 3  # one per model and seed, though ResNet-20 has 2 blocks
 
 
 def test_a_verdict_names_the_pruned_arms_seeds_not_the_controls() -> None:

@@ -113,3 +113,30 @@ def test_wgates_meets_a_latency_budget_by_measurement(tmp_path: Path) -> None:
     assert report["measured_cost"] <= report["budget_target"]
     assert list((tmp_path / "cache").glob("latency-*.jsonl"))
     result.plan.validate(pg)
+
+
+@pytest.mark.parametrize("floor", [None, 0.5])
+def test_abp_wgates_keeps_the_stream_across_stages_whole_unless_told(
+    resnet20: gp.PrunableGraph, tmp_path: Path, floor: float | None
+) -> None:
+    from graphprune.methods.wgates.gates import spans_resolutions
+
+    model = get_model("cifar_resnet20").eval()
+    model.load_state_dict(resnet20.gm.state_dict(), strict=False)
+    ctx = MethodContext(
+        model=model, example_inputs=resnet20.example_inputs, pg=resnet20, budget=Budget(target_flops=0.3),
+        data=tiny_data(), run_dir=tmp_path,
+        train_cfg=TrainConfig(epochs=1, max_steps=2, batch_size=16, verbose=False, eval_every_epoch=False,
+                              device="cpu"),
+        options={"epochs": [1, 1, 1], "stage_steps": [1, 1, 2], "calib_batches": 1,
+                 **({} if floor is None else {"span_floor": floor})},
+    )  # fmt: skip
+    plan = get_method("abp+wgates")(ctx).plan
+    streams = [g.id for g in resnet20.prunable_groups if spans_resolutions(resnet20.gm, g)]
+    assert streams == ["conv1", "layer2.0.conv2"]  # option A: the streams from stage 1 and from stage 2
+    cut = {g: len(plan.channels.get(g, [])) for g in streams}
+    if floor is None:  # the method's default: every stream that still crosses stages keeps its channels
+        stage3_left = any(f"layer3.{i}" not in plan.blocks for i in range(3))
+        assert cut["conv1"] == 0 and (cut["layer2.0.conv2"] == 0 or not stage3_left)
+    else:  # W-Gates' own floor: the streams take part of a deep cut, at most half
+        assert any(cut.values()) and cut["conv1"] <= 8 and cut["layer2.0.conv2"] <= 16

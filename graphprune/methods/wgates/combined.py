@@ -7,6 +7,10 @@ after ABP, so whatever ABP left over or overshot is made up by the channel stage
 the one shared budget. For a latency budget the same split applies to milliseconds, and the latency
 predictor of the block-pruned network (which knows the blocks ABP kept) drives the channel stage.
 
+The residual streams that cross stages stay whole in the channel stage (`span_floor` 1.0, where W-Gates
+alone keeps 0.5): after ABP has removed blocks, the stream is what the network has left, and keeping it
+won on validation top-1 in every standard-mode cell (docs/methods.md).
+
 Epochs: `--epochs a,b,c` runs ABP's stages 1 and 2 for a and b epochs and the gate stage for c; the
 pipeline's fine-tune (--finetune-epochs) follows.
 """
@@ -22,6 +26,9 @@ from graphprune.methods.base import Budget, MethodContext, MethodError, MethodRe
 from graphprune.methods.wgates.cost import flops_cost
 from graphprune.methods.wgates.method import budget_cost, gate_channels, trained_copy
 from graphprune.train.bn_recal import recalibrate_bn
+
+STREAM_FLOOR = 1.0
+"""The channel stage's default `span_floor`: the streams that cross stages keep every channel."""
 
 
 def decide(ctx: MethodContext) -> MethodResult:
@@ -47,7 +54,8 @@ def decide(ctx: MethodContext) -> MethodResult:
     if ctx.data is not None:  # the structure changed (blocks out, marks folded): re-estimate BN statistics
         recalibrate_bn(slim, ctx.data, seed=ctx.train_cfg.seed if ctx.train_cfg else 0)
     pg2 = gp.trace(slim.eval(), ctx.example_inputs, prune_layernorm=ctx.pg.prune_layernorm)
-    ctx2 = dataclasses.replace(ctx, model=slim, pg=pg2)
+    options = {"span_floor": STREAM_FLOOR, **ctx.options}
+    ctx2 = dataclasses.replace(ctx, model=slim, pg=pg2, options=options)
     if b.target_flops is not None:
         cost = flops_cost(pg2, b.target_flops * ctx.pg.flops / pg2.flops, [g.id for g in pg2.prunable_groups])
     else:
