@@ -320,7 +320,8 @@ def markdown(summary: dict[str, Any]) -> str:
         f"brackets. Arms that kept more than target + {BUDGET_SLACK} of the FLOPs are not compared. "
         "The shared baselines were trained on all 50,000 training images, so the validation images were "
         "seen in pre-training: fine for calibration and for choosing between variants, not as a final "
-        "number.",
+        "number. `benchmarks/clean_split.py` (clean_split.md) judges the verdicts again with half the test "
+        "set as the validation split and the other half as the test.",
         "",
         "## Verdicts",
         "",

@@ -29,6 +29,7 @@ KNOWN = {
     "choice_ablation_cifar_resnet56.json": "The same choice ablation on ResNet-56",
     "arm_latency.json": "Latency of the accuracy suite's own arms (their exports, beside their top-1)",
     "arm_latency_cifar_resnet56.json": "The same on ResNet-56",
+    "clean_split.json": "The accuracy verdicts with half the test set as a validation split never trained on",
 }
 
 
@@ -174,6 +175,8 @@ def page(results: dict[str, dict[str, Any]], folder: Path) -> str:
         "- `python benchmarks/tool_speed.py` (suite 3)",
         "- `python benchmarks/arm_latency.py --model SPEC` (the accuracy suite's own exports of one cell,",
         "  timed beside the original on a quiet machine; checks ABP against L1)",
+        "- `python benchmarks/clean_split.py` (the standard mode's verdicts again: half the test set chooses",
+        "  the best arm of each kind, the other half judges it)",
         "- then `python benchmarks/results_page.py` for this page and the README summary",
         "",
     ]
@@ -261,6 +264,24 @@ def arm_latency_lines(arm_lat: dict[str, Any]) -> list[str]:
     return out
 
 
+def clean_split_lines(cell: dict[str, Any]) -> list[str]:
+    """The learned arm's margins on the test half that judged a choice made on the other half."""
+    v = cell["verdict"]
+    if not v["margins_on_judge"] or v["met"] is None:
+        return []  # a cell whose kinds are not all there (arms run before their exports were kept)
+    chosen = ", ".join(
+        f"{m['rival']} {m['margin']:+.2f} ± {m['se']:.2f}" for k, m in v["margins_on_judge"].items()
+    )
+    strict = ", ".join(
+        f"{m['rival']} {m['margin']:+.2f}" for m in v.get("margins_against_best_on_judge", {}).values()
+    )
+    return [
+        f"Clean split ({cell['model']}, -{cell['reduction']:.0%}, seed {cell['seed']}; each kind's best "
+        f"chosen on half the test set, judged on the other): {v['best_by_choose']['learned']} against "
+        f"{chosen}; against each peer kind's best on the judging half itself: {strict}."
+    ]
+
+
 def summary(results: dict[str, dict[str, Any]]) -> list[str]:
     """One line per suite result for the project README (every suite, wins and losses), non-smoke only."""
     real = {k: v for k, v in results.items() if v.get("meta", {}).get("mode") not in ("smoke",)}
@@ -304,6 +325,9 @@ def summary(results: dict[str, dict[str, Any]]) -> list[str]:
         )
     for name in sorted(n for n in real if n.startswith("arm_latency")):
         out += arm_latency_lines(real[name])
+    clean = real.get("clean_split.json")
+    for c in clean.get("cells", []) if clean else []:
+        out += clean_split_lines(c)
     marks = real.get("abp_marks.json")
     if marks and marks.get("rows"):
         cells = "; ".join(

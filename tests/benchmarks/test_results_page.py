@@ -128,3 +128,23 @@ def test_readme_shows_each_abp_ranking_on_each_gate() -> None:
     marks = {"meta": _meta("full"), "model": "r20", "keep": 0.4, "rows": [row]}
     (line,) = [x for x in results_page.summary({"abp_marks.json": marks}) if x.startswith("ABP's block")]
     assert "plain gate (largest per-sample std 0.029): vote 14.48, mean mark 14.48, measured 25.86" in line
+
+
+def test_readme_shows_the_clean_split_margins_and_skips_incomplete_cells() -> None:
+    def margin(rival: str, m: float) -> dict:
+        return {"rival": rival, "margin": m, "se": 0.3}
+
+    full = {"model": "r56", "reduction": 0.6, "seed": 0, "verdict": {
+        "best_by_choose": {"learned": "abp+wgates", "l1": "l1", "torch_pruning": "tp-a", "control": "u"},
+        "margins_on_judge": {"l1": margin("l1", 1.18), "torch_pruning": margin("tp-a", 0.7)},
+        "margins_against_best_on_judge": {"l1": margin("l1", 1.18), "torch_pruning": margin("tp-b", 0.36)},
+        "met": True,
+    }}  # fmt: skip
+    partial = {"model": "r20", "reduction": 0.6, "seed": 0, "verdict": {
+        "best_by_choose": {"learned": "abp", "l1": "l1", "torch_pruning": None, "control": None},
+        "margins_on_judge": {"l1": margin("l1", -6.7)}, "margins_against_best_on_judge": {}, "met": None,
+    }}  # fmt: skip
+    lines = results_page.summary({"clean_split.json": {"meta": _meta("standard"), "cells": [full, partial]}})
+    clean = [line for line in lines if line.startswith("Clean split")]
+    assert len(clean) == 1 and "r56" in clean[0]
+    assert "tp-a +0.70 ± 0.30" in clean[0] and "tp-b +0.36" in clean[0]  # the strict reading shown too
