@@ -126,6 +126,16 @@ class DifferentiableFlops(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per conv / linear layer (FlopsModel order): kept MACs, kept share of its output channels, and
         whether it is alive (the product of the keep values of the blocks holding it)."""
+        keep_out, keep_in, alive = self.layer_keeps(keep, blocks)
+        return self.layer_flops * keep_out * keep_in * alive, keep_out * alive, alive
+
+    def layer_keeps(
+        self,
+        keep: Mapping[str, torch.Tensor] | None = None,
+        blocks: Mapping[str, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per conv / linear layer: kept share of its output channels, of the input channels it scales
+        with (1 where it does not, as a depthwise conv), and whether it is alive."""
         g = self.gate_vector(keep)
         removed = torch.zeros(self.n_sites, dtype=torch.float64, device=g.device)
         removed = removed.index_add(0, self.site_idx, self.counts * (1.0 - g[self.gate_idx]))
@@ -141,7 +151,7 @@ class DifferentiableFlops(nn.Module):
             )
             # product over the blocks holding each layer (factor 1 for the blocks not holding it)
             alive = (1.0 - self.block_member * (1.0 - bk)[None, :]).prod(dim=1)
-        return self.layer_flops * keep_out * keep_in * alive, keep_out * alive, alive
+        return keep_out, keep_in, alive
 
     def forward(
         self,

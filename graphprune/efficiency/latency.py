@@ -2,9 +2,13 @@
 kept channels and blocks, by a model fitted to sub-networks whose latency was measured on this machine.
 
 Predictor: latency ~ c0 + sum over K stages (contiguous runs of conv / linear layers in graph order) of
-a_k * kept MACs + b_k * kept output activations + d_k * alive layers, with non-negative coefficients
-(non-negative least squares). MACs, activations and layer counts are exact torch functions of the keep
-values (`DifferentiableFlops.layer_terms`), so the prediction is differentiable in the gates and blocks.
+terms in kept MACs, kept output activations and alive layers, with non-negative coefficients
+(non-negative least squares). The MACs are split four ways by whether a layer's kept output and input
+channels are multiples of `align` (8): onnxruntime's blocked x86 conv kernels (NCHWc) take only such
+layers, and the others run a slower path, so a sub-network with fewer but unaligned channels can be
+slower than the whole model. Activations are split by the same test. MACs, activations and layer counts
+are exact torch functions of the keep values (`DifferentiableFlops.layer_keeps`), so the prediction is
+differentiable in the gates and blocks (the alignment test is a constant of each step).
 Measurements are cached on disk (JSON lines), keyed by architecture, input shape, threads and the
 onnxruntime version; collecting again only measures what the cache lacks.
 """
@@ -35,6 +39,10 @@ from graphprune.fileio import write_text
 from graphprune.graph import PrunableGraph
 from graphprune.plan import PruningPlan
 from graphprune.trace import META_KEY, TensorSpec
+
+ALIGN = 8
+"""Channel multiple of onnxruntime's blocked conv kernels on x86 (8 lanes with AVX2; a multiple of
+AVX-512's 16 is also one of 8). Measured on ResNet-56 and MobileNetV2: docs/methods.md."""
 
 
 class LatencyModelError(GraphpruneError):
@@ -75,14 +83,20 @@ def plan_counts(pg: PrunableGraph, plan: PruningPlan) -> dict[str, int]:
 
 
 def random_sample_plan(
-    pg: PrunableGraph, rng: random.Random, min_keep: float = 0.25, block_prob: float = 0.15
+    pg: PrunableGraph, rng: random.Random, min_keep: float = 0.25, block_prob: float = 0.15, align: int = 0
 ) -> tuple[dict[str, int], list[str]]:
-    """Random kept counts (a global keep level, jittered per group) and random removed blocks."""
+    """Random kept counts (a global keep level, jittered per group) and random removed blocks. With
+    `align`, half the samples keep multiples of it in every group that has one to keep (what
+    `--round-to` plans look like), so that the aligned regime is measured, not only met by chance."""
     level = rng.uniform(min_keep, 1.0)
+    rounded = bool(align) and rng.random() < 0.5
     kept = {}
     for g in pg.prunable_groups:
         share = min(1.0, max(min_keep, level * rng.uniform(0.7, 1.3)))
-        kept[g.id] = max(1, min(g.size, round(share * g.size)))
+        k = max(1, min(g.size, round(share * g.size)))
+        if rounded and g.size >= align:
+            k = min(g.size // align * align, max(align, round(k / align) * align))
+        kept[g.id] = k
     blocks = [b.name for b in pg.blocks if rng.random() < block_prob * rng.uniform(0, 2)]
     return kept, blocks
 
@@ -155,7 +169,7 @@ def collect_samples(
         if not samples:
             kept, blocks = {g.id: g.size for g in pg.prunable_groups}, []
         else:
-            kept, blocks = random_sample_plan(pg, rng)
+            kept, blocks = random_sample_plan(pg, rng, align=ALIGN)
         ms = measure_plan(pg, kept_plan(pg, kept, blocks), threads=threads, runs=runs)
         samples.append(LatencySample(kept, blocks, ms))
         if cache is not None:
@@ -165,8 +179,13 @@ def collect_samples(
     return samples[:n]
 
 
+def _aligned(count: torch.Tensor, align: int) -> torch.Tensor:
+    return (torch.round(count) % align == 0).to(torch.float64)
+
+
 class LatencyPredictor(nn.Module):
-    """Predicted onnxruntime milliseconds of a sub-network, differentiable in keep values and blocks."""
+    """Predicted onnxruntime milliseconds of a sub-network, differentiable in keep values and blocks.
+    `align=0` gives the earlier predictor (kept MACs, activations and alive layers per stage only)."""
 
     features_of_layer: torch.Tensor
     coef: torch.Tensor
@@ -174,8 +193,9 @@ class LatencyPredictor(nn.Module):
     stage_of: torch.Tensor
     acts: torch.Tensor
 
-    def __init__(self, pg: PrunableGraph, stages: int = 3) -> None:
+    def __init__(self, pg: PrunableGraph, stages: int = 3, align: int = ALIGN) -> None:
         super().__init__()
+        self.align = align
         self.flops = DifferentiableFlops(pg)
         nodes = {n.name: n for n in pg.gm.graph.nodes}
         spatial = []
@@ -190,17 +210,30 @@ class LatencyPredictor(nn.Module):
         acts = torch.tensor(spatial, dtype=torch.float64) * self.flops.out_channels
         self.register_buffer("stage_of", stage, persistent=False)
         self.register_buffer("acts", acts, persistent=False)
-        self.register_buffer("coef", torch.zeros(1 + 3 * self.stages, dtype=torch.float64))
-        self.register_buffer("scale", torch.ones(1 + 3 * self.stages, dtype=torch.float64))
+        per_stage = 7 if align else 3
+        self.register_buffer("coef", torch.zeros(1 + per_stage * self.stages, dtype=torch.float64))
+        self.register_buffer("scale", torch.ones(1 + per_stage * self.stages, dtype=torch.float64))
         self.key = ""
         self.report: dict[str, Any] = {}
 
     def features(
         self, keep: Mapping[str, torch.Tensor] | None = None, blocks: Mapping[str, torch.Tensor] | None = None
     ) -> torch.Tensor:
-        """[1, per stage: kept MACs, kept output activations, alive layers] (scaled)."""
-        macs, out_share, alive = self.flops.layer_terms(keep, blocks)
-        parts = [macs, out_share * self.acts, alive]
+        """[1, per stage: kept MACs, kept output activations, alive layers] (scaled); with `align`, the
+        MACs of layers with aligned output and input channels, aligned output only, aligned input only,
+        neither, then the activations of aligned and other layers, then alive layers."""
+        fl = self.flops
+        keep_out, keep_in, alive = fl.layer_keeps(keep, blocks)
+        macs = fl.layer_flops * keep_out * keep_in * alive
+        acts = keep_out * alive * self.acts
+        parts = [macs, acts, alive]
+        if self.align:
+            with torch.no_grad():
+                a_out = _aligned(keep_out * fl.out_channels, self.align)
+                a_in = torch.where(fl.in_scales, _aligned(keep_in * fl.in_channels, self.align), 1.0)
+            both = a_out * a_in
+            parts = [macs * both, macs * a_out * (1 - a_in), macs * (1 - a_out) * a_in,
+                     macs * (1 - a_out) * (1 - a_in), acts * both, acts * (1 - both), alive]  # fmt: skip
         per_stage = [
             torch.zeros(self.stages, dtype=torch.float64, device=macs.device).index_add(0, self.stage_of, p)
             for p in parts
@@ -258,6 +291,7 @@ class LatencyPredictor(nn.Module):
             "format": "graphprune.latency_model",
             "key": self.key,
             "stages": self.stages,
+            "align": self.align,
             "coef": self.coef.tolist(),
             "scale": self.scale.tolist(),
             "report": self.report,
@@ -278,7 +312,7 @@ class LatencyPredictor(nn.Module):
             raise LatencyModelError(
                 f"{path} was fitted for another model, input shape, thread count or onnxruntime version"
             )
-        model = cls(pg, int(d["stages"]))
+        model = cls(pg, int(d["stages"]), align=int(d.get("align", 0)))  # files without it: the earlier terms
         model.coef.copy_(torch.tensor(d["coef"], dtype=torch.float64))
         model.scale.copy_(torch.tensor(d["scale"], dtype=torch.float64))
         model.key, model.report = d["key"], dict(d.get("report") or {})
@@ -294,9 +328,12 @@ def build_latency_model(
     stages: int = 3,
     runs: int = 30,
     on_sample: Callable[[int, int], None] | None = None,
+    seed: int = 0,
 ) -> LatencyPredictor:
     """Collect (or reuse) `samples` measured sub-networks and fit a predictor; `.report` has its error."""
-    data = collect_samples(pg, samples, threads=threads, cache_dir=cache_dir, runs=runs, on_sample=on_sample)
+    data = collect_samples(
+        pg, samples, threads=threads, cache_dir=cache_dir, runs=runs, on_sample=on_sample, seed=seed
+    )
     model = LatencyPredictor(pg, stages)
     model.key = cache_key(pg, threads)
     model.fit(data)

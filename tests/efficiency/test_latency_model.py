@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -87,3 +88,49 @@ def test_collection_measures_and_reuses_the_cache(tmp_path: Path) -> None:
     cache.path.write_text("{not json\n")
     with pytest.raises(LatencyModelError, match="line 1"):
         cache.load()
+
+
+def unaligned_ms(pg: gp.PrunableGraph, kept: dict[str, int], blocks: list[str]) -> float:
+    """A known function with onnxruntime's x86 behaviour: MACs of a layer whose kept output channels are
+    not a multiple of 8 cost 3x (the blocked kernels take only aligned layers)."""
+    from graphprune.efficiency.diff_flops import DifferentiableFlops
+
+    fl = DifferentiableFlops(pg)
+    keep = {gid: torch.tensor(float(k)) for gid, k in kept.items()}
+    with torch.no_grad():
+        k_out, k_in, alive = fl.layer_keeps(keep, {b: torch.tensor(0.0) for b in blocks})
+        macs = fl.layer_flops * k_out * k_in * alive
+        aligned = torch.round(k_out * fl.out_channels) % 8 == 0
+    return float(0.2 + 3e-8 * (macs * torch.where(aligned, 1.0, 3.0)).sum())
+
+
+def test_the_alignment_terms_fit_what_counts_alone_cannot(resnet20: gp.PrunableGraph) -> None:
+    pg = resnet20
+    rng = random.Random(0)
+    plans = [random_sample_plan(pg, rng, align=8) for _ in range(80)]
+    rounded = [all(k % 8 == 0 for k in kept.values()) for kept, _ in plans]
+    assert 20 <= sum(rounded) <= 60  # about half the samples keep multiples of 8 everywhere
+    samples = [LatencySample(kept, blocks, unaligned_ms(pg, kept, blocks)) for kept, blocks in plans]
+    with_align = LatencyPredictor(pg).fit(samples)
+    counts_only = LatencyPredictor(pg, align=0).fit(samples)
+    assert with_align["mape"] <= 0.03 < counts_only["mape"]
+
+
+def test_a_model_saved_before_the_alignment_terms_still_loads(
+    resnet20: gp.PrunableGraph, tmp_path: Path
+) -> None:
+    pg = resnet20
+    rng = random.Random(2)
+    samples = [
+        LatencySample(k, b, synthetic_ms(pg, k, b))
+        for k, b in (random_sample_plan(pg, rng) for _ in range(12))
+    ]
+    old = LatencyPredictor(pg, align=0)
+    old.key = cache_key(pg, 1)
+    old.fit(samples)
+    state = old.state()
+    del state["align"]  # the file format before this change
+    (tmp_path / "old.json").write_text(json.dumps(state))
+    again = LatencyPredictor.load(pg, tmp_path / "old.json")
+    assert again.align == 0
+    assert again.predict_counts(samples[0].kept) == pytest.approx(old.predict_counts(samples[0].kept))
