@@ -244,8 +244,10 @@ def markdown(data: dict[str, Any]) -> str:
             )
         lines.append("")
         missing = [k for k in accuracy_verdicts.KINDS if not v["best_by_choose"][k]]
-        if missing:
+        if v["met"] is None:
             lines.append(f"- Incomplete: no {', '.join(missing)} arm has a file here, so no verdict.")
+        elif missing:
+            lines.append(f"- No {', '.join(missing)} arm has a file here (the margins do not need it).")
         for key, label in (("best_by_choose", "choosing half"), ("best_by_val", "suite validation")):
             picks = ", ".join(f"{k} {a}" for k, a in v[key].items() if a)
             lines.append(f"- Best of each kind by the {label}: {picks}.")
