@@ -141,11 +141,7 @@ def run(out: Path, work: Path, mode: str, threads: int, seed: int) -> dict[str, 
     from graphprune.train import load_data
 
     torch.set_num_threads(threads)
-    records = [
-        json.loads(p.read_text())
-        for p in sorted((out / "accuracy_arms" / mode).glob("*.json"))
-        if json.loads(p.read_text()).get("status") == "ok"
-    ]
+    records = [r for r in accuracy_suite.load_records(out, mode) if r.get("status") == "ok"]
     if not records:
         raise click.ClickException(f"no finished arm records under {out / 'accuracy_arms' / mode}")
     data = load_data("cifar10:", val_split=5000, val_seed=0)
@@ -178,18 +174,15 @@ def run(out: Path, work: Path, mode: str, threads: int, seed: int) -> dict[str, 
                     why = f"test top-1 {full:.2f} from the file, {r['test_top1']:.2f} in the record"
                     skipped.append({"arm": r["arm"], "model": model, "seed": r["seed"], "why": why})
                     continue
-                kind = accuracy_suite.ARMS[r["arm"]].kind if r["arm"] in accuracy_suite.ARMS else r["kind"]
                 row = {
-                    "arm": r["arm"], "kind": kind, "seed": r["seed"], "flops_ratio": r["flops_ratio"],
+                    "arm": r["arm"], "kind": r["kind"], "seed": r["seed"], "flops_ratio": r["flops_ratio"],
                     "source": "final.onnx" if path.name == accuracy_suite.FINAL_ONNX else "rebuilt",
                     "test_top1": full, "record_test_top1": r["test_top1"], "val_top1": r["val_top1"],
                     "choose_top1": 100 * c[choose].double().mean().item(),
                     "judge_top1": 100 * c[judge].double().mean().item(),
                 }  # fmt: skip
-                targets = (
-                    reductions if r["reduction"] is None else [r["reduction"]]
-                )  # the control: every cell
-                for t in targets:
+                # the control belongs to every cell of its model
+                for t in reductions if r["reduction"] is None else [r["reduction"]]:
                     cap = 1 - t + accuracy_verdicts.BUDGET_SLACK
                     cells[(model, t, r["seed"])].append({**row, "budget_met": row["flops_ratio"] <= cap})
                     hits[(model, t, r["seed"])][r["arm"]] = c

@@ -313,6 +313,11 @@ class LatencyPredictor(nn.Module):
                 f"{path} was fitted for another model, input shape, thread count or onnxruntime version"
             )
         model = cls(pg, int(d["stages"]), align=int(d.get("align", 0)))  # files without it: the earlier terms
+        if len(d["coef"]) != len(model.coef) or len(d["scale"]) != len(model.scale):
+            raise LatencyModelError(
+                f"{path}: {len(d['coef'])} coefficients, but stages {model.stages} and align {model.align} "
+                f"need {len(model.coef)}"
+            )
         model.coef.copy_(torch.tensor(d["coef"], dtype=torch.float64))
         model.scale.copy_(torch.tensor(d["scale"], dtype=torch.float64))
         model.key, model.report = d["key"], dict(d.get("report") or {})

@@ -134,3 +134,7 @@ def test_a_model_saved_before_the_alignment_terms_still_loads(
     again = LatencyPredictor.load(pg, tmp_path / "old.json")
     assert again.align == 0
     assert again.predict_counts(samples[0].kept) == pytest.approx(old.predict_counts(samples[0].kept))
+    state["align"] = 8  # a file whose coefficients do not fit its terms: an error naming it
+    (tmp_path / "bad.json").write_text(json.dumps(state))
+    with pytest.raises(LatencyModelError, match="bad.json: 10 coefficients"):
+        LatencyPredictor.load(pg, tmp_path / "bad.json")

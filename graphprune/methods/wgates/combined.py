@@ -9,7 +9,8 @@ predictor of the block-pruned network (which knows the blocks ABP kept) drives t
 
 The residual streams that cross stages stay whole in the channel stage (`span_floor` 1.0, where W-Gates
 alone keeps 0.5): after ABP has removed blocks, the stream is what the network has left, and keeping it
-won on validation top-1 in every standard-mode cell (docs/methods.md).
+won on validation top-1 at -60% on ResNet-20 and ResNet-56. At -80% on ResNet-20, 0.5 won instead
+(docs/methods.md); pass `span_floor` to choose.
 
 Epochs: `--epochs a,b,c` runs ABP's stages 1 and 2 for a and b epochs and the gate stage for c; the
 pipeline's fine-tune (--finetune-epochs) follows.
