@@ -388,23 +388,61 @@ def _epochs(steps: int, data: Any, cfg: Any) -> int:
     return max(1, math.ceil(steps / (len(data.train) // cfg.batch_size)))
 
 
+def finish(
+    slim: nn.Module, baseline: nn.Module, x: tuple[torch.Tensor, ...], data: Any, cfg: Any, run_dir: Path,
+    budget: int, mode: Mode, seed: int,
+) -> dict[str, Any]:  # fmt: skip
+    """A pruned arm's fast numbers (validation top-1 raw and after BN recalibration), its distilled
+    fine-tune for the steps its own stages under `run_dir` left of `budget`, validation and test top-1
+    once, and its final.onnx; raises if the steps do not add up to the budget."""
+    from graphprune.train import evaluate, fit, recalibrate_bn
+
+    out: dict[str, Any] = {}
+    fast = time.perf_counter()
+    out["val_top1_raw"] = evaluate(slim, data, "val").top1
+    recalibrate_bn(slim, data, images=mode.recal_images, seed=seed)
+    out["val_top1_bnrecal"] = evaluate(slim, data, "val").top1
+    out["fast_seconds"] = round(time.perf_counter() - fast, 2)
+    used = sum(steps_done(run_dir).values()) if run_dir.is_dir() else 0
+    left = budget - used
+    if left < 1:
+        raise RuntimeError(f"the arm's own stages used {used} of the {budget} steps: none left to fine-tune")
+    tune = replace(cfg, epochs=_epochs(left, data, cfg), max_steps=left)
+    result = fit(slim, data, tune, teacher=baseline, run_dir=run_dir, stage="finetune", resume=True)
+    slim = slim.cpu().eval()
+    stages = steps_done(run_dir)
+    out.update(stage_steps=stages, total_steps=sum(stages.values()))
+    if out["total_steps"] != budget:
+        raise RuntimeError(f"trained {out['total_steps']} steps ({stages}), the budget is {budget}")
+    val = result.test if result.test is not None else evaluate(slim, data, "val")
+    test = evaluate(slim, data, "test")
+    out.update(val_top1=val.top1, test_top1=test.top1, test_top5=test.top5, test_images=test.n)
+    out["onnx"] = export_final(slim, x, run_dir)
+    return out
+
+
+def train_config(mode: Mode, seed: int, threads: int, device: str, compile_: bool = False) -> Any:
+    """The training settings every arm of `mode` shares (epochs are set per stage from its steps)."""
+    from graphprune.train import TrainConfig
+
+    return TrainConfig(
+        epochs=1, batch_size=mode.batch_size, lr=mode.lr, seed=seed, threads=threads, device=device,
+        eval_every_epoch=False, eval_batch_size=mode.eval_batch_size, verbose=False, compile=compile_,
+    )  # fmt: skip
+
+
 def run_arm(
     arm_name: str, block: Block, reduction: float | None, seed: int, mode: Mode, data: Any, work: Path,
     threads: int, device: str, code: str, compile_: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Prune, take the fast numbers, fine-tune to the budget, evaluate once on test; never raises."""
-    from graphprune.train import TrainConfig, evaluate, fit, recalibrate_bn
-
     arm = ARMS[arm_name]
     resolved = resolve_model(block.model)
     baseline = load_weights(resolved.model, shared.weights_file(block.weights)).eval()
     x = resolved.example_inputs
     per_epoch = len(data.train) // mode.batch_size
     budget = mode.steps or mode.epochs * per_epoch
-    cfg = TrainConfig(
-        epochs=1, batch_size=mode.batch_size, lr=mode.lr, seed=seed, threads=threads, device=device,
-        eval_every_epoch=False, eval_batch_size=mode.eval_batch_size, verbose=False, compile=compile_,
-    )  # fmt: skip
+    cfg = train_config(mode, seed, threads, device, compile_)
     stage_steps = [max(1, round(s * budget)) for s in arm.stage_shares]
     run_dir = run_folder(work, block.model, arm_name, reduction, seed)
     out: dict[str, Any] = {
@@ -435,29 +473,7 @@ def run_arm(
         slim = slim.cpu().eval()
         out.update(notes=notes, flops=gp.count_flops(slim, x), params=gp.count_params(slim))
         out["flops_ratio"] = out["flops"] / base_flops
-        fast = time.perf_counter()
-        out["val_top1_raw"] = evaluate(slim, data, "val").top1
-        recalibrate_bn(slim, data, images=mode.recal_images, seed=seed)
-        out["val_top1_bnrecal"] = evaluate(slim, data, "val").top1
-        out["fast_seconds"] = round(time.perf_counter() - fast, 2)
-        used = sum(steps_done(run_dir).values()) if run_dir.is_dir() else 0
-        left = budget - used
-        if left < 1:
-            raise RuntimeError(
-                f"the arm's own stages used {used} of the {budget} steps: none left to fine-tune"
-            )
-        tune = replace(cfg, epochs=_epochs(left, data, cfg), max_steps=left)
-        result = fit(slim, data, tune, teacher=baseline,
-                     run_dir=run_dir, stage="finetune", resume=True)  # fmt: skip
-        slim = slim.cpu().eval()
-        stages = steps_done(run_dir)
-        out.update(stage_steps=stages, total_steps=sum(stages.values()))
-        if out["total_steps"] != budget:
-            raise RuntimeError(f"trained {out['total_steps']} steps ({stages}), the budget is {budget}")
-        val = result.test if result.test is not None else evaluate(slim, data, "val")
-        test = evaluate(slim, data, "test")
-        out.update(val_top1=val.top1, test_top1=test.top1, test_top5=test.top5, test_images=test.n)
-        out["onnx"] = export_final(slim, x, run_dir)
+        out.update(finish(slim, baseline, x, data, cfg, run_dir, budget, mode, seed))
         out["status"] = "ok"
     except NotAvailable as exc:
         out.update(status="not available", error=str(exc))

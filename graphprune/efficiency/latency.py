@@ -101,27 +101,52 @@ def random_sample_plan(
     return kept, blocks
 
 
-def measure_plan(pg: PrunableGraph, plan: PruningPlan, *, threads: int = 1, runs: int = 30) -> float:
-    """onnxruntime latency (ms, 10th percentile of `runs`) of the model `plan` leaves, exported with the
-    fast TorchScript exporter where it can (no verification: `gp.apply` itself is tested lossless)."""
-    from graphprune.latency import ort_latency
+def export_plan(pg: PrunableGraph, plan: PruningPlan, path: Path) -> None:
+    """Write the model `plan` leaves to `path` for timing: the fast TorchScript exporter where it can,
+    no simplification or verification (`gp.apply` itself is tested lossless)."""
     from graphprune.rewrite import apply
 
     slim = apply(pg, plan, verify=False).eval()
+    try:
+        quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
+        with warnings.catch_warnings(), torch.no_grad(), quiet[0], quiet[1]:
+            warnings.simplefilter("ignore")
+            torch.onnx.export(slim, pg.example_inputs, str(path), dynamo=False, opset_version=17)
+    except Exception:  # an op the TorchScript exporter lacks: the (slower) dynamo exporter
+        from graphprune.export import export_onnx
+
+        export_onnx(slim, pg.example_inputs, path, dynamic_batch=False, simplify=False)
+
+
+def measure_plan(pg: PrunableGraph, plan: PruningPlan, *, threads: int = 1, runs: int = 30) -> float:
+    """onnxruntime latency (ms, 10th percentile of `runs`) of the model `plan` leaves (`export_plan`)."""
+    from graphprune.latency import ort_latency
+
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sub.onnx"
-        try:
-            quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
-            with warnings.catch_warnings(), torch.no_grad(), quiet[0], quiet[1]:
-                warnings.simplefilter("ignore")
-                torch.onnx.export(slim, pg.example_inputs, str(path), dynamo=False, opset_version=17)
-        except Exception:  # an op the TorchScript exporter lacks: the (slower) dynamo exporter
-            from graphprune.export import export_onnx
-
-            export_onnx(slim, pg.example_inputs, path, dynamic_batch=False, simplify=False)
+        export_plan(pg, plan, path)
         shapes = [list(t.shape) for t in pg.example_inputs]
         # the 10th percentile: on a shared machine, contention only ever adds time
         return float(ort_latency(path, shapes, warmup=5, runs=runs, threads=threads)["p10_ms"])
+
+
+def paired_plan_ratio(
+    pg: PrunableGraph, plan: PruningPlan, reference: str | os.PathLike[str], *, threads: int = 1,
+    rounds: int = 15, runs: int = 20,
+) -> float:  # fmt: skip
+    """The latency of the model `plan` leaves over that of the ONNX file `reference`, the two timed in
+    alternating rounds (`paired_latency`). A shared machine drifts between speed states for seconds at a
+    time (ResNet-20: up to 25% apart); a ratio of neighbouring rounds cancels that, an absolute time
+    does not."""
+    from graphprune.latency import paired_latency
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sub.onnx"
+        export_plan(pg, plan, path)
+        shapes = [list(t.shape) for t in pg.example_inputs]
+        return float(
+            paired_latency(reference, path, shapes, rounds=rounds, runs=runs, threads=threads)["ratio"]
+        )
 
 
 class SampleCache:

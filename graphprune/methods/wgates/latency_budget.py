@@ -5,7 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from graphprune.efficiency.latency import LatencyPredictor, build_latency_model, measure_plan
+from graphprune.efficiency.latency import (
+    LatencyPredictor,
+    build_latency_model,
+    export_plan,
+    measure_plan,
+    paired_plan_ratio,
+)
 from graphprune.graph import PrunableGraph
 from graphprune.methods.base import MethodContext
 from graphprune.methods.wgates.cost import CostModel
@@ -33,10 +39,14 @@ def latency_cost(ctx: MethodContext, pg: PrunableGraph, groups: list[str], scale
             cache_dir=opts.get("latency_cache") or default_cache_dir(),
         )
 
-    def measure(plan: PruningPlan) -> float:
-        return measure_plan(pg, plan, threads=threads)
+    reference = Path(ctx.run_dir) / "latency_reference.onnx"
+    reference.parent.mkdir(parents=True, exist_ok=True)
+    export_plan(pg, PruningPlan.for_graph(pg), reference)
+    original = measure_plan(pg, PruningPlan.for_graph(pg), threads=threads)
 
-    original = measure(PruningPlan.for_graph(pg))
+    def measure(plan: PruningPlan) -> float:  # ms: the original's, times the ratio timed beside it
+        return original * paired_plan_ratio(pg, plan, reference, threads=threads)
+
     b = ctx.budget
     target = (
         b.target_latency_ms if b.target_latency_ms is not None else (b.target_latency_ratio or 1.0) * original

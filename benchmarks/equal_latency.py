@@ -1,0 +1,365 @@
+"""W-Gates' latency claim: at equal measured latency, the latency budget beats the FLOPs budget and L1.
+
+    python benchmarks/equal_latency.py --smoke              # seconds: a few steps on a few images (CI)
+    python benchmarks/equal_latency.py --quick --seed 0     # ResNet-20, the accuracy suite's quick budget
+
+The W-Gates paper claims higher top-1 at lower latency. The arms, each rounded to 8 channels (the CLI's
+default) and trained for the accuracy suite's quick budget (160 steps, batch 128, the gate stage a
+quarter of it, KD from the baseline, BatchNorm recalibrated before the fine-tune):
+
+- `wgates-latency`: W-Gates under `Budget(target_latency_ratio=--ratio)`, the fitted latency predictor in
+  training and measured latency in the repair. Its plan's measured latency is the level the others match.
+- `wgates-flops`: W-Gates under a FLOPs budget. The FLOPs target is searched (a gate stage per try)
+  until the plan's measured latency is within --tolerance of the level.
+- `l1`: the L1 criterion (global, data-free) at the largest FLOPs target on a grid whose measured latency
+  is within the tolerance: the peer gets every FLOP that fits.
+
+Latency is onnxruntime on the CPU, 1 thread, batch 1, as a ratio to the original timed in alternating
+rounds (`paired_plan_ratio`); the machine should be quiet, so pause background runs. At the end the
+finished exports and the original are timed again in interleaved rounds, and the claim is judged on those
+numbers: every arm within the tolerance of wgates-latency, and wgates-latency first on validation and on
+test top-1. Each arm's record is written when it finishes (OUT/equal_latency/<mode>/), and a re-run skips
+it. Writes equal_latency.{json,md} under --out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import accuracy_suite
+import click
+import run_meta
+import torch
+
+import graphprune as gp
+from graphprune import shared
+from graphprune.efficiency.latency import export_plan, paired_plan_ratio
+from graphprune.fileio import write_text
+from graphprune.latency import interleaved_latency
+from graphprune.modelspec import resolve_model
+from graphprune.weights import load_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+ARMS = ("wgates-latency", "l1", "wgates-flops")  # wgates-flops starts its search at L1's target
+ROUND_TO = 8
+GATE_SHARE = 0.25  # the accuracy suite's wgates arm
+MAX_TRIES = 5  # FLOPs targets wgates-flops may try
+MODES: dict[str, dict[str, Any]] = {
+    "quick": {"suite": "quick", "grid": [round(0.10 + 0.02 * i, 2) for i in range(46)], "rounds": 15,
+              "final_rounds": 45, "latency_samples": 60},
+    "smoke": {"suite": "smoke", "grid": [0.3, 0.5, 0.7, 0.9], "rounds": 1, "final_rounds": 1,
+              "latency_samples": 6},
+}  # fmt: skip
+
+
+def record_file(out: Path, mode: str, arm: str, seed: int) -> Path:
+    return out / "equal_latency" / mode / f"{arm}-seed{seed}.json"
+
+
+def within(ratio: float, level: float, tolerance: float) -> bool:
+    return abs(ratio / level - 1.0) <= tolerance
+
+
+def plan_ratio(
+    pg: gp.PrunableGraph, plan: gp.PruningPlan, original: Path, rounds: int, threads: int
+) -> float:
+    return paired_plan_ratio(pg, plan, original, threads=threads, rounds=rounds)
+
+
+def pick(trials: list[dict[str, Any]], level: float, tolerance: float) -> dict[str, Any]:
+    """The trial with the largest FLOPs target whose latency is within `tolerance` of `level` (the peer
+    gets every FLOP that fits), or the closest in latency if none is."""
+    fits = [t for t in trials if within(t["ratio"], level, tolerance)]
+    if fits:
+        return max(fits, key=lambda t: t["target_flops"])
+    return min(trials, key=lambda t: abs(t["ratio"] - level))
+
+
+def next_target(trials: list[dict[str, Any]], level: float) -> float:
+    """The FLOPs target to try next: the line through the two trials closest to `level` (one trial:
+    scale its target by level / latency), clipped to [0.05, 0.95]."""
+    near = sorted(trials, key=lambda t: abs(t["ratio"] - level))[:2]
+    if len(near) < 2 or abs(near[0]["ratio"] - near[1]["ratio"]) < 1e-9:
+        f = near[0]["target_flops"] * level / near[0]["ratio"]
+    else:
+        (f0, m0), (f1, m1) = ((t["target_flops"], t["ratio"]) for t in near)
+        f = f0 + (level - m0) * (f1 - f0) / (m1 - m0)
+    tried = {round(t["target_flops"], 3) for t in trials}
+    f = round(min(0.95, max(0.05, f)), 3)
+    return f if f not in tried else round(min(0.95, f + 0.01), 3)
+
+
+def wgates(
+    model: torch.nn.Module, x: tuple[torch.Tensor, ...], budget: Any, data: Any, cfg: Any, run_dir: Path,
+    steps: int, cache: Path, samples: int, threads: int,
+) -> tuple[gp.PrunableGraph, gp.PruningPlan, dict[str, Any]]:  # fmt: skip
+    """W-Gates to `budget`, its gate stage `steps` long: the trained model's graph, its plan, the report."""
+    from graphprune.methods import MethodContext, get_method
+
+    options = {"epochs": [accuracy_suite._epochs(steps, data, cfg)], "stage_steps": [steps],
+               "round_to": ROUND_TO, "latency_cache": str(cache), "latency_samples": samples,
+               "latency_threads": threads}  # fmt: skip
+    ctx = MethodContext(
+        model=model, example_inputs=x, pg=gp.trace(model, x), budget=budget, data=data, train_cfg=cfg,
+        teacher=model, run_dir=run_dir / "method", resume=True, options=options,
+    )  # fmt: skip
+    result = get_method("wgates")(ctx)
+    report = {k: v for k, v in result.report.items() if isinstance(v, (int, float, str, bool))}
+    return gp.trace(result.model, x), result.plan, report
+
+
+def prune_arm(
+    arm: str, baseline: torch.nn.Module, x: tuple[torch.Tensor, ...], data: Any, cfg: Any, run_dir: Path,
+    level: float | None, ratio: float, tolerance: float, spec: dict[str, Any], gate_steps: int, threads: int,
+    work: Path,
+) -> tuple[torch.nn.Module, Path, dict[str, Any]]:  # fmt: skip
+    """The pruned model of `arm`, the folder its fine-tune goes to, and what to record of the pruning
+    (`plan_ratio`: its latency over the original's; `level`: wgates-latency's, which the others match)."""
+    from graphprune.methods import Budget
+    from graphprune.methods.wgates.repair import BudgetError
+
+    pg = gp.trace(baseline, x)
+    original = work / "original.onnx"
+    if not original.is_file():
+        export_plan(pg, gp.PruningPlan.for_graph(pg), original)
+    rounds, cache = spec["rounds"], work / "latency"
+    if arm == "wgates-latency":
+        budget = Budget(target_latency_ratio=ratio)
+        trained, plan, report = wgates(
+            baseline, x, budget, data, cfg, run_dir, gate_steps, cache, spec["latency_samples"], threads
+        )
+        found = plan_ratio(trained, plan, original, rounds, threads)
+        return gp.apply(trained, plan), run_dir, {"plan_ratio": found, "method_report": report}
+    assert level is not None
+    trials: list[dict[str, Any]] = []
+    if arm == "l1":
+        for f in spec["grid"]:
+            plan = gp.criteria.plan_by_criterion(pg, "l1", f, "global", round_to=ROUND_TO)
+            trials.append({"target_flops": f, "ratio": plan_ratio(pg, plan, original, rounds, threads)})
+        best = pick(trials, level, tolerance)
+        plan = gp.criteria.plan_by_criterion(pg, "l1", best["target_flops"], "global", round_to=ROUND_TO)
+        notes = {"plan_ratio": best["ratio"], "target_flops": best["target_flops"], "trials": trials}
+        return gp.apply(pg, plan), run_dir, notes
+    # wgates-flops: a gate stage per FLOPs target, until one lands within the tolerance
+    tried: dict[float, tuple[gp.PrunableGraph, gp.PruningPlan, Path, dict[str, Any]]] = {}
+    f = spec.get("start_flops", 0.4)  # the quick mode's headline cut, unless L1's target is known
+    for _ in range(MAX_TRIES):
+        folder = run_dir / f"flops-{f:g}"
+        try:
+            trained, plan, report = wgates(
+                baseline, x, Budget(target_flops=f), data, cfg, folder, gate_steps, cache, 0, threads
+            )
+        except BudgetError:  # below what the method's floors can reach: aim higher
+            f = round(min(0.95, f + 0.05), 3)
+            continue
+        found = plan_ratio(trained, plan, original, rounds, threads)
+        trials.append({"target_flops": f, "ratio": found})
+        tried[f] = (trained, plan, folder, report)
+        if within(found, level, tolerance) and found >= level:
+            break  # within, and at the top of it: no more FLOPs would fit
+        f = next_target(trials, level)
+    if not trials:
+        raise RuntimeError(f"wgates-flops reached no FLOPs target in {MAX_TRIES} tries")
+    best = pick(trials, level, tolerance)
+    trained, plan, folder, report = tried[best["target_flops"]]
+    notes = {"plan_ratio": best["ratio"], "target_flops": best["target_flops"], "trials": trials,
+             "method_report": report}  # fmt: skip
+    return gp.apply(trained, plan), folder, notes
+
+
+def run_arm(
+    arm: str, seed: int, spec: dict[str, Any], ratio: float, tolerance: float, data: Any, work: Path,
+    out: Path, threads: int, device: str,
+) -> dict[str, Any]:  # fmt: skip
+    """One arm, pruned to its latency level, fine-tuned to the suite's budget and evaluated once."""
+    mode = accuracy_suite.MODES[spec["suite"]]
+    block = mode.blocks[0]
+    resolved = resolve_model(block.model)
+    baseline = load_weights(resolved.model, shared.weights_file(block.weights)).eval()
+    x = resolved.example_inputs
+    cfg = accuracy_suite.train_config(mode, seed, threads, device)
+    budget = mode.steps or mode.epochs * (len(data.train) // mode.batch_size)
+    gate_steps = max(1, round(GATE_SHARE * budget))
+    record: dict[str, Any] = {
+        "mode": spec["name"], "model": block.model, "weights": block.weights, "arm": arm, "seed": seed,
+        "ratio": ratio, "tolerance": tolerance, "round_to": ROUND_TO, "threads": threads, "device": device,
+        "budget_steps": budget, "gate_steps": gate_steps, "commit": run_meta.versions()["git"],
+        "code": run_meta.code_version("graphprune/methods"), "command": run_meta.command_line(),
+        "load_average": os.getloadavg()[0],
+    }  # fmt: skip
+    level = None
+    if arm != "wgates-latency":
+        first = record_file(out, spec["name"], "wgates-latency", seed)
+        if not first.is_file():
+            raise click.UsageError(f"{arm} matches wgates-latency's latency: run that arm first ({first})")
+        level = json.loads(first.read_text())["plan_ratio"]
+    if arm == "wgates-flops" and (l1 := record_file(out, spec["name"], "l1", seed)).is_file():
+        spec = {**spec, "start_flops": json.loads(l1.read_text())["target_flops"]}  # where L1 met the level
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    run_dir = work / arm / f"seed{seed}"
+    slim, tune_dir, notes = prune_arm(
+        arm, baseline, x, data, cfg, run_dir, level, ratio, tolerance, spec, gate_steps, threads, work
+    )  # fmt: skip
+    slim = slim.cpu().eval()
+    record.update(notes, level=level if level is not None else notes["plan_ratio"])
+    record.update(flops_ratio=gp.count_flops(slim, x) / gp.count_flops(baseline, x),
+                  params=gp.count_params(slim))  # fmt: skip
+    record.update(accuracy_suite.finish(slim, baseline, x, data, cfg, tune_dir, budget, mode, seed))
+    record["final_onnx"] = str(tune_dir / accuracy_suite.FINAL_ONNX)
+    record["seconds"] = round(time.perf_counter() - start, 1)
+    record["status"] = "ok"
+    return record
+
+
+def time_finals(records: list[dict[str, Any]], spec: dict[str, Any], threads: int) -> dict[str, Any]:
+    """The finished exports and the original, timed together in interleaved rounds (batch 1)."""
+    mode = accuracy_suite.MODES[spec["suite"]]
+    block = mode.blocks[0]
+    resolved = resolve_model(block.model)
+    x = resolved.example_inputs
+    with tempfile.TemporaryDirectory() as tmp:
+        from graphprune.export import export_onnx
+
+        original = Path(tmp) / "original.onnx"
+        export_onnx(resolved.model.eval(), x, original)
+        paths = {"original": str(original), **{r["arm"]: r["final_onnx"] for r in records}}
+        shape = [list(t.shape) for t in x]
+        return interleaved_latency(paths, shape, rounds=spec["final_rounds"], threads=threads)
+
+
+def summarise(records: list[dict[str, Any]], timing: dict[str, Any], tolerance: float) -> dict[str, Any]:
+    """Per arm its latency against wgates-latency's and its top-1; the claim's verdict."""
+    base = timing["original"]["round_median_ms"]
+    level = timing["wgates-latency"]["round_median_ms"] if "wgates-latency" in timing else None
+    rows = []
+    for r in records:
+        ms = timing[r["arm"]]["round_median_ms"]
+        rows.append({
+            "arm": r["arm"], "flops_ratio": r["flops_ratio"], "ms": ms, "latency_ratio": ms / base,
+            "vs_level": ms / level if level else None, "val_top1_bnrecal": r["val_top1_bnrecal"],
+            "val_top1": r["val_top1"], "test_top1": r["test_top1"],
+        })  # fmt: skip
+    by = {row["arm"]: row for row in rows}
+    verdict: dict[str, Any] = {"complete": set(by) == set(ARMS)}
+    if verdict["complete"]:
+        others = [by[a] for a in ARMS if a != "wgates-latency"]
+        me = by["wgates-latency"]
+        verdict.update(
+            equal_latency=all(abs(o["vs_level"] - 1) <= tolerance for o in others),
+            first_on_val=all(me["val_top1"] > o["val_top1"] for o in others),
+            first_on_test=all(me["test_top1"] > o["test_top1"] for o in others),
+        )
+        verdict["met"] = verdict["equal_latency"] and verdict["first_on_test"]
+    return {"original_ms": base, "rows": rows, "verdict": verdict}
+
+
+def markdown(summaries: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        "# W-Gates' latency claim: equal measured latency",
+        "",
+        f"Generated by `{meta['command']}` (commit {meta['commit']}).",
+        f"ResNet-20 on CIFAR-10 JPEG, the accuracy suite's {meta['suite']} budget "
+        f"({meta['budget_steps']} steps, batch 128), every arm rounded to {ROUND_TO} channels. "
+        "Latency: onnxruntime CPU, 1 thread, batch 1, "
+        f"the finished exports timed together with the original in {meta['rounds']} interleaved rounds "
+        f"(median of per-round medians). Equal latency: within ±{meta['tolerance']:.0%} of wgates-latency's "
+        f"(latency target {meta['ratio']} of the original).",
+        "",
+    ]
+    for seed, s in sorted(summaries.items()):
+        lines += [
+            f"## Seed {seed}",
+            "",
+            "| arm | FLOPs kept | latency (ms) | vs original | vs wgates-latency | val after BN recal | "
+            "final val | test |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in s["rows"]:
+            vs = f"{r['vs_level']:.3f}" if r["vs_level"] is not None else "-"
+            lines.append(
+                f"| {r['arm']} | {r['flops_ratio']:.3f} | {r['ms']:.3f} | {r['latency_ratio']:.3f} | {vs} | "
+                f"{r['val_top1_bnrecal']:.2f} | {r['val_top1']:.2f} | {r['test_top1']:.2f} |"
+            )
+        v = s["verdict"]
+        lines.append("")
+        if not v["complete"]:
+            lines.append("Not every arm has a record yet.")
+        else:
+            lines.append(
+                f"Equal latency (±{meta['tolerance']:.0%}): {'yes' if v['equal_latency'] else 'no'}; "
+                f"wgates-latency first on validation: {'yes' if v['first_on_val'] else 'no'}, on test: "
+                f"{'yes' if v['first_on_test'] else 'no'}. Claim **{'met' if v['met'] else 'not met'}**."
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--smoke", "mode_name", flag_value="smoke", help="A few steps on a few images (CI).")
+@click.option("--quick", "mode_name", flag_value="quick", default=True,
+              help="ResNet-20, the accuracy suite's quick budget (default).")  # fmt: skip
+@click.option("--seed", "seeds", type=int, multiple=True, help="Seeds to run (repeatable; default 0).")
+@click.option("--ratio", type=click.FloatRange(0.05, 1.0), default=0.6, show_default=True,
+              help="wgates-latency's target: this share of the original's measured latency.")  # fmt: skip
+@click.option("--tolerance", type=click.FloatRange(0.0, 0.5), default=0.03, show_default=True,
+              help="How close (relative) a peer's latency must be to wgates-latency's.")  # fmt: skip
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="CPU threads for training and for onnxruntime.")  # fmt: skip
+@click.option("--device", default="auto", show_default=True, help="Training device (auto: CUDA if present).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=ROOT / "docs" / "results")
+@click.option(
+    "--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Checkpoints and exports (default: a temporary folder for --smoke, runs/equal-latency).",
+)  # fmt: skip
+def main(
+    mode_name: str, seeds: tuple[int, ...], ratio: float, tolerance: float, threads: int, device: str,
+    out: Path, work_dir: Path | None,
+) -> None:  # fmt: skip
+    """Run (or resume) the equal-latency arms, time the finished exports together, write the page."""
+    from graphprune.train import load_data
+
+    torch.set_num_threads(threads)
+    spec = {**MODES[mode_name], "name": mode_name}
+    suite = accuracy_suite.MODES[spec["suite"]]
+    seeds = seeds or (0,)
+    summaries: dict[int, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = work_dir or (Path(tmp) if mode_name == "smoke" else ROOT / "runs" / "equal-latency")
+        data = load_data("cifar10:", limit=suite.data_limit, val_split=suite.val_images, val_seed=0)
+        for seed in seeds:
+            records = []
+            for arm in ARMS:
+                path = record_file(out, mode_name, arm, seed)
+                if not path.is_file():
+                    rec = run_arm(arm, seed, spec, ratio, tolerance, data, work, out, threads, device)
+                    write_text(path, json.dumps(rec, indent=1) + "\n")
+                    shown = (
+                        f"test top-1 {rec['test_top1']:.2f}, FLOPs {rec['flops_ratio']:.3f}, "
+                        f"latency {rec['plan_ratio']:.3f} of the original ({rec['seconds']} s)"
+                    )
+                    click.echo(f"{path.stem}: {shown}", file=sys.stderr)
+                records.append(json.loads(path.read_text()))
+            missing = [r["final_onnx"] for r in records if not Path(r["final_onnx"]).is_file()]
+            if missing:
+                raise click.ClickException(f"the export of a finished arm is gone: {missing[0]}")
+            summaries[seed] = summarise(records, time_finals(records, spec, threads), tolerance)
+        meta = {
+            "command": run_meta.command_line(), "commit": run_meta.versions()["git"], "suite": suite.name,
+            "budget_steps": suite.steps, "rounds": spec["final_rounds"], "ratio": ratio,
+            "tolerance": tolerance, "load_average": os.getloadavg()[0],
+        }  # fmt: skip
+        name = "equal_latency" if mode_name == "quick" else f"equal_latency_{mode_name}"
+        write_text(out / f"{name}.json", json.dumps({"meta": meta, "seeds": summaries}, indent=1) + "\n")
+        write_text(out / f"{name}.md", markdown(summaries, meta) + "\n")
+        click.echo(f"wrote {out / name}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
