@@ -89,13 +89,19 @@ ARMS = {
         # abp+wgates as first run: the channel stage with W-Gates' own span_floor 0.5 (the method's
         # default became 1.0, the stream arm below, once both models chose it on validation)
         Arm(
-            "abp+wgates", "learned", method="abp+wgates", stage_shares=(0.1, 0.15, 0.2),
+            "abp+wgates",
+            "learned",
+            method="abp+wgates",
+            stage_shares=(0.1, 0.15, 0.2),
             options=(("span_floor", 0.5),),
         ),  # fmt: skip
         # ablations: ABP ranking by the paper's vote; W-Gates read off untrained (the filter-norm prior)
         Arm("abp-vote", "ablation", method="abp", stage_shares=(0.15, 0.25), options=(("rank_by", "vote"),)),
         Arm(
-            "abp-vote-veto", "ablation", method="abp", stage_shares=(0.15, 0.25),
+            "abp-vote-veto",
+            "ablation",
+            method="abp",
+            stage_shares=(0.15, 0.25),
             options=(("rank_by", "vote+veto"),),
         ),  # fmt: skip
         Arm("wgates-prior", "ablation", method="wgates", options=(("epochs", [0]),)),
@@ -106,7 +112,10 @@ ARMS = {
         # abp+wgates with every channel of the stream across stages kept (span_floor 1.0, a documented
         # option): a learned arm, so the verdict chooses between it and abp+wgates by validation
         Arm(
-            "abp+wgates-stream", "learned", method="abp+wgates", stage_shares=(0.1, 0.15, 0.2),
+            "abp+wgates-stream",
+            "learned",
+            method="abp+wgates",
+            stage_shares=(0.1, 0.15, 0.2),
             options=(("span_floor", 1.0),),
         ),  # fmt: skip
         *(_tp(imp, g) for imp in ("groupnorm", "bnscale", "taylor") for g in (True, False)),
@@ -176,8 +185,12 @@ MODES = {
         lr=0.01,
         extra_arms={
             0.6: (
-                "abp-vote", "wgates-prior", "abp-vote-veto",
-                "wgates-stream", "abp+wgates-stream", "l1-stream",
+                "abp-vote",
+                "wgates-prior",
+                "abp-vote-veto",
+                "wgates-stream",
+                "abp+wgates-stream",
+                "l1-stream",
             ),  # fmt: skip
             0.5: (
                 "tp-groupnorm-layer",

@@ -40,6 +40,7 @@ import torch
 import graphprune as gp
 from graphprune import shared
 from graphprune.efficiency.latency import export_plan, paired_plan_ratio
+from graphprune.errors import PlanError
 from graphprune.fileio import write_text
 from graphprune.latency import interleaved_latency
 from graphprune.modelspec import resolve_model
@@ -140,7 +141,10 @@ def prune_arm(
     trials: list[dict[str, Any]] = []
     if arm == "l1":
         for f in spec["grid"]:
-            plan = gp.criteria.plan_by_criterion(pg, "l1", f, "global", round_to=ROUND_TO)
+            try:
+                plan = gp.criteria.plan_by_criterion(pg, "l1", f, "global", round_to=ROUND_TO)
+            except PlanError:  # below what L1 can reach (no group loses more than 90%)
+                continue
             trials.append({"target_flops": f, "ratio": plan_ratio(pg, plan, original, rounds, threads)})
         best = pick(trials, level, tolerance)
         plan = gp.criteria.plan_by_criterion(pg, "l1", best["target_flops"], "global", round_to=ROUND_TO)

@@ -89,17 +89,23 @@ def paired_latency(
     runs: int = 10,
     threads: int = 1,
 ) -> dict[str, float | int]:
-    """Time two ONNX files in alternating rounds; medians of per-round medians and candidate / baseline."""
+    """Time two ONNX files in alternating rounds; medians of per-round medians and candidate / baseline,
+    and `p10_ratio`: the ratio of the two files' 10th percentiles over every timed call."""
     prepared = [_prepared(path, input_shape, threads) for path in (baseline, candidate)]
     per_round: list[list[float]] = [[], []]
+    every: list[list[float]] = [[], []]
     for r in range(rounds):
         for k, (session, feed) in enumerate(prepared):
-            per_round[k].append(float(np.median(_time_runs(session, feed, 5 if r == 0 else 1, runs))))
+            ms = _time_runs(session, feed, 5 if r == 0 else 1, runs)
+            per_round[k].append(float(np.median(ms)))
+            every[k] += ms
     base, cand = (float(np.median(ms)) for ms in per_round)
+    base10, cand10 = (float(np.percentile(ms, 10)) for ms in every)
     return {
         "baseline_ms": base,
         "candidate_ms": cand,
         "ratio": cand / base if base else float("nan"),
+        "p10_ratio": cand10 / base10 if base10 else float("nan"),
         "rounds": rounds,
         "runs": runs,
         "threads": threads,

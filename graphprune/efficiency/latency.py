@@ -132,21 +132,43 @@ def measure_plan(pg: PrunableGraph, plan: PruningPlan, *, threads: int = 1, runs
 
 def paired_plan_ratio(
     pg: PrunableGraph, plan: PruningPlan, reference: str | os.PathLike[str], *, threads: int = 1,
-    rounds: int = 15, runs: int = 20,
+    rounds: int = 15, runs: int = 20, statistic: str = "p10_ratio",
 ) -> float:  # fmt: skip
     """The latency of the model `plan` leaves over that of the ONNX file `reference`, the two timed in
-    alternating rounds (`paired_latency`). A shared machine drifts between speed states for seconds at a
-    time (ResNet-20: up to 25% apart); a ratio of neighbouring rounds cancels that, an absolute time
-    does not."""
+    alternating rounds (`paired_latency`; `statistic`: its "p10_ratio" or "ratio" of medians). A shared
+    machine drifts between speed states for seconds at a time (ResNet-20: up to 25% apart), which both
+    files see alike."""
     from graphprune.latency import paired_latency
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sub.onnx"
         export_plan(pg, plan, path)
         shapes = [list(t.shape) for t in pg.example_inputs]
-        return float(
-            paired_latency(reference, path, shapes, rounds=rounds, runs=runs, threads=threads)["ratio"]
+        timed = paired_latency(reference, path, shapes, rounds=rounds, runs=runs, threads=threads)
+        return float(timed[statistic])
+
+
+class PairedTimer:
+    """Milliseconds of the sub-networks of `pg`: the unpruned model's time (measured here, or given) times
+    the ratio timed beside it (`paired_plan_ratio`, `rounds` rounds sharing `runs` timed calls). Keeps
+    the unpruned model's ONNX file in `directory`."""
+
+    def __init__(
+        self, pg: PrunableGraph, directory: str | os.PathLike[str], *, threads: int = 1, runs: int = 30,
+        rounds: int = 5, reference_ms: float | None = None,
+    ) -> None:  # fmt: skip
+        whole = PruningPlan.for_graph(pg)
+        self.pg, self.threads, self.rounds, self.runs = pg, threads, rounds, max(1, runs // rounds)
+        self.reference = Path(directory) / "latency_reference.onnx"
+        self.reference.parent.mkdir(parents=True, exist_ok=True)
+        export_plan(pg, whole, self.reference)
+        self.reference_ms = reference_ms or measure_plan(pg, whole, threads=threads, runs=runs)
+
+    def __call__(self, plan: PruningPlan) -> float:
+        ratio = paired_plan_ratio(
+            self.pg, plan, self.reference, threads=self.threads, rounds=self.rounds, runs=self.runs
         )
+        return self.reference_ms * ratio
 
 
 class SampleCache:

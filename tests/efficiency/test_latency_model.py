@@ -138,3 +138,13 @@ def test_a_model_saved_before_the_alignment_terms_still_loads(
     (tmp_path / "bad.json").write_text(json.dumps(state))
     with pytest.raises(LatencyModelError, match="bad.json: 10 coefficients"):
         LatencyPredictor.load(pg, tmp_path / "bad.json")
+
+
+def test_a_paired_timer_scales_the_given_reference_time_by_a_timed_ratio(tmp_path: Path) -> None:
+    from graphprune.efficiency.latency import PairedTimer
+
+    pg = gp.trace(get_model("cifar_resnet20").eval(), torch.randn(1, 3, 32, 32))
+    timer = PairedTimer(pg, tmp_path, runs=6, rounds=3, reference_ms=100.0)  # given: not measured again
+    assert timer.reference_ms == 100.0 and (tmp_path / "latency_reference.onnx").is_file()
+    same = timer(gp.PruningPlan.for_graph(pg))  # the unpruned model beside itself: a ratio near 1
+    assert 50.0 < same < 200.0

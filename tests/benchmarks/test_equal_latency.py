@@ -1,0 +1,79 @@
+"""The equal-latency benchmark: how peers are matched to wgates-latency, and its smoke mode end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import equal_latency
+import pytest
+from test_suites_smoke import BENCHMARKS, run_script
+
+
+def trials(*pairs: tuple[float, float]) -> list[dict[str, float]]:
+    return [{"target_flops": f, "ratio": r} for f, r in pairs]
+
+
+def test_the_peer_gets_the_most_flops_within_the_tolerance() -> None:
+    grid = trials((0.3, 0.50), (0.4, 0.58), (0.5, 0.61), (0.6, 0.70))
+    assert equal_latency.pick(grid, 0.60, 0.03)["target_flops"] == 0.5  # 0.58 and 0.61 fit; 0.5 has more
+    assert equal_latency.pick(grid, 0.60, 0.001)["target_flops"] == 0.5  # none fits: the closest
+
+
+def test_the_search_steps_toward_the_level_and_never_repeats_a_target() -> None:
+    one = trials((0.4, 0.8))
+    assert equal_latency.next_target(one, 0.6) == pytest.approx(0.3)  # scaled by level / latency
+    two = trials((0.4, 0.8), (0.3, 0.7))
+    assert equal_latency.next_target(two, 0.6) == pytest.approx(0.2)  # the line through both
+    assert equal_latency.next_target(trials((0.05, 0.9)), 0.1) == 0.06  # clipped to 0.05, which was tried
+    assert 0.05 <= equal_latency.next_target(trials((0.9, 0.1)), 0.9) <= 0.95
+
+
+def test_the_verdict_needs_equal_latency_and_the_first_place_on_test() -> None:
+    records = [
+        {
+            "arm": "wgates-latency",
+            "flops_ratio": 0.3,
+            "val_top1_bnrecal": 70,
+            "val_top1": 80,
+            "test_top1": 79,
+        },
+        {"arm": "l1", "flops_ratio": 0.35, "val_top1_bnrecal": 30, "val_top1": 79, "test_top1": 78},
+        {
+            "arm": "wgates-flops",
+            "flops_ratio": 0.33,
+            "val_top1_bnrecal": 60,
+            "val_top1": 81,
+            "test_top1": 78.5,
+        },
+    ]
+    ms = (("original", 1.0), ("wgates-latency", 0.60), ("l1", 0.61), ("wgates-flops", 0.59))
+    timing = {name: {"round_median_ms": t} for name, t in ms}
+    v = equal_latency.summarise(records, timing, 0.03)["verdict"]
+    assert v == {"complete": True, "equal_latency": True, "first_on_val": False, "first_on_test": True,
+                 "met": True}  # fmt: skip
+    timing["l1"]["round_median_ms"] = 0.65  # l1 now 8% slower: not the same latency
+    assert not equal_latency.summarise(records, timing, 0.03)["verdict"]["met"]
+    records[0]["test_top1"] = 78.0
+    timing["l1"]["round_median_ms"] = 0.61
+    assert not equal_latency.summarise(records, timing, 0.03)["verdict"]["met"]
+
+
+def test_smoke_mode_matches_every_peer_and_resumes(tmp_path: Path, shared_dir: Path) -> None:
+    args = ("--smoke", "--out", tmp_path, "--work-dir", tmp_path / "work")
+    run_script(BENCHMARKS / "equal_latency.py", *args)
+    data = json.loads((tmp_path / "equal_latency_smoke.json").read_text())
+    rows = {r["arm"]: r for r in data["seeds"]["0"]["rows"]}
+    assert set(rows) == set(equal_latency.ARMS)
+    records = {a: json.loads((tmp_path / "equal_latency" / "smoke" / f"{a}-seed0.json").read_text())
+               for a in equal_latency.ARMS}  # fmt: skip
+    level = records["wgates-latency"]["plan_ratio"]
+    for arm in ("l1", "wgates-flops"):
+        r = records[arm]
+        assert r["level"] == level and r["trials"]  # matched to wgates-latency's plan
+        assert r["plan_ratio"] == equal_latency.pick(r["trials"], level, r["tolerance"])["ratio"]
+        assert r["total_steps"] == r["budget_steps"] == records["wgates-latency"]["total_steps"]
+    assert " ms (0.600 of " in records["wgates-latency"]["method_report"]["budget"]  # a latency budget
+    assert "Claim **" in (tmp_path / "equal_latency_smoke.md").read_text()
+    again = run_script(BENCHMARKS / "equal_latency.py", *args)  # every arm recorded: only re-timed
+    assert "test top-1" not in again.stderr
