@@ -63,9 +63,10 @@ def test_smoke_mode_matches_every_peer_and_resumes(tmp_path: Path, shared_dir: P
     args = ("--smoke", "--out", tmp_path, "--work-dir", tmp_path / "work")
     run_script(BENCHMARKS / "equal_latency.py", *args)
     data = json.loads((tmp_path / "equal_latency_smoke.json").read_text())
-    rows = {r["arm"]: r for r in data["seeds"]["0"]["rows"]}
+    assert list(data["sets"]) == ["0.6/seed0"]
+    rows = {r["arm"]: r for r in data["sets"]["0.6/seed0"]["rows"]}
     assert set(rows) == set(equal_latency.ARMS)
-    records = {a: json.loads((tmp_path / "equal_latency" / "smoke" / f"{a}-seed0.json").read_text())
+    records = {a: json.loads((tmp_path / "equal_latency" / "smoke" / f"{a}@0.6-seed0.json").read_text())
                for a in equal_latency.ARMS}  # fmt: skip
     level = records["wgates-latency"]["plan_ratio"]
     for arm in ("l1", "wgates-flops"):
@@ -74,6 +75,7 @@ def test_smoke_mode_matches_every_peer_and_resumes(tmp_path: Path, shared_dir: P
         assert r["plan_ratio"] == equal_latency.pick(r["trials"], level, r["tolerance"])["ratio"]
         assert r["total_steps"] == r["budget_steps"] == records["wgates-latency"]["total_steps"]
     assert " ms (0.600 of " in records["wgates-latency"]["method_report"]["budget"]  # a latency budget
-    assert "Claim **" in (tmp_path / "equal_latency_smoke.md").read_text()
+    page = (tmp_path / "equal_latency_smoke.md").read_text()
+    assert "Claim **" in page and "of 1 sets" in page
     again = run_script(BENCHMARKS / "equal_latency.py", *args)  # every arm recorded: only re-timed
     assert "test top-1" not in again.stderr
