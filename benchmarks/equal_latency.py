@@ -59,8 +59,13 @@ MODES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-def record_file(out: Path, mode: str, arm: str, ratio: float, seed: int) -> Path:
-    return out / "equal_latency" / mode / f"{arm}@{ratio:g}-seed{seed}.json"
+def variant(span_floor: float | None) -> str:
+    """The tag of a set whose W-Gates arms keep the streams across stages at `span_floor` ("": default)."""
+    return f"-floor{span_floor:g}" if span_floor is not None else ""
+
+
+def record_file(out: Path, mode: str, arm: str, ratio: float, seed: int, tag: str = "") -> Path:
+    return out / "equal_latency" / mode / f"{arm}@{ratio:g}{tag}-seed{seed}.json"
 
 
 def within(ratio: float, level: float, tolerance: float) -> bool:
@@ -98,14 +103,14 @@ def next_target(trials: list[dict[str, Any]], level: float) -> float:
 
 def wgates(
     model: torch.nn.Module, x: tuple[torch.Tensor, ...], budget: Any, data: Any, cfg: Any, run_dir: Path,
-    steps: int, cache: Path, samples: int, threads: int,
+    steps: int, cache: Path, samples: int, threads: int, extra: dict[str, Any],
 ) -> tuple[gp.PrunableGraph, gp.PruningPlan, dict[str, Any]]:  # fmt: skip
     """W-Gates to `budget`, its gate stage `steps` long: the trained model's graph, its plan, the report."""
     from graphprune.methods import MethodContext, get_method
 
     options = {"epochs": [accuracy_suite._epochs(steps, data, cfg)], "stage_steps": [steps],
                "round_to": ROUND_TO, "latency_cache": str(cache), "latency_samples": samples,
-               "latency_threads": threads}  # fmt: skip
+               "latency_threads": threads, **extra}  # fmt: skip
     ctx = MethodContext(
         model=model, example_inputs=x, pg=gp.trace(model, x), budget=budget, data=data, train_cfg=cfg,
         teacher=model, run_dir=run_dir / "method", resume=True, options=options,
@@ -130,10 +135,21 @@ def prune_arm(
     if not original.is_file():
         export_plan(pg, gp.PruningPlan.for_graph(pg), original)
     rounds, cache = spec["rounds"], work / "latency"
+    extra = {"span_floor": spec["span_floor"]} if spec.get("span_floor") is not None else {}
     if arm == "wgates-latency":
         budget = Budget(target_latency_ratio=ratio)
         trained, plan, report = wgates(
-            baseline, x, budget, data, cfg, run_dir, gate_steps, cache, spec["latency_samples"], threads
+            baseline,
+            x,
+            budget,
+            data,
+            cfg,
+            run_dir,
+            gate_steps,
+            cache,
+            spec["latency_samples"],
+            threads,
+            extra,
         )
         found = plan_ratio(trained, plan, original, rounds, threads)
         return gp.apply(trained, plan), run_dir, {"plan_ratio": found, "method_report": report}
@@ -157,7 +173,7 @@ def prune_arm(
         folder = run_dir / f"flops-{f:g}"
         try:
             trained, plan, report = wgates(
-                baseline, x, Budget(target_flops=f), data, cfg, folder, gate_steps, cache, 0, threads
+                baseline, x, Budget(target_flops=f), data, cfg, folder, gate_steps, cache, 0, threads, extra
             )
         except BudgetError:  # below what the method's floors can reach: aim higher
             f = round(min(0.95, f + 0.05), 3)
@@ -192,22 +208,23 @@ def run_arm(
     gate_steps = max(1, round(GATE_SHARE * budget))
     record: dict[str, Any] = {
         "mode": spec["name"], "model": block.model, "weights": block.weights, "arm": arm, "seed": seed,
-        "ratio": ratio, "tolerance": tolerance, "round_to": ROUND_TO, "threads": threads, "device": device,
+        "ratio": ratio, "span_floor": spec.get("span_floor"), "tolerance": tolerance, "round_to": ROUND_TO,
+        "threads": threads, "device": device,
         "budget_steps": budget, "gate_steps": gate_steps, "commit": run_meta.versions()["git"],
         "code": run_meta.code_version("graphprune/methods"), "command": run_meta.command_line(),
         "load_average": os.getloadavg()[0],
     }  # fmt: skip
-    level = None
+    level, tag = None, variant(spec.get("span_floor"))
     if arm != "wgates-latency":
-        first = record_file(out, spec["name"], "wgates-latency", ratio, seed)
+        first = record_file(out, spec["name"], "wgates-latency", ratio, seed, tag)
         if not first.is_file():
             raise click.UsageError(f"{arm} matches wgates-latency's latency: run that arm first ({first})")
         level = json.loads(first.read_text())["plan_ratio"]
-    if arm == "wgates-flops" and (l1 := record_file(out, spec["name"], "l1", ratio, seed)).is_file():
+    if arm == "wgates-flops" and (l1 := record_file(out, spec["name"], "l1", ratio, seed, tag)).is_file():
         spec = {**spec, "start_flops": json.loads(l1.read_text())["target_flops"]}  # where L1 met the level
     start = time.perf_counter()
     torch.manual_seed(seed)
-    run_dir = work / f"{arm}@{ratio:g}" / f"seed{seed}"
+    run_dir = work / f"{arm}@{ratio:g}{tag}" / f"seed{seed}"
     slim, tune_dir, notes = prune_arm(
         arm, baseline, x, data, cfg, run_dir, level, ratio, tolerance, spec, gate_steps, threads, work
     )  # fmt: skip
@@ -238,13 +255,13 @@ def time_finals(records: list[dict[str, Any]], spec: dict[str, Any], threads: in
         return interleaved_latency(paths, shape, rounds=spec["final_rounds"], threads=threads)
 
 
-def finished_sets(folder: Path) -> dict[tuple[float, int], list[dict[str, Any]]]:
-    """The records under `folder` by (latency target, seed), where every arm has one, in ARMS order;
-    raises if a finished arm's export is gone (it cannot be timed)."""
-    found: dict[tuple[float, int], dict[str, dict[str, Any]]] = {}
+def finished_sets(folder: Path) -> dict[tuple[float, str, int], list[dict[str, Any]]]:
+    """The records under `folder` by (latency target, variant tag, seed), where every arm has one, in
+    ARMS order; raises if a finished arm's export is gone (it cannot be timed)."""
+    found: dict[tuple[float, str, int], dict[str, dict[str, Any]]] = {}
     for path in sorted(folder.glob("*.json")):
         r = json.loads(path.read_text())
-        found.setdefault((r["ratio"], r["seed"]), {})[r["arm"]] = r
+        found.setdefault((r["ratio"], variant(r.get("span_floor")), r["seed"]), {})[r["arm"]] = r
     sets = {key: [arms[a] for a in ARMS] for key, arms in found.items() if set(arms) == set(ARMS)}
     for records in sets.values():
         gone = [r["final_onnx"] for r in records if not Path(r["final_onnx"]).is_file()]
@@ -300,7 +317,8 @@ def markdown(summaries: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     ]
     for s in summaries.values():
         lines += [
-            f"## Latency target {s['ratio']:g} of the original, seed {s['seed']}",
+            f"## Latency target {s['ratio']:g} of the original, seed {s['seed']}"
+            + (f", W-Gates' stream floor {s['span_floor']:g}" if s.get("span_floor") is not None else ""),
             "",
             "| arm | FLOPs kept | latency (ms) | vs original | vs wgates-latency | val after BN recal | "
             "final val | test |",
@@ -334,6 +352,9 @@ def markdown(summaries: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
 @click.option("--ratio", "ratios", type=click.FloatRange(0.05, 1.0), multiple=True,
               help="wgates-latency's target: this share of the original's measured latency (repeatable; "
               "default 0.6).")  # fmt: skip
+@click.option("--span-floor", type=click.FloatRange(0.0, 1.0), default=None,
+              help="W-Gates' floor on the streams across stages, both W-Gates arms (default: the method's); "
+              "a set of its own.")  # fmt: skip
 @click.option("--tolerance", type=click.FloatRange(0.0, 0.5), default=0.03, show_default=True,
               help="How close (relative) a peer's latency must be to wgates-latency's.")  # fmt: skip
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
@@ -345,14 +366,14 @@ def markdown(summaries: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     help="Checkpoints and exports (default: a temporary folder for --smoke, runs/equal-latency).",
 )  # fmt: skip
 def main(
-    mode_name: str, seeds: tuple[int, ...], ratios: tuple[float, ...], tolerance: float, threads: int,
-    device: str, out: Path, work_dir: Path | None,
+    mode_name: str, seeds: tuple[int, ...], ratios: tuple[float, ...], span_floor: float | None,
+    tolerance: float, threads: int, device: str, out: Path, work_dir: Path | None,
 ) -> None:  # fmt: skip
     """Run (or resume) the equal-latency arms, then time every finished set together and write the page."""
     from graphprune.train import load_data
 
     torch.set_num_threads(threads)
-    spec = {**MODES[mode_name], "name": mode_name}
+    spec = {**MODES[mode_name], "name": mode_name, "span_floor": span_floor}
     suite = accuracy_suite.MODES[spec["suite"]]
     with tempfile.TemporaryDirectory() as tmp:
         work = work_dir or (Path(tmp) if mode_name == "smoke" else ROOT / "runs" / "equal-latency")
@@ -360,7 +381,7 @@ def main(
         for ratio in ratios or (0.6,):
             for seed in seeds or (0,):
                 for arm in ARMS:
-                    path = record_file(out, mode_name, arm, ratio, seed)
+                    path = record_file(out, mode_name, arm, ratio, seed, variant(span_floor))
                     if path.is_file():
                         continue
                     rec = run_arm(arm, seed, spec, ratio, tolerance, data, work, out, threads, device)
@@ -371,13 +392,15 @@ def main(
                     )
                     click.echo(f"{path.stem}: {shown}", file=sys.stderr)
         summaries = {}
-        for (ratio, seed), records in sorted(finished_sets(out / "equal_latency" / mode_name).items()):
+        for (ratio, tag, seed), records in sorted(finished_sets(out / "equal_latency" / mode_name).items()):
             timing = time_finals(records, spec, threads)
-            summaries[f"{ratio:g}/seed{seed}"] = {
-                "ratio": ratio, "seed": seed, **summarise(records, timing, tolerance)
+            summaries[f"{ratio:g}{tag}/seed{seed}"] = {
+                "ratio": ratio, "seed": seed, "span_floor": records[0].get("span_floor"),
+                **summarise(records, timing, tolerance),
             }  # fmt: skip
         meta = {
-            "command": run_meta.command_line(), "commit": run_meta.versions()["git"], "suite": suite.name,
+            "mode": mode_name, "command": run_meta.command_line(), "commit": run_meta.versions()["git"],
+            "suite": suite.name,
             "budget_steps": suite.steps, "rounds": spec["final_rounds"], "tolerance": tolerance,
             "load_average": os.getloadavg()[0],
         }  # fmt: skip

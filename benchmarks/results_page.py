@@ -30,6 +30,7 @@ KNOWN = {
     "arm_latency.json": "Latency of the accuracy suite's own arms (their exports, beside their top-1)",
     "arm_latency_cifar_resnet56.json": "The same on ResNet-56",
     "clean_split.json": "The accuracy verdicts with half the test set as a validation split never trained on",
+    "equal_latency.json": "W-Gates' latency claim: latency budget vs FLOPs budget vs L1 at equal latency",
 }
 
 
@@ -177,6 +178,8 @@ def page(results: dict[str, dict[str, Any]], folder: Path) -> str:
         "  timed beside the original on a quiet machine; checks ABP against L1)",
         "- `python benchmarks/clean_split.py` (the standard mode's verdicts again: half the test set chooses",
         "  the best arm of each kind, the other half judges it)",
+        "- `python benchmarks/equal_latency.py --quick --ratio R --seed S` (wgates-latency against",
+        "  wgates-flops and L1 matched to its measured latency; quiet machine)",
         "- then `python benchmarks/results_page.py` for this page and the README summary",
         "",
     ]
@@ -282,6 +285,22 @@ def clean_split_lines(cell: dict[str, Any]) -> list[str]:
     ]
 
 
+def equal_latency_lines(eq: dict[str, Any]) -> list[str]:
+    """W-Gates' latency claim: per (target, seed) set each arm's test top-1 and latency vs wgates-latency."""
+    sets = [s for s in eq["sets"].values() if s["verdict"]["complete"]]
+    cells = "; ".join(
+        f"target {s['ratio']:g} seed {s['seed']}: "
+        + ", ".join(f"{r['arm']} {r['test_top1']:.2f} ({r['vs_level']:.3f})" for r in s["rows"])
+        for s in sets
+    )
+    met = sum(s["verdict"]["met"] for s in sets)
+    tol = eq["meta"]["tolerance"]
+    return [
+        f"W-Gates' latency claim (quick, ResNet-20; test top-1, in brackets latency over wgates-latency's, "
+        f"equal within ±{tol:.0%}): met in {met} of {len(sets)} sets. {cells}."
+    ]
+
+
 def summary(results: dict[str, dict[str, Any]]) -> list[str]:
     """One line per suite result for the project README (every suite, wins and losses), non-smoke only."""
     real = {k: v for k, v in results.items() if v.get("meta", {}).get("mode") not in ("smoke",)}
@@ -333,6 +352,9 @@ def summary(results: dict[str, dict[str, Any]]) -> list[str]:
     clean = real.get("clean_split.json")
     for c in clean.get("cells", []) if clean else []:
         out += clean_split_lines(c)
+    eq = real.get("equal_latency.json")
+    if eq and eq.get("sets"):
+        out += equal_latency_lines(eq)
     marks = real.get("abp_marks.json")
     if marks and marks.get("rows"):
         cells = "; ".join(

@@ -29,6 +29,14 @@ def test_the_search_steps_toward_the_level_and_never_repeats_a_target() -> None:
     assert 0.05 <= equal_latency.next_target(trials((0.9, 0.1)), 0.9) <= 0.95
 
 
+def test_a_stream_floor_is_a_set_of_its_own() -> None:
+    out = Path("out")
+    assert equal_latency.variant(None) == "" and equal_latency.variant(1.0) == "-floor1"
+    plain = equal_latency.record_file(out, "quick", "l1", 0.6, 0)
+    floored = equal_latency.record_file(out, "quick", "l1", 0.6, 0, equal_latency.variant(1.0))
+    assert plain.name == "l1@0.6-seed0.json" and floored.name == "l1@0.6-floor1-seed0.json"
+
+
 def test_the_verdict_needs_equal_latency_and_the_first_place_on_test() -> None:
     records = [
         {
