@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("wgates-latency", "l1", "wgates-flops")  # wgates-flops starts its search at L1's target
 ROUND_TO = 8
 GATE_SHARE = 0.25  # the accuracy suite's wgates arm
-MAX_TRIES = 5  # FLOPs targets wgates-flops may try
+MAX_TRIES = 6  # FLOPs targets wgates-flops may try
 MODES: dict[str, dict[str, Any]] = {
     "quick": {"suite": "quick", "grid": [round(0.10 + 0.02 * i, 2) for i in range(46)], "rounds": 15,
               "final_rounds": 45, "latency_samples": 60},
@@ -88,14 +88,23 @@ def pick(trials: list[dict[str, Any]], level: float, tolerance: float) -> dict[s
 
 
 def next_target(trials: list[dict[str, Any]], level: float) -> float:
-    """The FLOPs target to try next: the line through the two trials closest to `level` (one trial:
-    scale its target by level / latency), clipped to [0.05, 0.95]."""
-    near = sorted(trials, key=lambda t: abs(t["ratio"] - level))[:2]
-    if len(near) < 2 or abs(near[0]["ratio"] - near[1]["ratio"]) < 1e-9:
-        f = near[0]["target_flops"] * level / near[0]["ratio"]
+    """The FLOPs target to try next. Once trials lie on both sides of `level`, halfway between the
+    closest pair that brackets it (latency moves in steps, so a line through two points can overshoot
+    far); before that the line through the two trials closest to `level` (one trial: its target scaled
+    by level / latency). Clipped to [0.05, 0.95]; a target tried already moves up by 0.01."""
+    below = [t for t in trials if t["ratio"] < level]
+    above = [t for t in trials if t["ratio"] >= level]
+    if below and above:
+        lo = max(below, key=lambda t: t["target_flops"])["target_flops"]
+        hi = min((t for t in above if t["target_flops"] > lo), key=lambda t: t["target_flops"], default=None)
+        f = (lo + hi["target_flops"]) / 2 if hi is not None else lo + 0.02
     else:
-        (f0, m0), (f1, m1) = ((t["target_flops"], t["ratio"]) for t in near)
-        f = f0 + (level - m0) * (f1 - f0) / (m1 - m0)
+        near = sorted(trials, key=lambda t: abs(t["ratio"] - level))[:2]
+        if len(near) < 2 or abs(near[0]["ratio"] - near[1]["ratio"]) < 1e-9:
+            f = near[0]["target_flops"] * level / near[0]["ratio"]
+        else:
+            (f0, m0), (f1, m1) = ((t["target_flops"], t["ratio"]) for t in near)
+            f = f0 + (level - m0) * (f1 - f0) / (m1 - m0)
     tried = {round(t["target_flops"], 3) for t in trials}
     f = round(min(0.95, max(0.05, f)), 3)
     return f if f not in tried else round(min(0.95, f + 0.01), 3)

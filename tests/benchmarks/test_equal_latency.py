@@ -27,6 +27,10 @@ def test_the_search_steps_toward_the_level_and_never_repeats_a_target() -> None:
     assert equal_latency.next_target(two, 0.6) == pytest.approx(0.2)  # the line through both
     assert equal_latency.next_target(trials((0.05, 0.9)), 0.1) == 0.06  # clipped to 0.05, which was tried
     assert 0.05 <= equal_latency.next_target(trials((0.9, 0.1)), 0.9) <= 0.95
+    # a step in latency: both trials above the level extrapolate far; once bracketed, halve the gap
+    plateau = trials((0.68, 0.87), (0.57, 0.86), (0.15, 0.41))
+    assert equal_latency.next_target(plateau, 0.73) == pytest.approx(0.36)
+    assert equal_latency.next_target(trials((0.2, 0.5), (0.3, 0.9)), 0.73) == pytest.approx(0.25)
 
 
 def test_a_stream_floor_is_a_set_of_its_own() -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -140,3 +141,42 @@ def test_abp_wgates_keeps_the_stream_across_stages_whole_unless_told(
         assert cut["conv1"] == 0 and (cut["layer2.0.conv2"] == 0 or not stage3_left)
     else:  # W-Gates' own floor: the streams take part of a deep cut, at most half
         assert any(cut.values()) and cut["conv1"] <= 8 and cut["layer2.0.conv2"] <= 16
+
+
+def test_a_measured_budget_calibrates_the_prediction_against_the_read_off(
+    resnet20: gp.PrunableGraph, tmp_path: Path
+) -> None:
+    """A predictor that says half the true cost: calibrated, the gates close toward the measured budget;
+    uncalibrated, they stay open (the predictor sees no excess) and the repair alone makes the cut."""
+    from graphprune.efficiency import DifferentiableFlops
+    from graphprune.methods.wgates.cost import CostModel
+    from graphprune.methods.wgates.method import gate_channels
+    from graphprune.methods.wgates.repair import FlopsCost
+
+    pg = resnet20
+    groups = [g.id for g in pg.prunable_groups]
+    diff, exact = DifferentiableFlops(pg, groups), FlopsCost(FlopsModel(pg))
+    off = {}
+    for every in (4, 0):
+        cost = CostModel(
+            "ms", 0.5 * pg.flops / 1e6, lambda keep: 0.5 * diff(keep) / 1e6, lambda p: exact(p) / 1e6,
+            pg.flops / 1e6,
+        )  # fmt: skip
+        ctx = MethodContext(
+            model=pg.gm, example_inputs=pg.example_inputs, pg=pg, budget=Budget(target_latency_ratio=0.5),
+            data=tiny_data(n=128),
+            train_cfg=TrainConfig(
+                epochs=5, max_steps=40, batch_size=16, verbose=False, eval_every_epoch=False, device="cpu"
+            ),
+            run_dir=tmp_path / str(every), options={"calibrate_every": every},
+        )  # fmt: skip
+        _, _, report, _ = gate_channels(ctx, pg, cost)
+        assert report["measured_cost"] <= cost.target  # the repair meets the budget either way
+        off[every] = abs(report["measured_cost_before_repair"] / cost.target - 1)
+        history = json.loads((tmp_path / str(every) / "wgates.json").read_text())["open_ratio_history"]
+        calibrated = [h["correction"] for h in history if "correction" in h]
+        assert len(calibrated) == (10 if every else 0)
+        if every:
+            assert calibrated[0] == pytest.approx(2.0, rel=0.05)  # all open: measured / predicted
+    assert off[0] == pytest.approx(1.0)  # uncalibrated: the predictor saw no excess, every gate stayed open
+    assert off[4] < 0.75  # calibrated: gates closed toward the measured budget

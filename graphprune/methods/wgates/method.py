@@ -10,7 +10,9 @@ applies the plan and fine-tunes.
 
 Options (`ctx.options`): gate_hidden (16), gate_lr (0.01), budget_form ("threshold"; "hinge" or
 "squared" put `budget_weight` x the excess on every gate in proportion to its cost, the earlier form),
-threshold_range (4.0: how far the threshold may move over the stage, in score units), budget_weight
+threshold_range (4.0: how far the threshold may move over the stage, in score units), calibrate_every
+(a measured budget: measure the current read-off every this many steps, default an eighth of the
+stage, and scale the prediction by measured / predicted; 0: never), budget_weight
 (2.0), max_ratio (0.9), span_floor (0.5: the share a group spanning several resolutions keeps),
 epochs / stage_steps (the --epochs list; wgates' gate stage is its first entry, abp+wgates' its third;
 0 epochs reads the gates off untrained).
@@ -103,15 +105,29 @@ def gate_channels(
     # the threshold moves by at most about `threshold_range` score units over the stage
     rate = float(opts.get("threshold_range", 4.0)) / max(1, stage_steps)
 
+    # a measured budget (latency): every `calibrate_every` steps the current read-off is measured, and
+    # the prediction is scaled by measured / predicted from then on
+    measured_budget = cost.unit != "MACs" and form == "threshold"
+    every = int(opts.get("calibrate_every", max(1, stage_steps // 8))) if measured_budget else 0
+    round_to = int(opts.get("round_to") or 1)
+    max_ratio = float(opts.get("max_ratio", 0.9))
+    correction = [1.0]
+
     def extra_loss(model: nn.Module, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         keep = _last_gates(slots)
         total = sum(v.numel() for v in keep.values())
         opened = sum(float(v.detach().sum()) for v in keep.values()) / max(1, total)
+        entry: dict[str, float] = {}
         if form == "threshold":
             # the budget acts on one threshold shared by every gate (dual ascent on the relative excess):
             # the task loss alone trains the scores, so importance, not cost, decides which gates close
             with torch.no_grad():
                 predicted = cost.predict({k: v.detach() for k, v in keep.items()})
+                if every and len(history) % every == 0:
+                    measured = cost.measure(read_off(pg, gate_scores(model), max_ratio, round_to))
+                    correction[0] = measured / max(float(predicted), 1e-12)
+                    entry.update(measured=measured, correction=correction[0])
+                predicted = predicted * correction[0]
                 step = rate * (float(predicted) / cost.target - 1.0)
                 for slot in slots.values():
                     slot.gate.threshold.add_(step)  # type: ignore[union-attr, operator]
@@ -119,7 +135,9 @@ def gate_channels(
         else:
             predicted = cost.predict(keep)
             loss = budget_loss(predicted, cost.target, weight, form).to(logits.device, logits.dtype)
-        history.append({"step": len(history), "open_ratio": opened, "predicted": float(predicted.detach())})
+        history.append(
+            {"step": len(history), "open_ratio": opened, "predicted": float(predicted.detach()), **entry}
+        )
         return loss
 
     gate_params = [p for s in slots.values() for p in s.gate.parameters()]
@@ -148,8 +166,6 @@ def gate_channels(
     scores = gate_scores(gm)
     keep = {gid: torch.from_numpy((s > 0).astype(np.float64)) for gid, s in scores.items()}
     predicted = float(cost.predict(keep))
-    max_ratio = float(opts.get("max_ratio", 0.9))
-    round_to = int(opts.get("round_to") or 1)
     plan = read_off(pg, scores, max_ratio, round_to)
     for b in fixed_blocks or ():
         plan.remove_block(b)
@@ -169,6 +185,8 @@ def gate_channels(
         "measured_cost_before_repair": done["cost_before_repair"],
         "measured_cost": done["cost_after_repair"],
         "repair_moves": done["repair_moves"],
+        "repair_removed": done["repair_removed"],
+        "repair_restored": done["repair_restored"],
         "kept_channels": ", ".join(f"{gid} {k}/{n}" for gid, (k, n) in kept.items()),
         "gate_open_ratio": (
             f"{opened[0]:.3f} -> {opened[-1]:.3f} over {len(opened)} steps" if opened else "untrained"
