@@ -59,9 +59,14 @@ MODES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-def variant(span_floor: float | None) -> str:
-    """The tag of a set whose W-Gates arms keep the streams across stages at `span_floor` ("": default)."""
-    return f"-floor{span_floor:g}" if span_floor is not None else ""
+VARIED = ("span_floor", "calibrate_every")
+"""W-Gates options a set may set for both its W-Gates arms (None: the method's default)."""
+
+
+def variant(options: dict[str, Any]) -> str:
+    """The tag of a set by the W-Gates options it sets ("": the method's defaults), e.g. "-floor1-cal0"."""
+    short = {"span_floor": "floor", "calibrate_every": "cal"}
+    return "".join(f"-{short[k]}{options[k]:g}" for k in VARIED if options.get(k) is not None)
 
 
 def record_file(out: Path, mode: str, arm: str, ratio: float, seed: int, tag: str = "") -> Path:
@@ -144,7 +149,7 @@ def prune_arm(
     if not original.is_file():
         export_plan(pg, gp.PruningPlan.for_graph(pg), original)
     rounds, cache = spec["rounds"], work / "latency"
-    extra = {"span_floor": spec["span_floor"]} if spec.get("span_floor") is not None else {}
+    extra = {k: spec[k] for k in VARIED if spec.get(k) is not None}
     if arm == "wgates-latency":
         budget = Budget(target_latency_ratio=ratio)
         trained, plan, report = wgates(
@@ -217,13 +222,13 @@ def run_arm(
     gate_steps = max(1, round(GATE_SHARE * budget))
     record: dict[str, Any] = {
         "mode": spec["name"], "model": block.model, "weights": block.weights, "arm": arm, "seed": seed,
-        "ratio": ratio, "span_floor": spec.get("span_floor"), "tolerance": tolerance, "round_to": ROUND_TO,
+        "ratio": ratio, **{k: spec.get(k) for k in VARIED}, "tolerance": tolerance, "round_to": ROUND_TO,
         "threads": threads, "device": device,
         "budget_steps": budget, "gate_steps": gate_steps, "commit": run_meta.versions()["git"],
         "code": run_meta.code_version("graphprune/methods"), "command": run_meta.command_line(),
         "load_average": os.getloadavg()[0],
     }  # fmt: skip
-    level, tag = None, variant(spec.get("span_floor"))
+    level, tag = None, variant(spec)
     if arm != "wgates-latency":
         first = record_file(out, spec["name"], "wgates-latency", ratio, seed, tag)
         if not first.is_file():
@@ -270,7 +275,7 @@ def finished_sets(folder: Path) -> dict[tuple[float, str, int], list[dict[str, A
     found: dict[tuple[float, str, int], dict[str, dict[str, Any]]] = {}
     for path in sorted(folder.glob("*.json")):
         r = json.loads(path.read_text())
-        found.setdefault((r["ratio"], variant(r.get("span_floor")), r["seed"]), {})[r["arm"]] = r
+        found.setdefault((r["ratio"], variant(r), r["seed"]), {})[r["arm"]] = r
     sets = {key: [arms[a] for a in ARMS] for key, arms in found.items() if set(arms) == set(ARMS)}
     for records in sets.values():
         gone = [r["final_onnx"] for r in records if not Path(r["final_onnx"]).is_file()]
@@ -327,7 +332,8 @@ def markdown(summaries: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     for s in summaries.values():
         lines += [
             f"## Latency target {s['ratio']:g} of the original, seed {s['seed']}"
-            + (f", W-Gates' stream floor {s['span_floor']:g}" if s.get("span_floor") is not None else ""),
+            + (f", W-Gates' stream floor {s['span_floor']:g}" if s.get("span_floor") is not None else "")
+            + (f", calibrate_every {s['calibrate_every']:g}" if s.get("calibrate_every") is not None else ""),
             "",
             "| arm | FLOPs kept | latency (ms) | vs original | vs wgates-latency | val after BN recal | "
             "final val | test |",
@@ -364,6 +370,9 @@ def markdown(summaries: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
 @click.option("--span-floor", type=click.FloatRange(0.0, 1.0), default=None,
               help="W-Gates' floor on the streams across stages, both W-Gates arms (default: the method's); "
               "a set of its own.")  # fmt: skip
+@click.option("--calibrate-every", type=click.IntRange(min=0), default=None,
+              help="W-Gates' latency calibration period in steps, both W-Gates arms (default: the method's; "
+              "0: off); a set of its own.")  # fmt: skip
 @click.option("--tolerance", type=click.FloatRange(0.0, 0.5), default=0.03, show_default=True,
               help="How close (relative) a peer's latency must be to wgates-latency's.")  # fmt: skip
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
@@ -376,13 +385,19 @@ def markdown(summaries: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
 )  # fmt: skip
 def main(
     mode_name: str, seeds: tuple[int, ...], ratios: tuple[float, ...], span_floor: float | None,
+    calibrate_every: int | None,
     tolerance: float, threads: int, device: str, out: Path, work_dir: Path | None,
 ) -> None:  # fmt: skip
     """Run (or resume) the equal-latency arms, then time every finished set together and write the page."""
     from graphprune.train import load_data
 
     torch.set_num_threads(threads)
-    spec = {**MODES[mode_name], "name": mode_name, "span_floor": span_floor}
+    spec = {
+        **MODES[mode_name],
+        "name": mode_name,
+        "span_floor": span_floor,
+        "calibrate_every": calibrate_every,
+    }
     suite = accuracy_suite.MODES[spec["suite"]]
     with tempfile.TemporaryDirectory() as tmp:
         work = work_dir or (Path(tmp) if mode_name == "smoke" else ROOT / "runs" / "equal-latency")
@@ -390,7 +405,7 @@ def main(
         for ratio in ratios or (0.6,):
             for seed in seeds or (0,):
                 for arm in ARMS:
-                    path = record_file(out, mode_name, arm, ratio, seed, variant(span_floor))
+                    path = record_file(out, mode_name, arm, ratio, seed, variant(spec))
                     if path.is_file():
                         continue
                     rec = run_arm(arm, seed, spec, ratio, tolerance, data, work, out, threads, device)
@@ -404,7 +419,7 @@ def main(
         for (ratio, tag, seed), records in sorted(finished_sets(out / "equal_latency" / mode_name).items()):
             timing = time_finals(records, spec, threads)
             summaries[f"{ratio:g}{tag}/seed{seed}"] = {
-                "ratio": ratio, "seed": seed, "span_floor": records[0].get("span_floor"),
+                "ratio": ratio, "seed": seed, **{k: records[0].get(k) for k in VARIED},
                 **summarise(records, timing, tolerance),
             }  # fmt: skip
         meta = {

@@ -33,11 +33,14 @@ def test_the_search_steps_toward_the_level_and_never_repeats_a_target() -> None:
     assert equal_latency.next_target(trials((0.2, 0.5), (0.3, 0.9)), 0.73) == pytest.approx(0.25)
 
 
-def test_a_stream_floor_is_a_set_of_its_own() -> None:
+def test_a_set_of_non_default_options_is_a_set_of_its_own() -> None:
     out = Path("out")
-    assert equal_latency.variant(None) == "" and equal_latency.variant(1.0) == "-floor1"
+    assert equal_latency.variant({}) == equal_latency.variant({"span_floor": None}) == ""
+    assert equal_latency.variant({"calibrate_every": 0, "span_floor": 1.0}) == "-floor1-cal0"
     plain = equal_latency.record_file(out, "quick", "l1", 0.6, 0)
-    floored = equal_latency.record_file(out, "quick", "l1", 0.6, 0, equal_latency.variant(1.0))
+    floored = equal_latency.record_file(
+        out, "quick", "l1", 0.6, 0, equal_latency.variant({"span_floor": 1.0})
+    )
     assert plain.name == "l1@0.6-seed0.json" and floored.name == "l1@0.6-floor1-seed0.json"
 
 
