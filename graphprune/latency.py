@@ -124,8 +124,8 @@ def interleaved_latency(
     """Time several ONNX files in rounds, one session running at a time, the order reversed every round.
 
     Each round runs `runs` timed calls per file (after `warmup` untimed ones in the first round, one
-    later). Returns, per name, p50_ms and p90_ms over all timed calls and the median of the per-round
-    medians, so that every file sees the same stretches of machine noise.
+    later). Returns, per name, p10_ms, p50_ms and p90_ms over all timed calls and the median of the
+    per-round medians, so that every file sees the same stretches of machine noise.
     """
     if rounds < 1 or runs < 1 or warmup < 0 or threads < 1:
         raise ValueError(f"need rounds, runs, threads >= 1 and warmup >= 0 (got {rounds}, {runs}, {threads})")
@@ -141,8 +141,9 @@ def interleaved_latency(
             medians[name].append(float(np.median(ms)))
     out: dict[str, dict[str, float | int]] = {}
     for name in names:
-        p50, p90 = np.percentile(np.asarray(times[name]), [50, 90])
+        p10, p50, p90 = np.percentile(np.asarray(times[name]), [10, 50, 90])
         out[name] = {
+            "p10_ms": float(p10),
             "p50_ms": float(p50),
             "p90_ms": float(p90),
             "round_median_ms": float(np.median(medians[name])),

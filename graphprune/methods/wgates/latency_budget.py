@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from graphprune.efficiency.latency import LatencyPredictor, PairedTimer, build_latency_model
@@ -34,7 +35,8 @@ def latency_cost(ctx: MethodContext, pg: PrunableGraph, groups: list[str], scale
 
     # each measured cost is the original's time times a ratio timed beside it: a ratio target holds
     # however far the one absolute measurement of the original is off
-    measure = PairedTimer(pg, ctx.run_dir, threads=threads, runs=60, rounds=6)
+    folder = ctx.run_dir or Path(tempfile.mkdtemp(prefix="graphprune-latency-"))  # holds the original's ONNX
+    measure = PairedTimer(pg, folder, threads=threads, runs=60, rounds=6)
     original = measure.reference_ms
     b = ctx.budget
     target = (
