@@ -391,7 +391,10 @@ def markdown(summaries: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="CPU threads for training and for onnxruntime.")  # fmt: skip
 @click.option("--device", default="auto", show_default=True, help="Training device (auto: CUDA if present).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=ROOT / "docs" / "results")
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), default=ROOT / "docs" / "results",
+    help="Where the records (equal_latency/<mode>/) and equal_latency.{json,md} go (default: docs/results).",
+)  # fmt: skip
 @click.option(
     "--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Checkpoints and exports (default: a temporary folder for --smoke, runs/equal-latency).",
