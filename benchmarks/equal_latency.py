@@ -80,12 +80,6 @@ def within(ratio: float, level: float, tolerance: float) -> bool:
     return abs(ratio / level - 1.0) <= tolerance
 
 
-def plan_ratio(
-    pg: gp.PrunableGraph, plan: gp.PruningPlan, original: Path, rounds: int, threads: int
-) -> float:
-    return paired_plan_ratio(pg, plan, original, threads=threads, rounds=rounds)
-
-
 def pick(trials: list[dict[str, Any]], level: float, tolerance: float) -> dict[str, Any]:
     """The trial with the largest FLOPs target whose latency is within `tolerance` of `level` (the peer
     gets every FLOP that fits), or the closest in latency if none is."""
@@ -168,7 +162,7 @@ def prune_arm(
             threads,
             extra,
         )
-        found = plan_ratio(trained, plan, original, rounds, threads)
+        found = paired_plan_ratio(trained, plan, original, threads=threads, rounds=rounds)
         return gp.apply(trained, plan), run_dir, {"plan_ratio": found, "method_report": report}
     assert level is not None
     trials: list[dict[str, Any]] = []
@@ -178,7 +172,8 @@ def prune_arm(
                 plan = gp.criteria.plan_by_criterion(pg, "l1", f, "global", round_to=ROUND_TO)
             except PlanError:  # below what L1 can reach (no group loses more than 90%)
                 continue
-            trials.append({"target_flops": f, "ratio": plan_ratio(pg, plan, original, rounds, threads)})
+            ratio_f = paired_plan_ratio(pg, plan, original, threads=threads, rounds=rounds)
+            trials.append({"target_flops": f, "ratio": ratio_f})
         best = pick(trials, level, tolerance)
         plan = gp.criteria.plan_by_criterion(pg, "l1", best["target_flops"], "global", round_to=ROUND_TO)
         notes = {"plan_ratio": best["ratio"], "target_flops": best["target_flops"], "trials": trials}
@@ -195,7 +190,7 @@ def prune_arm(
         except BudgetError:  # below what the method's floors can reach: aim higher
             f = round(min(0.95, f + 0.05), 3)
             continue
-        found = plan_ratio(trained, plan, original, rounds, threads)
+        found = paired_plan_ratio(trained, plan, original, threads=threads, rounds=rounds)
         trials.append({"target_flops": f, "ratio": found})
         tried[f] = (trained, plan, folder, report)
         if within(found, level, tolerance) and found >= level:
@@ -256,24 +251,18 @@ def run_arm(
     return record
 
 
-def time_finals(records: list[dict[str, Any]], spec: dict[str, Any], threads: int) -> dict[str, Any]:
-    """The finished exports and the original, timed together in interleaved rounds (batch 1), in
-    `spec["passes"]` separate passes: per file the median over passes of each pass's p10_ms."""
-    mode = accuracy_suite.MODES[spec["suite"]]
-    block = mode.blocks[0]
-    resolved = resolve_model(block.model)
-    x = resolved.example_inputs
-    with tempfile.TemporaryDirectory() as tmp:
-        from graphprune.export import export_onnx
-
-        original = Path(tmp) / "original.onnx"
-        export_onnx(resolved.model.eval(), x, original)
-        paths = {"original": str(original), **{r["arm"]: r["final_onnx"] for r in records}}
-        shape = [list(t.shape) for t in x]
-        passes = [
-            interleaved_latency(paths, shape, rounds=spec["final_rounds"], threads=threads)
-            for _ in range(spec["passes"])
-        ]
+def time_finals(
+    records: list[dict[str, Any]], original: Path, spec: dict[str, Any], threads: int
+) -> dict[str, Any]:
+    """The finished exports and the `original` (its ONNX file), timed together in interleaved rounds
+    (batch 1), in `spec["passes"]` separate passes: per file the median over passes of each pass's p10_ms."""
+    paths = {"original": str(original), **{r["arm"]: r["final_onnx"] for r in records}}
+    x = resolve_model(accuracy_suite.MODES[spec["suite"]].blocks[0].model).example_inputs
+    shape = [list(t.shape) for t in x]
+    passes = [
+        interleaved_latency(paths, shape, rounds=spec["final_rounds"], threads=threads)
+        for _ in range(spec["passes"])
+    ]
     return {
         name: {"p10_ms": float(np.median([t[name]["p10_ms"] for t in passes])), "passes": len(passes)}
         for name in paths
@@ -450,9 +439,14 @@ def main(
             if child.returncode:
                 raise click.ClickException(f"timing the finished sets failed (exit {child.returncode})")
             return
+        from graphprune.export import export_onnx
+
+        resolved = resolve_model(suite.blocks[0].model)
+        original = Path(tmp) / "original.onnx"  # exported as the finished arms were
+        export_onnx(resolved.model.eval(), resolved.example_inputs, original)
         summaries = {}
         for (ratio, tag, seed), records in sorted(finished_sets(out / "equal_latency" / mode_name).items()):
-            timing = time_finals(records, spec, threads)
+            timing = time_finals(records, original, spec, threads)
             summaries[f"{ratio:g}{tag}/seed{seed}"] = {
                 "ratio": ratio, "seed": seed, **{k: records[0].get(k) for k in VARIED},
                 **summarise(records, timing, tolerance),

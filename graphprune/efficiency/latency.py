@@ -132,12 +132,11 @@ def measure_plan(pg: PrunableGraph, plan: PruningPlan, *, threads: int = 1, runs
 
 def paired_plan_ratio(
     pg: PrunableGraph, plan: PruningPlan, reference: str | os.PathLike[str], *, threads: int = 1,
-    rounds: int = 15, runs: int = 20, statistic: str = "p10_ratio",
+    rounds: int = 15, runs: int = 20,
 ) -> float:  # fmt: skip
-    """The latency of the model `plan` leaves over that of the ONNX file `reference`, the two timed in
-    alternating rounds (`paired_latency`; `statistic`: its "p10_ratio" or "ratio" of medians). A shared
-    machine drifts between speed states for seconds at a time (ResNet-20: up to 25% apart), which both
-    files see alike."""
+    """The latency of the model `plan` leaves over that of the ONNX file `reference`: the ratio of their
+    10th percentiles, the two timed in alternating rounds (`paired_latency`), so that both see the same
+    spells of a shared machine's drift."""
     from graphprune.latency import paired_latency
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -145,7 +144,7 @@ def paired_plan_ratio(
         export_plan(pg, plan, path)
         shapes = [list(t.shape) for t in pg.example_inputs]
         timed = paired_latency(reference, path, shapes, rounds=rounds, runs=runs, threads=threads)
-        return float(timed[statistic])
+        return float(timed["p10_ratio"])
 
 
 class PairedTimer:

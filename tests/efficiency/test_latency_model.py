@@ -140,11 +140,20 @@ def test_a_model_saved_before_the_alignment_terms_still_loads(
         LatencyPredictor.load(pg, tmp_path / "bad.json")
 
 
-def test_a_paired_timer_scales_the_given_reference_time_by_a_timed_ratio(tmp_path: Path) -> None:
-    from graphprune.efficiency.latency import PairedTimer
+def test_a_paired_timer_scales_the_given_reference_time_by_a_timed_ratio(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import graphprune.efficiency.latency as latency
 
+    calls = []
+
+    def timed(pg: gp.PrunableGraph, plan: gp.PruningPlan, reference: Path, **kw: int) -> float:
+        calls.append((Path(reference), kw))
+        return 0.25
+
+    monkeypatch.setattr(latency, "paired_plan_ratio", timed)
     pg = gp.trace(get_model("cifar_resnet20").eval(), torch.randn(1, 3, 32, 32))
-    timer = PairedTimer(pg, tmp_path, runs=6, rounds=3, reference_ms=100.0)  # given: not measured again
+    timer = latency.PairedTimer(pg, tmp_path, runs=6, rounds=3, reference_ms=100.0)  # given: not measured
     assert timer.reference_ms == 100.0 and (tmp_path / "latency_reference.onnx").is_file()
-    same = timer(gp.PruningPlan.for_graph(pg))  # the unpruned model beside itself: a ratio near 1
-    assert 50.0 < same < 200.0
+    assert timer(gp.PruningPlan.for_graph(pg)) == 25.0  # the reference time times the timed ratio
+    assert calls == [(tmp_path / "latency_reference.onnx", {"threads": 1, "rounds": 3, "runs": 2})]
