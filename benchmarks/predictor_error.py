@@ -36,25 +36,29 @@ GOAL_MAPE = 0.05
 
 
 def repeat_error(pg: Any, samples: list[Any], repeat: int, runs: int) -> float | None:
-    """MAPE (%) of a second measurement of `repeat` seeded-random samples against their first one."""
-    from graphprune.efficiency.latency import kept_plan, measure_plan
+    """MAPE (%) of a second measurement of `repeat` seeded-random samples against their first one, timed
+    the same way (beside the unpruned model, `PairedTimer`)."""
+    from graphprune.efficiency.latency import PairedTimer, kept_plan, sample_runs
 
     if repeat < 1:
         return None
-    chosen = random.Random(0).sample(samples, min(repeat, len(samples)))
-    again = [measure_plan(pg, kept_plan(pg, s.kept, s.blocks), threads=1, runs=runs) for s in chosen]
+    chosen = random.Random(0).sample(samples[1:], min(repeat, len(samples) - 1))
+    with tempfile.TemporaryDirectory() as tmp:
+        many = sample_runs(samples[0].ms, runs)
+        timer = PairedTimer(pg, tmp, threads=1, runs=many, reference_ms=samples[0].ms)
+        again = [timer(kept_plan(pg, s.kept, s.blocks)) for s in chosen]
     return 100 * sum(abs(a - s.ms) / s.ms for a, s in zip(again, chosen, strict=True)) / len(chosen)
 
 
 SPLITS = 10
 
 
-def split_mapes(pg: Any, samples: list[Any], stages: int, align: int) -> float | None:
+def split_mapes(pg: Any, samples: list[Any], stages: int, terms: str) -> float | None:
     """Mean held-out MAPE (%) of `SPLITS` fits, each holding out a different random 20% of `samples`."""
     from graphprune.efficiency.latency import LatencyPredictor
 
     errors = [
-        LatencyPredictor(pg, stages, align=align).fit(samples, seed=k).get("mape") for k in range(SPLITS)
+        LatencyPredictor(pg, stages, terms=terms).fit(samples, seed=k).get("mape") for k in range(SPLITS)
     ]
     kept = [e for e in errors if e is not None]
     return 100 * sum(kept) / len(kept) if kept else None
@@ -81,7 +85,7 @@ def measure(
 ) -> dict[str, Any]:
     """Collect `samples` sub-networks of `spec`, fit, re-measure `repeat` of them, and return one row."""
     import graphprune as gp
-    from graphprune.efficiency.latency import build_latency_model, collect_samples
+    from graphprune.efficiency.latency import build_latency_model, collect_samples, sample_runs
     from graphprune.modelspec import resolve_model
 
     torch.manual_seed(0)
@@ -102,30 +106,44 @@ def measure(
     measured = collect_samples(pg, samples, threads=1, cache_dir=cache, runs=runs, seed=seed)  # the cache
     noise = repeat_error(pg, measured, repeat, runs)
     # the held-out error over SPLITS random hold-outs (one 20% hold-out of 60 samples is 12 numbers), with
-    # the alignment terms and with the earlier ones (align=0), on the same samples
-    cv = {a: split_mapes(pg, measured, predictor.stages, a) for a in (predictor.align, 0)}
+    # the NCHWc terms and with the first predictor's, on the same samples
+    cv = {t: split_mapes(pg, measured, predictor.stages, t) for t in (predictor.terms, "plain")}
     return {
         "model": spec,
         "input": "x".join(map(str, shape)),
         "samples": r["samples"],
         "held_out": r["held_out"],
-        "held_out_mape_pct": cv[predictor.align],
-        "held_out_mape_unaligned_pct": cv[0],
+        "held_out_mape_pct": cv[predictor.terms],
+        "held_out_mape_plain_pct": cv["plain"],
         "first_split_mape_pct": 100 * r["mape"] if "mape" in r else None,
         # what the alignment terms are for: sub-networks whose every count is a multiple of ALIGN, or not
         "unpruned_ms": measured[0].ms,
+        "calls": sample_runs(measured[0].ms, runs),
         **aligned_medians(pg, measured),
         "splits": SPLITS,
-        "align": predictor.align,
+        "terms": predictor.terms,
+        "nchwc_layout": None if predictor.layout is None else vars(predictor.layout),
         "spearman": r.get("spearman"),
         "fit_mape_pct": 100 * r["train_mape"],
         "collect_s": seconds,
         "groups": len(pg.prunable_groups),
         "blocks": len(pg.blocks),
-        "meets_goal": bool(cv[predictor.align] is not None and cv[predictor.align] <= 100 * GOAL_MAPE),
+        "meets_goal": bool(cv[predictor.terms] is not None and cv[predictor.terms] <= 100 * GOAL_MAPE),
         "repeated": min(repeat, samples),
         "repeat_mape_pct": noise,
     }
+
+
+def layout_note(data: dict[str, Any]) -> list[str]:
+    """The NCHWc layout the rows were fitted with, as a paragraph (none for files from before it)."""
+    layout = next((r["nchwc_layout"] for r in data["rows"] if r.get("nchwc_layout")), None)
+    if layout is None:
+        return []
+    return [
+        f"onnxruntime's NCHWc layout, probed on this machine: blocks of {layout['block']} channels, a conv "
+        f"taken when its input count is a multiple of {layout['multiple']} (docs/methods.md).",
+        "",
+    ]
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -136,34 +154,40 @@ def markdown(data: dict[str, Any]) -> str:
         f"Command: `{meta['command']}` on {meta['date']}; {meta['machine']['cpu']}, "
         f"{meta['machine']['cores']} cores, load average (1/5/15 min) at start {meta['load_average']}.",
         "",
-        "onnxruntime at 1 thread, batch 1; each sample is the 10th percentile of "
-        f"{data['runs']} runs; held-out MAPE: the mean over {SPLITS} fits, each holding out a different "
+        "onnxruntime at 1 thread, batch 1; each sample is timed beside the unpruned model in 5 "
+        f"alternating rounds, at least {data['runs']} calls of each and at least "
+        f"{data.get('min_sample_seconds', 0):g} s of the unpruned model's calls (the calls column), and is "
+        "the unpruned model's time times the ratio of the two 10th percentiles (`PairedTimer`); held-out "
+        f"MAPE: the mean over {SPLITS} fits, each holding out a different "
         "random 20% of the samples (never seen by that fit). Goal: held-out MAPE "
         f"<= {100 * GOAL_MAPE:.0f}%. Noise floor: MAPE of a second measurement of some samples against "
         "their first (two noisy numbers, so about 1.4x what a perfect predictor would score here). "
         f"Sub-networks sampled with seed {data.get('seed', 0)}, half of them with every kept count a "
-        'multiple of 8; "without the alignment terms": the earlier predictor (`align=0`) fitted to the '
-        "same samples.",
+        'multiple of 8; "first predictor": kept MACs, activations and alive layers per stage, without '
+        'the NCHWc terms (`terms="plain"`), fitted to the same samples.',
         "",
-        "| model | input | samples (held out) | held-out MAPE | without the alignment terms | noise floor "
-        "(repeated) | Spearman | fit MAPE | collecting | goal |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        *layout_note(data),
+        "| model | input | samples (held out) | held-out MAPE | first predictor | noise floor "
+        "(repeated) | Spearman | fit MAPE | calls | collecting | goal |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["rows"]:
         mape = "-" if r["held_out_mape_pct"] is None else f"{r['held_out_mape_pct']:.2f}%"
         rho = "-" if r["spearman"] is None else f"{r['spearman']:.3f}"
         floor = "-" if r.get("repeat_mape_pct") is None else f"{r['repeat_mape_pct']:.2f}% ({r['repeated']})"
-        plain = r.get("held_out_mape_unaligned_pct")
+        plain = r.get("held_out_mape_plain_pct")
         plain_s = "-" if plain is None else f"{plain:.2f}%"
         lines.append(
             f"| {r['model']} | {r['input']} | {r['samples']} ({r['held_out']}) | {mape} | {plain_s} "
             f"| {floor} | {rho} | "
-            f"{r['fit_mape_pct']:.2f}% | {r['collect_s']:.0f} s | {'yes' if r['meets_goal'] else 'no'} |"
+            f"{r['fit_mape_pct']:.2f}% | {r.get('calls', '-')} | {r['collect_s']:.0f} s | "
+            f"{'yes' if r['meets_goal'] else 'no'} |"
         )
     lines += [
         "",
-        "Why the alignment terms: median latency of the sampled sub-networks whose every kept count is a "
-        "multiple of 8, against the others, beside the unpruned model.",
+        "Why the NCHWc terms: median latency of the sampled sub-networks whose every kept count is a "
+        "multiple of 8 (all of them run in onnxruntime's blocked layout), against the others, beside the "
+        "unpruned model.",
         "",
         "| model | unpruned | rounded to 8 (samples) | not rounded (samples) |",
         "|---|---|---|---|",
@@ -206,9 +230,12 @@ def main(
     with tempfile.TemporaryDirectory(prefix="graphprune-latency-") as cache:
         for spec, shape in models:
             rows.append(measure(spec, shape, samples, runs, Path(cache), repeat, seed))
+    from graphprune.efficiency.latency import MIN_SAMPLE_SECONDS
+
     data = {
         "meta": describe_run("smoke" if smoke else "full"),
         "runs": runs,
+        "min_sample_seconds": MIN_SAMPLE_SECONDS,
         "seed": seed,
         "goal_mape_pct": 100 * GOAL_MAPE,
         "rows": rows,

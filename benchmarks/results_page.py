@@ -335,8 +335,8 @@ def summary(results: dict[str, dict[str, Any]]) -> list[str]:
         cells = ", ".join(
             f"{r['model']} {r['held_out_mape_pct']:.1f}%"
             + (
-                f" (without the alignment terms {r['held_out_mape_unaligned_pct']:.1f}%)"
-                if r.get("held_out_mape_unaligned_pct") is not None
+                f" (first predictor {r['held_out_mape_plain_pct']:.1f}%)"
+                if r.get("held_out_mape_plain_pct") is not None
                 else ""
             )
             + (f" (noise floor {r['repeat_mape_pct']:.1f}%)" if r.get("repeat_mape_pct") is not None else "")

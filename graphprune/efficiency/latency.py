@@ -3,14 +3,18 @@ kept channels and blocks, by a model fitted to sub-networks whose latency was me
 
 Predictor: latency ~ c0 + sum over K stages (contiguous runs of conv / linear layers in graph order) of
 terms in kept MACs, kept output activations and alive layers, with non-negative coefficients
-(non-negative least squares). The MACs are split four ways by whether a layer's kept output and input
-channels are multiples of `align` (8): onnxruntime's blocked x86 conv kernels (NCHWc) take only such
-layers, and the others run a slower path, so a sub-network with fewer but unaligned channels can be
-slower than the whole model. Activations are split by the same test. MACs, activations and layer counts
-are exact torch functions of the keep values (`DifferentiableFlops.layer_keeps`), so the prediction is
-differentiable in the gates and blocks (the alignment test is a constant of each step).
-Measurements are cached on disk (JSON lines), keyed by architecture, input shape, threads and the
-onnxruntime version; collecting again only measures what the cache lacks.
+(non-negative least squares). The terms follow onnxruntime's NCHWc layout (`nchwc.NchwcLayout`, probed
+from onnxruntime): a layer its blocked kernels take computes its channels padded to whole blocks, and
+every other layer runs a slower path, so a sub-network with fewer channels in the wrong counts can be
+slower than the whole model. MACs are split four ways (blocked or not, dense or depthwise) and
+activations two ways. MACs, activations and layer counts are exact torch functions of the keep values
+(`DifferentiableFlops.layer_keeps`), so the prediction is differentiable in the gates and blocks (the
+layout and the padding are constants of each step).
+Each sub-network is timed beside the unpruned model in alternating rounds (`PairedTimer`): its time is
+the unpruned model's (the first sample) times the ratio of the two, so that the drift of a shared
+machine between samples cancels. Measurements are cached on disk (JSON lines), keyed by architecture,
+input shape, threads, the onnxruntime version and this protocol; collecting again only measures what
+the cache lacks.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import torch
 from torch import nn
 
 from graphprune.efficiency.diff_flops import DifferentiableFlops
+from graphprune.efficiency.nchwc import NchwcLayout, probe_layout
 from graphprune.errors import GraphpruneError
 from graphprune.fileio import write_text
 from graphprune.graph import PrunableGraph
@@ -41,8 +46,14 @@ from graphprune.plan import PruningPlan
 from graphprune.trace import META_KEY, TensorSpec
 
 ALIGN = 8
-"""Channel multiple of onnxruntime's blocked conv kernels on x86 (8 lanes with AVX2; a multiple of
-AVX-512's 16 is also one of 8). Measured on ResNet-56 and MobileNetV2: docs/methods.md."""
+"""The multiple that half the sampled sub-networks round every kept count to: what `--round-to 8` plans
+look like, so that the predictor sees them."""
+PROTOCOL = "paired-p10"
+"""How a sample is timed (part of the cache key): the ratio of its 10th percentile to the unpruned
+model's, the two timed in alternating rounds, times the unpruned model's own time."""
+TERMS = ("nchwc", "plain")
+"""The predictor's terms: NCHWc-aware (default), or the first predictor's (MACs, activations and alive
+layers per stage)."""
 
 
 class LatencyModelError(GraphpruneError):
@@ -59,10 +70,10 @@ class LatencySample:
 
 
 def cache_key(pg: PrunableGraph, threads: int) -> str:
-    """What a measurement depends on: architecture, input shapes, threads, onnxruntime version."""
+    """What a measurement depends on: architecture, input shapes, threads, onnxruntime version, protocol."""
     import onnxruntime
 
-    text = json.dumps([pg.arch_hash, pg.input_shapes, threads, onnxruntime.__version__])
+    text = json.dumps([pg.arch_hash, pg.input_shapes, threads, onnxruntime.__version__, PROTOCOL])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -170,6 +181,18 @@ class PairedTimer:
         return self.reference_ms * ratio
 
 
+MIN_SAMPLE_SECONDS = 0.25
+"""Each sample's timed calls per model last at least this long at the unpruned model's speed: 30 calls of
+a 1.6 ms CIFAR ResNet-56 left a 10.9% noise floor here, 150 calls 2.0% (docs/results/predictor_error.md)."""
+
+
+def sample_runs(reference_ms: float, runs: int, min_seconds: float = MIN_SAMPLE_SECONDS) -> int:
+    """Timed calls per model for one sample: at least `runs`, and at least `min_seconds` of the unpruned
+    model's calls, in whole rounds of `PairedTimer`'s default 5."""
+    wanted = max(runs, math.ceil(1000 * min_seconds / max(reference_ms, 1e-6)))
+    return 5 * math.ceil(wanted / 5)
+
+
 class SampleCache:
     """Measured samples of one (model, input shape, threads, onnxruntime) key, as JSON lines on disk."""
 
@@ -205,50 +228,61 @@ def collect_samples(
     seed: int = 0,
     runs: int = 30,
     on_sample: Callable[[int, int], None] | None = None,
+    min_seconds: float = MIN_SAMPLE_SECONDS,
 ) -> list[LatencySample]:
-    """`n` measured sub-networks (the unpruned model first), reusing and extending the on-disk cache."""
+    """`n` measured sub-networks (the unpruned model first), reusing and extending the on-disk cache.
+    Each is timed beside the unpruned model, `sample_runs` calls of each."""
     cache = SampleCache(cache_dir, cache_key(pg, threads)) if cache_dir is not None else None
     samples = cache.load() if cache is not None else []
     rng = random.Random(seed + len(samples))
-    while len(samples) < n:
-        blocks: list[str]
-        if not samples:
-            kept, blocks = {g.id: g.size for g in pg.prunable_groups}, []
-        else:
-            kept, blocks = random_sample_plan(pg, rng, align=ALIGN)
-        ms = measure_plan(pg, kept_plan(pg, kept, blocks), threads=threads, runs=runs)
-        samples.append(LatencySample(kept, blocks, ms))
-        if cache is not None:
-            cache.save(samples)
-        if on_sample is not None:
-            on_sample(len(samples), n)
+    with tempfile.TemporaryDirectory() as tmp:
+        timer: PairedTimer | None = None
+        while len(samples) < n:
+            if not samples:
+                whole = {g.id: g.size for g in pg.prunable_groups}
+                ms = measure_plan(pg, kept_plan(pg, whole), threads=threads, runs=runs)
+                samples.append(LatencySample(whole, [], ms))
+            else:
+                kept, blocks = random_sample_plan(pg, rng, align=ALIGN)
+                if timer is None:
+                    many = sample_runs(samples[0].ms, runs, min_seconds)
+                    timer = PairedTimer(pg, tmp, threads=threads, runs=many, reference_ms=samples[0].ms)
+                samples.append(LatencySample(kept, blocks, timer(kept_plan(pg, kept, blocks))))
+            if cache is not None:
+                cache.save(samples)
+            if on_sample is not None:
+                on_sample(len(samples), n)
     return samples[:n]
-
-
-def _aligned(count: torch.Tensor, align: int) -> torch.Tensor:
-    return (torch.round(count) % align == 0).to(torch.float64)
 
 
 class LatencyPredictor(nn.Module):
     """Predicted onnxruntime milliseconds of a sub-network, differentiable in keep values and blocks.
-    `align=0` gives the earlier predictor (kept MACs, activations and alive layers per stage only)."""
+    `terms="plain"` gives the first predictor (kept MACs, activations and alive layers per stage only)."""
 
     features_of_layer: torch.Tensor
     coef: torch.Tensor
     scale: torch.Tensor
     stage_of: torch.Tensor
     acts: torch.Tensor
+    conv: torch.Tensor
 
-    def __init__(self, pg: PrunableGraph, stages: int = 3, align: int = ALIGN) -> None:
+    def __init__(
+        self, pg: PrunableGraph, stages: int = 3, terms: str = "nchwc", layout: NchwcLayout | None = None
+    ) -> None:
         super().__init__()
-        self.align = align
+        if terms not in TERMS:
+            raise LatencyModelError(f"unknown latency terms {terms!r}; known: {', '.join(TERMS)}")
+        self.terms = terms
+        self.layout = layout if layout is not None or terms == "plain" else probe_layout()
         self.flops = DifferentiableFlops(pg)
         nodes = {n.name: n for n in pg.gm.graph.nodes}
-        spatial = []
+        modules = dict(pg.gm.named_modules())
+        spatial, conv = [], []
         for name in self.flops.layer_nodes:
             spec = nodes[name].meta.get(META_KEY)
             shape = spec.shape if isinstance(spec, TensorSpec) else ()
             spatial.append(float(math.prod(shape[2:])) if len(shape) > 2 else 1.0)
+            conv.append(isinstance(modules.get(str(nodes[name].target)), nn.modules.conv._ConvNd))
         n_layers = len(spatial)
         self.stages = max(1, min(stages, n_layers))
         stage = torch.tensor([i * self.stages // max(1, n_layers) for i in range(n_layers)])
@@ -256,7 +290,8 @@ class LatencyPredictor(nn.Module):
         acts = torch.tensor(spatial, dtype=torch.float64) * self.flops.out_channels
         self.register_buffer("stage_of", stage, persistent=False)
         self.register_buffer("acts", acts, persistent=False)
-        per_stage = 7 if align else 3
+        self.register_buffer("conv", torch.tensor(conv, dtype=torch.bool), persistent=False)
+        per_stage = 7 if terms == "nchwc" else 3
         self.register_buffer("coef", torch.zeros(1 + per_stage * self.stages, dtype=torch.float64))
         self.register_buffer("scale", torch.ones(1 + per_stage * self.stages, dtype=torch.float64))
         self.key = ""
@@ -265,21 +300,29 @@ class LatencyPredictor(nn.Module):
     def features(
         self, keep: Mapping[str, torch.Tensor] | None = None, blocks: Mapping[str, torch.Tensor] | None = None
     ) -> torch.Tensor:
-        """[1, per stage: kept MACs, kept output activations, alive layers] (scaled); with `align`, the
-        MACs of layers with aligned output and input channels, aligned output only, aligned input only,
-        neither, then the activations of aligned and other layers, then alive layers."""
+        """[1, per stage: kept MACs, kept output activations, alive layers] (scaled); with the NCHWc
+        terms, the MACs of blocked dense, blocked depthwise, other dense and other depthwise layers (a
+        blocked layer's at its padded counts), then the activations of blocked and other layers, then
+        alive layers."""
         fl = self.flops
         keep_out, keep_in, alive = fl.layer_keeps(keep, blocks)
         macs = fl.layer_flops * keep_out * keep_in * alive
         acts = keep_out * alive * self.acts
         parts = [macs, acts, alive]
-        if self.align:
+        if self.terms == "nchwc":
+            assert self.layout is not None
             with torch.no_grad():
-                a_out = _aligned(keep_out * fl.out_channels, self.align)
-                a_in = torch.where(fl.in_scales, _aligned(keep_in * fl.in_channels, self.align), 1.0)
-            both = a_out * a_in
-            parts = [macs * both, macs * a_out * (1 - a_in), macs * (1 - a_out) * a_in,
-                     macs * (1 - a_out) * (1 - a_in), acts * both, acts * (1 - both), alive]  # fmt: skip
+                out = torch.round(keep_out * fl.out_channels).clamp_min(1)
+                inp = torch.round(keep_in * fl.in_channels).clamp_min(1)
+                depthwise = ~fl.in_scales
+                blocked = self.layout.blocked(out, inp, depthwise, self.conv)
+                pad_out = torch.where(blocked, self.layout.padded(out) / out, 1.0)
+                wide_in = blocked & fl.in_scales & (inp >= self.layout.block)
+                pad_in = torch.where(wide_in, self.layout.padded(inp) / inp, 1.0)
+                b, dw = blocked.to(macs.dtype), depthwise.to(macs.dtype)
+            padded = macs * pad_out * pad_in
+            parts = [padded * b * (1 - dw), padded * b * dw, padded * (1 - b) * (1 - dw),
+                     padded * (1 - b) * dw, acts * pad_out * b, acts * (1 - b), alive]  # fmt: skip
         per_stage = [
             torch.zeros(self.stages, dtype=torch.float64, device=macs.device).index_add(0, self.stage_of, p)
             for p in parts
@@ -337,7 +380,8 @@ class LatencyPredictor(nn.Module):
             "format": "graphprune.latency_model",
             "key": self.key,
             "stages": self.stages,
-            "align": self.align,
+            "terms": self.terms,
+            "layout": asdict(self.layout) if self.layout is not None else None,
             "coef": self.coef.tolist(),
             "scale": self.scale.tolist(),
             "report": self.report,
@@ -358,10 +402,21 @@ class LatencyPredictor(nn.Module):
             raise LatencyModelError(
                 f"{path} was fitted for another model, input shape, thread count or onnxruntime version"
             )
-        model = cls(pg, int(d["stages"]), align=int(d.get("align", 0)))  # files without it: the earlier terms
+        if "terms" not in d and d.get("align"):
+            raise LatencyModelError(
+                f"{path} was fitted with the earlier alignment terms; fit it again (its samples are cached)"
+            )
+        terms = str(d.get("terms", "plain"))  # files from before the terms: the first predictor's
+        layout = NchwcLayout(**d["layout"]) if d.get("layout") else None
+        here = probe_layout()
+        if terms == "nchwc" and layout != here:
+            raise LatencyModelError(
+                f"{path} was fitted for onnxruntime's NCHWc layout {layout}, this machine has {here}"
+            )
+        model = cls(pg, int(d["stages"]), terms=terms, layout=layout)
         if len(d["coef"]) != len(model.coef) or len(d["scale"]) != len(model.scale):
             raise LatencyModelError(
-                f"{path}: {len(d['coef'])} coefficients, but stages {model.stages} and align {model.align} "
+                f"{path}: {len(d['coef'])} coefficients, but stages {model.stages} and terms {model.terms} "
                 f"need {len(model.coef)}"
             )
         model.coef.copy_(torch.tensor(d["coef"], dtype=torch.float64))

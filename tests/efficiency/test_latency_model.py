@@ -18,6 +18,7 @@ from graphprune.efficiency.latency import (
     collect_samples,
     random_sample_plan,
 )
+from graphprune.efficiency.nchwc import NchwcLayout
 from graphprune.models import get_model
 
 
@@ -45,7 +46,7 @@ def test_the_predictor_fits_a_known_function_of_the_channel_counts(resnet20: gp.
     rng = random.Random(0)
     samples = [LatencySample(*random_sample_plan(pg, rng), ms=0.0) for _ in range(60)]
     samples = [LatencySample(s.kept, s.blocks, synthetic_ms(pg, s.kept, s.blocks)) for s in samples]
-    model = LatencyPredictor(pg)
+    model = LatencyPredictor(pg, terms="plain")  # the terms without onnxruntime's padding: linear in MACs
     report = model.fit(samples)
     assert report["mape"] <= 0.02 and report["spearman"] > 0.95
     kept, blocks = random_sample_plan(pg, random.Random(99))
@@ -90,33 +91,71 @@ def test_collection_measures_and_reuses_the_cache(tmp_path: Path) -> None:
         cache.load()
 
 
-def unaligned_ms(pg: gp.PrunableGraph, kept: dict[str, int], blocks: list[str]) -> float:
-    """A known function with onnxruntime's x86 behaviour: MACs of a layer whose kept output channels are
-    not a multiple of 8 cost 3x (the blocked kernels take only aligned layers)."""
+def test_samples_are_timed_beside_the_unpruned_model_whose_cached_time_scales_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import graphprune.efficiency.latency as latency
+
+    pg = gp.trace(random_toynet(1, 2).eval(), torch.randn(1, 3, 16, 16))
+    direct: list[gp.PruningPlan] = []
+    paired: list[int] = []
+
+    def measured(pg: gp.PrunableGraph, plan: gp.PruningPlan, **kw: int) -> float:
+        direct.append(plan)
+        return 2.0 if len(direct) == 1 else 100.0  # a second measurement of the original: a drifted machine
+
+    def ratio(pg: gp.PrunableGraph, plan: gp.PruningPlan, reference: Path, **kw: int) -> float:
+        paired.append(kw["rounds"])
+        return 0.5
+
+    monkeypatch.setattr(latency, "measure_plan", measured)
+    monkeypatch.setattr(latency, "paired_plan_ratio", ratio)
+    first = collect_samples(pg, 3, cache_dir=tmp_path, runs=10)
+    assert [s.ms for s in first] == [2.0, 1.0, 1.0]  # the original timed alone, the others beside it
+    assert len(direct) == 1 and len(paired) == 2 and not first[0].blocks
+    more = collect_samples(pg, 4, cache_dir=tmp_path, runs=10)
+    assert more[:3] == first and more[3].ms == 1.0  # scaled by the cached original, not re-measured
+    assert len(direct) == 1
+
+
+LAYOUT = NchwcLayout(block=16, multiple=4)  # onnxruntime 1.32 with AVX-512; given, so no machine decides
+
+
+def nchwc_ms(pg: gp.PrunableGraph, kept: dict[str, int], blocks: list[str]) -> float:
+    """A known function with onnxruntime's x86 behaviour (`LAYOUT`): a conv whose kept input count is a
+    multiple of 4 (or under 16) runs its output padded to 16 channels; any other costs 3x per MAC."""
     from graphprune.efficiency.diff_flops import DifferentiableFlops
 
     fl = DifferentiableFlops(pg)
     keep = {gid: torch.tensor(float(k)) for gid, k in kept.items()}
     with torch.no_grad():
         k_out, k_in, alive = fl.layer_keeps(keep, {b: torch.tensor(0.0) for b in blocks})
-        macs = fl.layer_flops * k_out * k_in * alive
-        aligned = torch.round(k_out * fl.out_channels) % 8 == 0
-    return float(0.2 + 3e-8 * (macs * torch.where(aligned, 1.0, 3.0)).sum())
+        out, inp = torch.round(k_out * fl.out_channels), torch.round(k_in * fl.in_channels)
+        blocked = (inp % 4 == 0) | (inp < 16)
+        cost = torch.where(blocked, torch.ceil(out / 16) * 16 * inp, 3.0 * out * inp)
+        macs = fl.layer_flops / (fl.out_channels * fl.in_channels) * cost * alive
+    return float(0.2 + 3e-8 * macs.sum())
 
 
-def test_the_alignment_terms_fit_what_counts_alone_cannot(resnet20: gp.PrunableGraph) -> None:
+def test_the_nchwc_terms_fit_what_counts_alone_cannot(resnet20: gp.PrunableGraph) -> None:
     pg = resnet20
     rng = random.Random(0)
     plans = [random_sample_plan(pg, rng, align=8) for _ in range(80)]
     rounded = [all(k % 8 == 0 for k in kept.values()) for kept, _ in plans]
     assert 20 <= sum(rounded) <= 60  # about half the samples keep multiples of 8 everywhere
-    samples = [LatencySample(kept, blocks, unaligned_ms(pg, kept, blocks)) for kept, blocks in plans]
-    with_align = LatencyPredictor(pg).fit(samples)
-    counts_only = LatencyPredictor(pg, align=0).fit(samples)
-    assert with_align["mape"] <= 0.03 < counts_only["mape"]
+    samples = [LatencySample(kept, blocks, nchwc_ms(pg, kept, blocks)) for kept, blocks in plans]
+    nchwc = LatencyPredictor(pg, layout=LAYOUT).fit(samples)
+    counts_only = LatencyPredictor(pg, terms="plain").fit(samples)
+    assert nchwc["mape"] <= 0.03 < counts_only["mape"]
+    # still differentiable in the keep values (the layout and padding are constants of a step)
+    model = LatencyPredictor(pg, layout=LAYOUT)
+    model.fit(samples)
+    keep = {g.id: torch.tensor(float(g.size) - 3, requires_grad=True) for g in pg.prunable_groups}
+    model(keep).backward()
+    assert any(float(v.grad) > 0 for v in keep.values() if v.grad is not None)
 
 
-def test_a_model_saved_before_the_alignment_terms_still_loads(
+def test_saved_models_of_earlier_terms_load_or_are_refused_by_name(
     resnet20: gp.PrunableGraph, tmp_path: Path
 ) -> None:
     pg = resnet20
@@ -125,17 +164,23 @@ def test_a_model_saved_before_the_alignment_terms_still_loads(
         LatencySample(k, b, synthetic_ms(pg, k, b))
         for k, b in (random_sample_plan(pg, rng) for _ in range(12))
     ]
-    old = LatencyPredictor(pg, align=0)
+    old = LatencyPredictor(pg, terms="plain")
     old.key = cache_key(pg, 1)
     old.fit(samples)
     state = old.state()
-    del state["align"]  # the file format before this change
+    del state["terms"], state["layout"]  # the first file format
     (tmp_path / "old.json").write_text(json.dumps(state))
     again = LatencyPredictor.load(pg, tmp_path / "old.json")
-    assert again.align == 0
+    assert again.terms == "plain"
     assert again.predict_counts(samples[0].kept) == pytest.approx(old.predict_counts(samples[0].kept))
-    state["align"] = 8  # a file whose coefficients do not fit its terms: an error naming it
-    (tmp_path / "bad.json").write_text(json.dumps(state))
+    (tmp_path / "aligned.json").write_text(json.dumps({**state, "align": 8}))  # the alignment terms' format
+    with pytest.raises(LatencyModelError, match="aligned.json was fitted with the earlier alignment terms"):
+        LatencyPredictor.load(pg, tmp_path / "aligned.json")
+    other = {**state, "terms": "nchwc", "layout": {"block": 3, "multiple": 1}}  # no machine has this
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(LatencyModelError, match="other.json was fitted for onnxruntime's NCHWc layout"):
+        LatencyPredictor.load(pg, tmp_path / "other.json")
+    (tmp_path / "bad.json").write_text(json.dumps({**state, "terms": "plain", "stages": 2}))
     with pytest.raises(LatencyModelError, match="bad.json: 10 coefficients"):
         LatencyPredictor.load(pg, tmp_path / "bad.json")
 
