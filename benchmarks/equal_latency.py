@@ -42,7 +42,7 @@ import torch
 
 import graphprune as gp
 from graphprune import shared
-from graphprune.efficiency.latency import export_plan, paired_plan_ratio
+from graphprune.efficiency.latency import TERMS, export_plan, paired_plan_ratio
 from graphprune.errors import PlanError
 from graphprune.fileio import write_text
 from graphprune.latency import interleaved_latency
@@ -67,9 +67,13 @@ VARIED = ("span_floor", "calibrate_every")
 
 
 def variant(options: dict[str, Any]) -> str:
-    """The tag of a set by the W-Gates options it sets ("": the method's defaults), e.g. "-floor1-cal0"."""
+    """The tag of a set by the W-Gates options it sets ("": the method's defaults), e.g. "-floor1-cal0",
+    then by the latency predictor's terms where a record names others than the current default (sets
+    run with an earlier predictor)."""
     short = {"span_floor": "floor", "calibrate_every": "cal"}
-    return "".join(f"-{short[k]}{options[k]:g}" for k in VARIED if options.get(k) is not None)
+    tag = "".join(f"-{short[k]}{options[k]:g}" for k in VARIED if options.get(k) is not None)
+    terms = options.get("latency_terms")
+    return tag + (f"-{terms}" if terms not in (None, TERMS[0]) else "")
 
 
 def record_file(out: Path, mode: str, arm: str, ratio: float, seed: int, tag: str = "") -> Path:
@@ -220,7 +224,8 @@ def run_arm(
     gate_steps = max(1, round(GATE_SHARE * budget))
     record: dict[str, Any] = {
         "mode": spec["name"], "model": block.model, "weights": block.weights, "arm": arm, "seed": seed,
-        "ratio": ratio, **{k: spec.get(k) for k in VARIED}, "tolerance": tolerance, "round_to": ROUND_TO,
+        "ratio": ratio, **{k: spec.get(k) for k in VARIED}, "latency_terms": TERMS[0], "tolerance": tolerance,
+        "round_to": ROUND_TO,
         "threads": threads, "device": device,
         "budget_steps": budget, "gate_steps": gate_steps, "commit": run_meta.versions()["git"],
         "code": run_meta.code_version("graphprune/methods"), "command": run_meta.command_line(),
@@ -335,7 +340,12 @@ def markdown(summaries: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         lines += [
             f"## Latency target {s['ratio']:g} of the original, seed {s['seed']}"
             + (f", W-Gates' stream floor {s['span_floor']:g}" if s.get("span_floor") is not None else "")
-            + (f", calibrate_every {s['calibrate_every']:g}" if s.get("calibrate_every") is not None else ""),
+            + (f", calibrate_every {s['calibrate_every']:g}" if s.get("calibrate_every") is not None else "")
+            + (
+                f", predictor terms {s['latency_terms']}"
+                if s.get("latency_terms") not in (None, TERMS[0])
+                else ""
+            ),
             "",
             "| arm | FLOPs kept | latency (ms) | vs original | vs wgates-latency | val after BN recal | "
             "final val | test |",
@@ -449,6 +459,7 @@ def main(
             timing = time_finals(records, original, spec, threads)
             summaries[f"{ratio:g}{tag}/seed{seed}"] = {
                 "ratio": ratio, "seed": seed, **{k: records[0].get(k) for k in VARIED},
+                "latency_terms": records[0].get("latency_terms"),
                 **summarise(records, timing, tolerance),
             }  # fmt: skip
         meta = {
