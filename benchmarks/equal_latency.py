@@ -46,6 +46,7 @@ from graphprune.efficiency.latency import TERMS, export_plan, paired_plan_ratio
 from graphprune.errors import PlanError
 from graphprune.fileio import write_text
 from graphprune.latency import interleaved_latency
+from graphprune.methods.wgates.repair import BudgetError
 from graphprune.modelspec import resolve_model
 from graphprune.weights import load_weights
 
@@ -143,7 +144,6 @@ def prune_arm(
     """The pruned model of `arm`, the folder its fine-tune goes to, and what to record of the pruning
     (`plan_ratio`: its latency over the original's; `level`: wgates-latency's, which the others match)."""
     from graphprune.methods import Budget
-    from graphprune.methods.wgates.repair import BudgetError
 
     pg = gp.trace(baseline, x)
     original = work / "original.onnx"
@@ -336,6 +336,15 @@ def markdown(summaries: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         "every peer within the tolerance of wgates-latency's latency, wgates-latency first on test top-1.",
         "",
     ]
+    for r in meta.get("out_of_reach", []):
+        options = variant(r)
+        lines += [
+            f"- Out of reach, so no set: latency target {r['ratio']:g}, seed {r['seed']}"
+            + (f" ({options.lstrip('-')})" if options else "")
+            + f": {r['error']}",
+        ]
+    if meta.get("out_of_reach"):
+        lines.append("")
     for s in summaries.values():
         lines += [
             f"## Latency target {s['ratio']:g} of the original, seed {s['seed']}"
@@ -421,6 +430,9 @@ def main(
             for seed in seeds or (0,):
                 for arm in ARMS:
                     path = record_file(out, mode_name, arm, ratio, seed, variant(spec))
+                    first = record_file(out, mode_name, ARMS[0], ratio, seed, variant(spec))
+                    if first.is_file() and json.loads(first.read_text()).get("status") != "ok":
+                        break  # the latency target is out of reach: no level for the peers to match
                     if path.is_file():
                         continue
                     if data is None:
@@ -428,7 +440,16 @@ def main(
                             "cifar10:", limit=suite.data_limit, val_split=suite.val_images, val_seed=0
                         )
                     trained = True
-                    rec = run_arm(arm, seed, spec, ratio, tolerance, data, work, out, threads, device)
+                    try:
+                        rec = run_arm(arm, seed, spec, ratio, tolerance, data, work, out, threads, device)
+                    except BudgetError as exc:
+                        if arm != ARMS[0]:
+                            raise
+                        unreachable = {"arm": arm, "ratio": ratio, "seed": seed, "status": "out of reach"}
+                        rec = {**unreachable, **{k: spec.get(k) for k in VARIED}, "error": str(exc)}
+                        write_text(path, json.dumps({**rec, "latency_terms": TERMS[0]}, indent=1) + "\n")
+                        click.echo(f"{path.stem}: {exc}; the set is skipped", file=sys.stderr)
+                        break
                     write_text(path, json.dumps(rec, indent=1) + "\n")
                     shown = (
                         f"test top-1 {rec['test_top1']:.2f}, FLOPs {rec['flops_ratio']:.3f}, "
@@ -468,6 +489,11 @@ def main(
             "passes": spec["passes"], "tolerance": tolerance, "load_average": os.getloadavg()[0],
         }  # fmt: skip
         name = "equal_latency" if mode_name == "quick" else f"equal_latency_{mode_name}"
+        meta["out_of_reach"] = [
+            {k: r.get(k) for k in ("ratio", "seed", *VARIED, "latency_terms", "error")}
+            for path in sorted((out / "equal_latency" / mode_name).glob(f"{ARMS[0]}@*.json"))
+            if (r := json.loads(path.read_text())).get("status") != "ok"
+        ]
         write_text(out / f"{name}.json", json.dumps({"meta": meta, "sets": summaries}, indent=1) + "\n")
         write_text(out / f"{name}.md", markdown(summaries, meta) + "\n")
         click.echo(f"wrote {out / name}.json and .md")

@@ -97,3 +97,14 @@ def test_smoke_mode_matches_every_peer_and_resumes(tmp_path: Path, shared_dir: P
     assert "Claim **" in page and "of 1 sets" in page
     again = run_script(BENCHMARKS / "equal_latency.py", *args)  # every arm recorded: only re-timed
     assert "test top-1" not in again.stderr
+    # a latency target the method cannot reach: recorded once, no set, named on the page
+    far = run_script(BENCHMARKS / "equal_latency.py", *args, "--ratio", "0.05")
+    assert "the set is skipped" in far.stderr
+    first = json.loads((tmp_path / "equal_latency" / "smoke" / "wgates-latency@0.05-seed0.json").read_text())
+    assert first["status"] == "out of reach" and "out of reach" in first["error"]
+    assert not (tmp_path / "equal_latency" / "smoke" / "l1@0.05-seed0.json").exists()
+    assert (
+        "Out of reach, so no set: latency target 0.05, seed 0"
+        in (tmp_path / "equal_latency_smoke.md").read_text()
+    )
+    assert "skipped" not in run_script(BENCHMARKS / "equal_latency.py", *args, "--ratio", "0.05").stderr
