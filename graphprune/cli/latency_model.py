@@ -22,8 +22,9 @@ Examples:
 """,
     help="Measure the onnxruntime latency of random sub-networks of MODEL (random kept channels and blocks) "
     "and fit the Efficiency Module's latency predictor to them; print its held-out error (MAPE) and "
-    "rank correlation. Measurements are cached (keyed by model, input shape, threads and onnxruntime "
-    "version), so running again only measures what is missing. Use the file with "
+    "rank correlation. Each sub-network is timed beside the unpruned model, in alternating rounds. "
+    "Measurements are cached (keyed by model, input shape, threads and onnxruntime version), so running "
+    "again only measures what is missing. Use the file with "
     "`prune --method wgates --target-latency ...`.\n" + MODEL_HELP,
 )
 @model_options
@@ -35,7 +36,11 @@ Examples:
     "--threads", default=1, show_default=True, type=click.IntRange(1), help="onnxruntime intra-op threads."
 )
 @click.option(
-    "--runs", default=30, show_default=True, type=click.IntRange(1), help="Timed runs per sub-network."
+    "--runs",
+    default=30,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Timed runs per sub-network, at least (and at least 0.25 s of the unpruned model's runs).",
 )
 @click.option(
     "--cache-dir",
@@ -92,5 +97,13 @@ def latency_model(
     t.add_row("held-out MAPE", f"{100 * r['mape']:.2f}%" if "mape" in r else "-")
     t.add_row("held-out Spearman", f"{r['spearman']:.3f}" if "spearman" in r else "-")
     t.add_row("fit MAPE", f"{100 * r['train_mape']:.2f}%")
+    layout = predictor.layout
+    if layout is not None:
+        t.add_row(
+            "onnxruntime NCHWc layout",
+            f"blocks of {layout.block}, input counts a multiple of {layout.multiple}"
+            if layout.block
+            else "none",
+        )
     t.add_row("written", str(out))
     stdout().print(t)

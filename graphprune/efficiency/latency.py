@@ -294,6 +294,9 @@ class LatencyPredictor(nn.Module):
         per_stage = 7 if terms == "nchwc" else 3
         self.register_buffer("coef", torch.zeros(1 + per_stage * self.stages, dtype=torch.float64))
         self.register_buffer("scale", torch.ones(1 + per_stage * self.stages, dtype=torch.float64))
+        self.round_to = 1
+        """With NCHWc terms, layers are costed at their counts rounded to this (a method's read-off
+        rounding): gates trained toward a budget are then costed as the architecture they will leave."""
         self.key = ""
         self.report: dict[str, Any] = {}
 
@@ -312,22 +315,31 @@ class LatencyPredictor(nn.Module):
         if self.terms == "nchwc":
             assert self.layout is not None
             with torch.no_grad():
-                out = torch.round(keep_out * fl.out_channels).clamp_min(1)
-                inp = torch.round(keep_in * fl.in_channels).clamp_min(1)
+                out_now = torch.round(keep_out * fl.out_channels).clamp_min(1)
+                in_now = torch.round(keep_in * fl.in_channels).clamp_min(1)
+                out, inp = self._planned(out_now, fl.out_channels), self._planned(in_now, fl.in_channels)
                 depthwise = ~fl.in_scales
                 blocked = self.layout.blocked(out, inp, depthwise, self.conv)
-                pad_out = torch.where(blocked, self.layout.padded(out) / out, 1.0)
+                # a layer costs its planned counts, padded to whole blocks where blocked
+                pad_out = torch.where(blocked, self.layout.padded(out), out) / out_now
                 wide_in = blocked & fl.in_scales & (inp >= self.layout.block)
-                pad_in = torch.where(wide_in, self.layout.padded(inp) / inp, 1.0)
+                pad_in = torch.where(wide_in, self.layout.padded(inp), inp) / in_now
                 b, dw = blocked.to(macs.dtype), depthwise.to(macs.dtype)
             padded = macs * pad_out * pad_in
             parts = [padded * b * (1 - dw), padded * b * dw, padded * (1 - b) * (1 - dw),
-                     padded * (1 - b) * dw, acts * pad_out * b, acts * (1 - b), alive]  # fmt: skip
+                     padded * (1 - b) * dw, acts * pad_out * b, acts * pad_out * (1 - b), alive]  # fmt: skip
         per_stage = [
             torch.zeros(self.stages, dtype=torch.float64, device=macs.device).index_add(0, self.stage_of, p)
             for p in parts
         ]
         return torch.cat([macs.new_ones(1), *per_stage]) / self.scale
+
+    def _planned(self, count: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+        """The count a read-off rounding to `round_to` makes of `count` (a multiple of it, or the whole)."""
+        r = self.round_to
+        if r <= 1:
+            return count
+        return torch.where(full <= r, count, torch.minimum(full, (torch.round(count / r) * r).clamp_min(r)))
 
     def forward(
         self, keep: Mapping[str, torch.Tensor] | None = None, blocks: Mapping[str, torch.Tensor] | None = None

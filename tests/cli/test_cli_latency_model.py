@@ -13,7 +13,7 @@ def test_latency_model_fits_reports_and_reuses_the_cache(tmp_path: Path) -> None
     args += ["--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "lat.json")]
     first = CliRunner().invoke(cli, args)
     assert first.exit_code == 0, first.output
-    assert "held-out MAPE" in first.output
+    assert "held-out MAPE" in first.output and "NCHWc layout" in first.output
     model = json.loads((tmp_path / "lat.json").read_text())
     assert model["format"] == "graphprune.latency_model" and model["report"]["samples"] == 8
     cached = list((tmp_path / "cache").glob("latency-*.jsonl"))

@@ -155,6 +155,31 @@ def test_the_nchwc_terms_fit_what_counts_alone_cannot(resnet20: gp.PrunableGraph
     assert any(float(v.grad) > 0 for v in keep.values() if v.grad is not None)
 
 
+def test_a_rounding_predictor_costs_the_counts_its_read_off_will_keep(resnet20: gp.PrunableGraph) -> None:
+    """W-Gates trains gates on arbitrary counts but reads off multiples of `round_to`: with `round_to` the
+    predictor costs the rounded architecture (all blocked here), not the uneven one (mostly not)."""
+    from graphprune.criteria import rounded_kept
+
+    pg = resnet20
+    rng = random.Random(3)
+    samples = [
+        LatencySample(k, b, nchwc_ms(pg, k, b)) for k, b in (random_sample_plan(pg, rng) for _ in range(60))
+    ]
+    model = LatencyPredictor(pg, layout=LAYOUT)
+    model.fit(samples)
+    uneven = {g.id: g.size - 3 for g in pg.prunable_groups}  # 13, 29, 61: none blocked after them
+    rounded = {gid: rounded_kept(pg.group(gid).size, k, 8) for gid, k in uneven.items()}
+    as_is = model.predict_counts(uneven)
+    model.round_to = 8
+    assert model.predict_counts(uneven) == pytest.approx(model.predict_counts(rounded), rel=1e-4)
+    model.round_to = 1
+    assert model.predict_counts(rounded) < as_is  # the uneven counts run the slow path
+    keep = {gid: torch.tensor(float(k), requires_grad=True) for gid, k in uneven.items()}
+    model.round_to = 8
+    model(keep).backward()  # still differentiable in the counts
+    assert any(float(v.grad) > 0 for v in keep.values() if v.grad is not None)
+
+
 def test_saved_models_of_earlier_terms_load_or_are_refused_by_name(
     resnet20: gp.PrunableGraph, tmp_path: Path
 ) -> None:

@@ -33,6 +33,7 @@ def latency_cost(ctx: MethodContext, pg: PrunableGraph, groups: list[str], scale
             cache_dir=opts.get("latency_cache") or default_cache_dir(),
         )
 
+    predictor.round_to = int(opts.get("round_to") or 1)  # cost the counts the read-off will keep
     # each measured cost is the original's time times a ratio timed beside it: a ratio target holds
     # however far the one absolute measurement of the original is off
     folder = ctx.run_dir or Path(tempfile.mkdtemp(prefix="graphprune-latency-"))  # holds the original's ONNX
