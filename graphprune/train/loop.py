@@ -169,6 +169,21 @@ def check_resumable(ckpt: dict[str, Any], cfg: TrainConfig, data_tag: dict[str, 
         )
 
 
+def check_same_model(ckpt: dict[str, Any], model: nn.Module, stage: str) -> None:
+    """Raise unless the checkpoint holds a state of `model`'s architecture (names and shapes): a run
+    directory resumed for another model, e.g. a plan that came out differently, is named, not loaded."""
+    saved, here = ckpt["model"], model.state_dict()
+    for name in sorted(set(saved) | set(here)):
+        there = tuple(saved[name].shape) if name in saved else None
+        now = tuple(here[name].shape) if name in here else None
+        if there != now:
+            raise GraphpruneError(
+                f"cannot resume stage {stage}: its checkpoint is of another model ({name}: "
+                f"{list(there) if there is not None else 'absent'} there, "
+                f"{list(now) if now is not None else 'absent'} here); start a new run directory"
+            )
+
+
 def _setup_threads(cfg: TrainConfig, info: distributed.DistInfo) -> None:
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // info.local_world_size)
     torch.set_num_threads(threads)
@@ -232,6 +247,7 @@ def fit(
     ckpt = state.load_checkpoint(run_dir, stage) if resume and run_dir is not None else None
     if ckpt is not None:
         check_resumable(ckpt, cfg, _data_tag(data), stage)
+        check_same_model(ckpt, model, stage)
     if resume and run_dir is not None and (done := state.read_done(run_dir, stage)) is not None:
         if ckpt is None or done["steps"] >= end:  # nothing more to train: the finished stage's result
             if ckpt is not None:

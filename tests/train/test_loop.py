@@ -178,6 +178,19 @@ def test_resume_on_other_data_is_an_error(tmp_path: Path) -> None:
         fit(tiny_net(), tiny_bundle(n_train=48), quiet(epochs=2), run_dir=tmp_path, resume=True)
 
 
+def test_resume_for_another_architecture_names_the_tensor(tmp_path: Path) -> None:
+    """A run directory resumed with a model of other shapes (a pruning plan that came out differently)
+    is refused with the first tensor that differs, not loaded into a crash."""
+    from graphprune.errors import GraphpruneError
+
+    data = tiny_bundle()
+    fit(tiny_net(), data, quiet(epochs=1, max_steps=2), run_dir=tmp_path)
+    with pytest.raises(GraphpruneError, match=r"another model \(5.bias: \[4\] there, \[5\] here\)"):
+        fit(tiny_net(classes=5), data, quiet(epochs=2), run_dir=tmp_path, resume=True)
+    with pytest.raises(GraphpruneError, match=r"another model \(1.bias: \[8\] there, absent here\)"):
+        fit(tiny_net(bn=False), data, quiet(epochs=2), run_dir=tmp_path, resume=True)
+
+
 def test_a_resumed_run_logs_each_step_once(tmp_path: Path) -> None:
     data = tiny_bundle()
     calls = {"n": 0}
