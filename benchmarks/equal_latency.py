@@ -428,11 +428,11 @@ def main(
         data, trained = None, False
         for ratio in ratios or (0.6,):
             for seed in seeds or (0,):
+                first = record_file(out, mode_name, ARMS[0], ratio, seed, variant(spec))
+                if first.is_file() and json.loads(first.read_text()).get("status") != "ok":
+                    continue  # the latency target is out of reach: no level for the peers to match
                 for arm in ARMS:
                     path = record_file(out, mode_name, arm, ratio, seed, variant(spec))
-                    first = record_file(out, mode_name, ARMS[0], ratio, seed, variant(spec))
-                    if first.is_file() and json.loads(first.read_text()).get("status") != "ok":
-                        break  # the latency target is out of reach: no level for the peers to match
                     if path.is_file():
                         continue
                     if data is None:
@@ -445,9 +445,11 @@ def main(
                     except BudgetError as exc:
                         if arm != ARMS[0]:
                             raise
-                        unreachable = {"arm": arm, "ratio": ratio, "seed": seed, "status": "out of reach"}
-                        rec = {**unreachable, **{k: spec.get(k) for k in VARIED}, "error": str(exc)}
-                        write_text(path, json.dumps({**rec, "latency_terms": TERMS[0]}, indent=1) + "\n")
+                        rec = {
+                            "arm": arm, "ratio": ratio, "seed": seed, **{k: spec.get(k) for k in VARIED},
+                            "latency_terms": TERMS[0], "status": "out of reach", "error": str(exc),
+                        }  # fmt: skip
+                        write_text(path, json.dumps(rec, indent=1) + "\n")
                         click.echo(f"{path.stem}: {exc}; the set is skipped", file=sys.stderr)
                         break
                     write_text(path, json.dumps(rec, indent=1) + "\n")

@@ -116,7 +116,7 @@ def measure(
         "held_out_mape_pct": cv[predictor.terms],
         "held_out_mape_plain_pct": cv["plain"],
         "first_split_mape_pct": 100 * r["mape"] if "mape" in r else None,
-        # what the alignment terms are for: sub-networks whose every count is a multiple of ALIGN, or not
+        # what the NCHWc terms are for: sub-networks whose every count is a multiple of ALIGN, or not
         "unpruned_ms": measured[0].ms,
         "calls": sample_runs(measured[0].ms, runs),
         **aligned_medians(pg, measured),
@@ -218,6 +218,7 @@ def main(
     smoke: bool, samples: int, runs: int, repeat: int, only: tuple[str, ...], seed: int, out: Path
 ) -> None:
     """Measure the held-out error of the latency predictor; write predictor_error.{json,md}."""
+    from graphprune.efficiency.latency import MIN_SAMPLE_SECONDS
     from graphprune.fileio import write_text
 
     torch.set_num_threads(1)
@@ -230,8 +231,6 @@ def main(
     with tempfile.TemporaryDirectory(prefix="graphprune-latency-") as cache:
         for spec, shape in models:
             rows.append(measure(spec, shape, samples, runs, Path(cache), repeat, seed))
-    from graphprune.efficiency.latency import MIN_SAMPLE_SECONDS
-
     data = {
         "meta": describe_run("smoke" if smoke else "full"),
         "runs": runs,

@@ -182,8 +182,8 @@ class PairedTimer:
 
 
 MIN_SAMPLE_SECONDS = 0.25
-"""Each sample's timed calls per model last at least this long at the unpruned model's speed: 30 calls of
-a 1.6 ms CIFAR ResNet-56 left a 10.9% noise floor here, 150 calls 2.0% (docs/results/predictor_error.md)."""
+"""Each sample's timed calls per model last at least this long at the unpruned model's speed, so that a
+1.5 ms CIFAR ResNet-56 gets 170 calls rather than 30 (its noise floor: docs/results/predictor_error.md)."""
 
 
 def sample_runs(reference_ms: float, runs: int, min_seconds: float = MIN_SAMPLE_SECONDS) -> int:
@@ -259,7 +259,6 @@ class LatencyPredictor(nn.Module):
     """Predicted onnxruntime milliseconds of a sub-network, differentiable in keep values and blocks.
     `terms="plain"` gives the first predictor (kept MACs, activations and alive layers per stage only)."""
 
-    features_of_layer: torch.Tensor
     coef: torch.Tensor
     scale: torch.Tensor
     stage_of: torch.Tensor
@@ -420,8 +419,7 @@ class LatencyPredictor(nn.Module):
             )
         terms = str(d.get("terms", "plain"))  # files from before the terms: the first predictor's
         layout = NchwcLayout(**d["layout"]) if d.get("layout") else None
-        here = probe_layout()
-        if terms == "nchwc" and layout != here:
+        if terms == "nchwc" and layout != (here := probe_layout()):
             raise LatencyModelError(
                 f"{path} was fitted for onnxruntime's NCHWc layout {layout}, this machine has {here}"
             )
