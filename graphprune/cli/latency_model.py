@@ -9,6 +9,7 @@ import click
 from graphprune.cli.console import stdout, table
 from graphprune.cli.options import MODEL_HELP, model_options
 from graphprune.cli.pipeline import resolve, trace
+from graphprune.efficiency.latency import MIN_SAMPLE_SECONDS
 from graphprune.errors import OutputError
 
 
@@ -40,7 +41,8 @@ Examples:
     default=30,
     show_default=True,
     type=click.IntRange(1),
-    help="Timed runs per sub-network, at least (and at least 0.25 s of the unpruned model's runs).",
+    help=f"Timed runs per sub-network, at least (and at least {MIN_SAMPLE_SECONDS:g} s of the unpruned "
+    "model's runs).",
 )
 @click.option(
     "--cache-dir",

@@ -161,14 +161,18 @@ def paired_plan_ratio(
 class PairedTimer:
     """Milliseconds of the sub-networks of `pg`: the unpruned model's time (measured here, or given) times
     the ratio timed beside it (`paired_plan_ratio`, `rounds` rounds sharing `runs` timed calls). Keeps
-    the unpruned model's ONNX file in `directory`."""
+    the unpruned model's ONNX file in `directory` (None: a temporary folder removed with the timer)."""
 
     def __init__(
-        self, pg: PrunableGraph, directory: str | os.PathLike[str], *, threads: int = 1, runs: int = 30,
-        rounds: int = 5, reference_ms: float | None = None,
+        self, pg: PrunableGraph, directory: str | os.PathLike[str] | None, *, threads: int = 1,
+        runs: int = 30, rounds: int = 5, reference_ms: float | None = None,
     ) -> None:  # fmt: skip
         whole = PruningPlan.for_graph(pg)
         self.pg, self.threads, self.rounds, self.runs = pg, threads, rounds, max(1, runs // rounds)
+        self._tmp = None
+        if directory is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="graphprune-latency-")
+            directory = self._tmp.name
         self.reference = Path(directory) / "latency_reference.onnx"
         self.reference.parent.mkdir(parents=True, exist_ok=True)
         export_plan(pg, whole, self.reference)

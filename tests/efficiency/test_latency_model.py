@@ -227,3 +227,17 @@ def test_a_paired_timer_scales_the_given_reference_time_by_a_timed_ratio(
     assert timer.reference_ms == 100.0 and (tmp_path / "latency_reference.onnx").is_file()
     assert timer(gp.PruningPlan.for_graph(pg)) == 25.0  # the reference time times the timed ratio
     assert calls == [(tmp_path / "latency_reference.onnx", {"threads": 1, "rounds": 3, "runs": 2})]
+
+
+def test_a_paired_timer_without_a_folder_removes_its_own() -> None:
+    import gc
+
+    import graphprune.efficiency.latency as latency
+
+    pg = gp.trace(get_model("cifar_resnet20").eval(), torch.randn(1, 3, 32, 32))
+    timer = latency.PairedTimer(pg, None, reference_ms=1.0)
+    folder = timer.reference.parent
+    assert timer.reference.is_file()
+    del timer
+    gc.collect()
+    assert not folder.exists()  # no graphprune-latency-* folder left behind

@@ -180,3 +180,41 @@ def test_a_measured_budget_calibrates_the_prediction_against_the_read_off(
             assert calibrated[0] == pytest.approx(2.0, rel=0.05)  # all open: measured / predicted
     assert off[0] == pytest.approx(1.0)  # uncalibrated: the predictor saw no excess, every gate stayed open
     assert off[4] < 0.75  # calibrated: gates closed toward the measured budget
+
+
+def test_a_resumed_wgates_run_reuses_its_decision(
+    resnet20: gp.PrunableGraph, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A measured repair can decide differently on a second try; resumed, the finished gate stage's plan
+    (which the later stages' checkpoints were trained on) is reused, until the stage is trained again."""
+    import graphprune.methods.wgates.method as wmethod
+    from graphprune.train.state import mark_done, read_done
+
+    model = get_model("cifar_resnet20").eval()
+    model.load_state_dict(resnet20.gm.state_dict(), strict=False)
+
+    def run() -> gp.PruningPlan:
+        ctx = MethodContext(
+            model=model, example_inputs=resnet20.example_inputs, pg=resnet20,
+            budget=Budget(target_flops=0.5), data=tiny_data(), run_dir=tmp_path, resume=True,
+            train_cfg=TrainConfig(epochs=1, max_steps=2, batch_size=16, verbose=False,
+                                  eval_every_epoch=False, device="cpu"),
+        )  # fmt: skip
+        return get_method("wgates")(ctx).plan
+
+    first = run()
+    assert (tmp_path / "wgates_decision.json").is_file()
+    calls = []
+    real_repair = wmethod.repair
+
+    def other_repair(pg, plan, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        out, done = real_repair(pg, plan, *args, **kwargs)
+        return out.remove_channels("conv1", [0, 1]), done  # a different decision
+
+    monkeypatch.setattr(wmethod, "repair", other_repair)
+    again = run()
+    assert not calls and again.channels == first.channels and again.blocks == first.blocks
+    mark_done(tmp_path, "wgates", {**(read_done(tmp_path, "wgates") or {}), "trained_again": True})
+    decided = run()
+    assert calls and decided.channels != first.channels  # the stage changed: decided afresh

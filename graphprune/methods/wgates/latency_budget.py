@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from graphprune.efficiency.latency import LatencyPredictor, PairedTimer, build_latency_model
@@ -36,8 +35,7 @@ def latency_cost(ctx: MethodContext, pg: PrunableGraph, groups: list[str], scale
     predictor.round_to = int(opts.get("round_to") or 1)  # cost the counts the read-off will keep
     # each measured cost is the original's time times a ratio timed beside it: a ratio target holds
     # however far the one absolute measurement of the original is off
-    folder = ctx.run_dir or Path(tempfile.mkdtemp(prefix="graphprune-latency-"))  # holds the original's ONNX
-    measure = PairedTimer(pg, folder, threads=threads, runs=60, rounds=6)
+    measure = PairedTimer(pg, ctx.run_dir, threads=threads, runs=60, rounds=6)  # keeps the original's ONNX
     original = measure.reference_ms
     b = ctx.budget
     target = (

@@ -6,7 +6,8 @@ own learning rate, no weight decay) while the budget raises one threshold shared
 (`budget_form="threshold"`: dual ascent on the predicted cost's relative excess), so that the task
 loss, i.e. importance, decides which gates fall under it. At the end the gates are read off into a plan,
 and the repair step moves channels until the *measured* cost is within the target. The pipeline then
-applies the plan and fine-tunes.
+applies the plan and fine-tunes. The decision is saved (`<stage>_decision.json`): a resumed run reuses it
+rather than measuring its repair again.
 
 Options (`ctx.options`): gate_hidden (16), gate_lr (0.01), budget_form ("threshold"; "hinge" or
 "squared" put `budget_weight` x the excess on every gate in proportion to its cost, the earlier form),
@@ -41,6 +42,7 @@ from graphprune.methods.wgates.repair import repair
 from graphprune.passes.channel_gates import InsertChannelGates, RemoveChannelGates, gate_slots
 from graphprune.plan import PruningPlan
 from graphprune.train import TrainConfig, fit
+from graphprune.train.state import read_done
 
 
 def stage_config(ctx: MethodContext, index: int = 0) -> TrainConfig | None:
@@ -163,6 +165,9 @@ def gate_channels(
             resume=ctx.resume,
         )
     gm.cpu().eval()
+    trained = RemoveChannelGates()(gm).graph_module
+    if ctx.resume and (decided := saved_decision(ctx.run_dir, stage, pg)) is not None:
+        return decided[0], trained, decided[1], [p for p in decided[2] if p.is_file()]
     scores = gate_scores(gm)
     keep = {gid: torch.from_numpy((s > 0).astype(np.float64)) for gid, s in scores.items()}
     predicted = float(cost.predict(keep))
@@ -175,7 +180,6 @@ def gate_channels(
         pg, plan, scores, cost.measure, cost.target, max_ratio=max_ratio, round_to=round_to,
         keep_at_least=floors,
     )  # fmt: skip
-    trained = RemoveChannelGates()(gm).graph_module
     kept = {gid: (pg.group(gid).size - len(plan.channels.get(gid, ())), pg.group(gid).size) for gid in scores}
     opened = [h["open_ratio"] for h in history]
     report: dict[str, Any] = {
@@ -205,7 +209,45 @@ def gate_channels(
         write_text(Path(ctx.run_dir) / f"{stage}.json", json.dumps(details, indent=1) + "\n")
         if history:
             plots.append(_plot_open_ratio(history, Path(ctx.run_dir) / f"{stage}_open_ratio.png"))
+        save_decision(ctx.run_dir, stage, plan, report, plots)
     return plan, trained, report, plots
+
+
+DECISION_FILE = "{stage}_decision.json"
+
+
+def save_decision(
+    run_dir: str | Path, stage: str, plan: PruningPlan, report: dict[str, Any], plots: list[Path]
+) -> None:
+    """Persist the stage's read-off and repaired plan with its report, for a resumed run to reuse: the
+    repair measures latency, so deciding again after a kill could give another plan than the one the
+    later stages' checkpoints were trained on. Tied to the gate stage's `done.json`."""
+    record = {
+        "stage_done": read_done(run_dir, stage),
+        "plan": plan.to_dict(),
+        "report": report,
+        "plots": [p.name for p in plots],
+    }
+    write_text(Path(run_dir) / DECISION_FILE.format(stage=stage), json.dumps(record, indent=1) + "\n")
+
+
+def saved_decision(
+    run_dir: str | Path | None, stage: str, pg: PrunableGraph
+) -> tuple[PruningPlan, dict[str, Any], list[Path]] | None:
+    """The plan, report and plots `save_decision` wrote for this gate stage, or None when there is none
+    or the stage has been trained since (its `done.json` differs). A plan for another model raises."""
+    if run_dir is None:
+        return None
+    path = Path(run_dir) / DECISION_FILE.format(stage=stage)
+    done = read_done(run_dir, stage)
+    if not path.is_file() or done is None:
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    if record.get("stage_done") != done:
+        return None
+    plan = PruningPlan.from_dict(record["plan"], source=str(path))
+    plan.validate(pg)
+    return plan, record["report"], [Path(run_dir) / name for name in record["plots"]]
 
 
 def _stage_steps(cfg: TrainConfig, data: Any) -> int:
