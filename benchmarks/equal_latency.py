@@ -14,6 +14,10 @@ quarter of it, KD from the baseline, BatchNorm recalibrated before the fine-tune
 - `l1`: the L1 criterion (global, data-free) at the largest FLOPs target on a grid whose measured latency
   is within the tolerance: the peer gets every FLOP that fits.
 
+A peer's candidates are timed beside wgates-latency's own export (its ratio to it times the level), so
+that an error in the level's one measurement does not move the match (records before 2026-12-07 19:00
+were timed beside the original, and their final timing put peers up to 11% off the level).
+
 Latency is onnxruntime on the CPU, 1 thread, batch 1, as a ratio to the original timed in alternating
 rounds (`paired_plan_ratio`); the machine should be quiet, so pause background runs. At the end the
 finished exports of every set and the original are timed again, from a fresh process (a process that has
@@ -54,7 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("wgates-latency", "l1", "wgates-flops")  # wgates-flops starts its search at L1's target
 ROUND_TO = 8
 GATE_SHARE = 0.25  # the accuracy suite's wgates arm
-MAX_TRIES = 6  # FLOPs targets wgates-flops may try
+MAX_TRIES = 8  # FLOPs targets wgates-flops may try
 MODES: dict[str, dict[str, Any]] = {
     "quick": {"suite": "quick", "grid": [round(0.10 + 0.02 * i, 2) for i in range(46)], "rounds": 15,
               "final_rounds": 45, "passes": 5, "latency_samples": 60},
@@ -96,25 +100,36 @@ def pick(trials: list[dict[str, Any]], level: float, tolerance: float) -> dict[s
 
 def next_target(trials: list[dict[str, Any]], level: float) -> float:
     """The FLOPs target to try next. Once trials lie on both sides of `level`, halfway between the
-    closest pair that brackets it (latency moves in steps, so a line through two points can overshoot
-    far); before that the line through the two trials closest to `level` (one trial: its target scaled
-    by level / latency). Clipped to [0.05, 0.95]; a target tried already moves up by 0.01."""
+    largest target below it and the smallest above it (latency is a step function of FLOPs, so a line can
+    overshoot far). Before that, from the end of the tried targets nearest the level (the smallest when
+    every trial is too slow, the largest when every one is too fast): along the line through the two end
+    trials where latency rises with FLOPs between them, else that end's target scaled by level / latency
+    (a falling pair, which the steps make common, would send the search away from the level). Clipped to
+    [0.05, 0.95]; a target tried already gives the nearest untried one on a 0.01 grid, toward the level
+    first."""
     below = [t for t in trials if t["ratio"] < level]
     above = [t for t in trials if t["ratio"] >= level]
     if below and above:
         lo = max(below, key=lambda t: t["target_flops"])["target_flops"]
         hi = min((t for t in above if t["target_flops"] > lo), key=lambda t: t["target_flops"], default=None)
         f = (lo + hi["target_flops"]) / 2 if hi is not None else lo + 0.02
+        toward = 1.0
     else:
-        near = sorted(trials, key=lambda t: abs(t["ratio"] - level))[:2]
-        if len(near) < 2 or abs(near[0]["ratio"] - near[1]["ratio"]) < 1e-9:
-            f = near[0]["target_flops"] * level / near[0]["ratio"]
-        else:
-            (f0, m0), (f1, m1) = ((t["target_flops"], t["ratio"]) for t in near)
-            f = f0 + (level - m0) * (f1 - f0) / (m1 - m0)
+        toward = 1.0 if below else -1.0  # all too fast: more FLOPs; all too slow: fewer
+        ends = sorted(trials, key=lambda t: toward * t["target_flops"], reverse=True)[:2]
+        f0, m0 = ends[0]["target_flops"], ends[0]["ratio"]
+        f = f0 * level / m0
+        if len(ends) == 2:
+            f1, m1 = ends[1]["target_flops"], ends[1]["ratio"]
+            if (m0 - m1) * (f0 - f1) > 1e-12:  # latency rises with FLOPs between them: follow their line
+                f = f0 + (level - m0) * (f1 - f0) / (m1 - m0)
     tried = {round(t["target_flops"], 3) for t in trials}
     f = round(min(0.95, max(0.05, f)), 3)
-    return f if f not in tried else round(min(0.95, f + 0.01), 3)
+    for k in range(200):
+        for cand in (round(f + toward * 0.01 * k, 3), round(f - toward * 0.01 * k, 3)):
+            if 0.05 <= cand <= 0.95 and cand not in tried:
+                return cand
+    raise RuntimeError("every FLOPs target on the grid was tried")
 
 
 def wgates(
@@ -136,13 +151,22 @@ def wgates(
     return gp.trace(result.model, x), result.plan, report
 
 
+def peer_ratio(
+    pg: gp.PrunableGraph, plan: gp.PruningPlan, level: float, level_file: Path, threads: int, rounds: int
+) -> float:
+    """A peer's latency over the original's: `level` times its latency timed beside wgates-latency's own
+    export (`level_file`), so that an error in the level's one measurement does not move the match."""
+    return level * paired_plan_ratio(pg, plan, level_file, threads=threads, rounds=rounds)
+
+
 def prune_arm(
     arm: str, baseline: torch.nn.Module, x: tuple[torch.Tensor, ...], data: Any, cfg: Any, run_dir: Path,
     level: float | None, ratio: float, tolerance: float, spec: dict[str, Any], gate_steps: int, threads: int,
-    work: Path,
+    work: Path, level_file: Path | None = None,
 ) -> tuple[torch.nn.Module, Path, dict[str, Any]]:  # fmt: skip
     """The pruned model of `arm`, the folder its fine-tune goes to, and what to record of the pruning
-    (`plan_ratio`: its latency over the original's; `level`: wgates-latency's, which the others match)."""
+    (`plan_ratio`: its latency over the original's; `level`: wgates-latency's, which the others match,
+    timed beside its export `level_file`)."""
     from graphprune.methods import Budget
 
     pg = gp.trace(baseline, x)
@@ -168,7 +192,7 @@ def prune_arm(
         )
         found = paired_plan_ratio(trained, plan, original, threads=threads, rounds=rounds)
         return gp.apply(trained, plan), run_dir, {"plan_ratio": found, "method_report": report}
-    assert level is not None
+    assert level is not None and level_file is not None
     trials: list[dict[str, Any]] = []
     if arm == "l1":
         for f in spec["grid"]:
@@ -176,7 +200,7 @@ def prune_arm(
                 plan = gp.criteria.plan_by_criterion(pg, "l1", f, "global", round_to=ROUND_TO)
             except PlanError:  # below what L1 can reach (no group loses more than 90%)
                 continue
-            ratio_f = paired_plan_ratio(pg, plan, original, threads=threads, rounds=rounds)
+            ratio_f = peer_ratio(pg, plan, level, level_file, threads, rounds)
             trials.append({"target_flops": f, "ratio": ratio_f})
         best = pick(trials, level, tolerance)
         plan = gp.criteria.plan_by_criterion(pg, "l1", best["target_flops"], "global", round_to=ROUND_TO)
@@ -194,7 +218,7 @@ def prune_arm(
         except BudgetError:  # below what the method's floors can reach: aim higher
             f = round(min(0.95, f + 0.05), 3)
             continue
-        found = paired_plan_ratio(trained, plan, original, threads=threads, rounds=rounds)
+        found = peer_ratio(trained, plan, level, level_file, threads, rounds)
         trials.append({"target_flops": f, "ratio": found})
         tried[f] = (trained, plan, folder, report)
         if within(found, level, tolerance) and found >= level:
@@ -225,25 +249,31 @@ def run_arm(
     record: dict[str, Any] = {
         "mode": spec["name"], "model": block.model, "weights": block.weights, "arm": arm, "seed": seed,
         "ratio": ratio, **{k: spec.get(k) for k in VARIED}, "latency_terms": TERMS[0], "tolerance": tolerance,
-        "round_to": ROUND_TO,
+        "round_to": ROUND_TO, "matched_beside": "wgates-latency's export",
         "threads": threads, "device": device,
         "budget_steps": budget, "gate_steps": gate_steps, "commit": run_meta.versions()["git"],
         "code": run_meta.code_version("graphprune/methods"), "command": run_meta.command_line(),
         "load_average": os.getloadavg()[0],
     }  # fmt: skip
-    level, tag = None, variant(spec)
+    level, level_file, tag = None, None, variant(spec)
     if arm != "wgates-latency":
         first = record_file(out, spec["name"], "wgates-latency", ratio, seed, tag)
         if not first.is_file():
             raise click.UsageError(f"{arm} matches wgates-latency's latency: run that arm first ({first})")
-        level = json.loads(first.read_text())["plan_ratio"]
+        leader = json.loads(first.read_text())
+        level, level_file = leader["plan_ratio"], Path(leader["final_onnx"])
+        if not level_file.is_file():
+            raise click.UsageError(
+                f"{arm} is timed beside wgates-latency's export, which is gone: {level_file}"
+            )
     if arm == "wgates-flops" and (l1 := record_file(out, spec["name"], "l1", ratio, seed, tag)).is_file():
         spec = {**spec, "start_flops": json.loads(l1.read_text())["target_flops"]}  # where L1 met the level
     start = time.perf_counter()
     torch.manual_seed(seed)
     run_dir = work / f"{arm}@{ratio:g}{tag}" / f"seed{seed}"
     slim, tune_dir, notes = prune_arm(
-        arm, baseline, x, data, cfg, run_dir, level, ratio, tolerance, spec, gate_steps, threads, work
+        arm, baseline, x, data, cfg, run_dir, level, ratio, tolerance, spec, gate_steps, threads, work,
+        level_file,
     )  # fmt: skip
     slim = slim.cpu().eval()
     record.update(notes, level=level if level is not None else notes["plan_ratio"])

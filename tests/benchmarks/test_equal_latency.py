@@ -31,6 +31,14 @@ def test_the_search_steps_toward_the_level_and_never_repeats_a_target() -> None:
     plateau = trials((0.68, 0.87), (0.57, 0.86), (0.15, 0.41))
     assert equal_latency.next_target(plateau, 0.73) == pytest.approx(0.36)
     assert equal_latency.next_target(trials((0.2, 0.5), (0.3, 0.9)), 0.73) == pytest.approx(0.25)
+    # a falling pair (a step in latency): scale down from the smallest target, do not follow the line up
+    # (a run went 0.38 -> 0.338 -> 0.471 -> 0.481 three times, ever further from the level)
+    falling = trials((0.38, 0.656), (0.338, 0.69))
+    assert equal_latency.next_target(falling, 0.584) == pytest.approx(0.338 * 0.584 / 0.69, abs=1e-3)
+    # tried targets are never tried again, however many lie next to the one computed
+    assert equal_latency.next_target(trials((0.05, 0.9), (0.06, 0.95)), 0.1) == 0.07
+    many = trials((0.471, 0.706), (0.481, 0.738), (0.491, 0.739), (0.2, 0.45))
+    assert equal_latency.next_target(many, 0.584) not in {0.471, 0.481, 0.491, 0.2}
 
 
 def test_a_set_of_non_default_options_is_a_set_of_its_own() -> None:
@@ -90,6 +98,7 @@ def test_smoke_mode_matches_every_peer_and_resumes(tmp_path: Path, shared_dir: P
     for arm in ("l1", "wgates-flops"):
         r = records[arm]
         assert r["level"] == level and r["trials"]  # matched to wgates-latency's plan
+        assert r["matched_beside"] == "wgates-latency's export"  # timed beside it, not beside the original
         assert r["plan_ratio"] == equal_latency.pick(r["trials"], level, r["tolerance"])["ratio"]
         assert r["total_steps"] == r["budget_steps"] == records["wgates-latency"]["total_steps"]
     assert " ms (0.600 of " in records["wgates-latency"]["method_report"]["budget"]  # a latency budget
