@@ -299,7 +299,11 @@ def time_finals(
         for _ in range(spec["passes"])
     ]
     return {
-        name: {"p10_ms": float(np.median([t[name]["p10_ms"] for t in passes])), "passes": len(passes)}
+        name: {
+            "p10_ms": float(np.median([t[name]["p10_ms"] for t in passes])),
+            "passes": len(passes),
+            "pass_p10_ms": [t[name]["p10_ms"] for t in passes],
+        }
         for name in paths
     }
 
@@ -326,10 +330,14 @@ def summarise(records: list[dict[str, Any]], timing: dict[str, Any], tolerance: 
     rows = []
     for r in records:
         ms = timing[r["arm"]]["p10_ms"]
+        passes = timing[r["arm"]].get("pass_p10_ms")
+        level_passes = timing.get("wgates-latency", {}).get("pass_p10_ms")
         rows.append({
             "arm": r["arm"], "flops_ratio": r["flops_ratio"], "ms": ms, "latency_ratio": ms / base,
             "vs_level": ms / level if level else None, "val_top1_bnrecal": r["val_top1_bnrecal"],
             "val_top1": r["val_top1"], "test_top1": r["test_top1"],
+            "vs_level_passes": [a / b for a, b in zip(passes, level_passes, strict=True)]
+            if passes and level_passes else None,
         })  # fmt: skip
     by = {row["arm"]: row for row in rows}
     verdict: dict[str, Any] = {"complete": set(by) == set(ARMS)}
@@ -357,7 +365,8 @@ def markdown(summaries: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         f"{meta['passes']} passes (per file the median over passes of the 10th percentile of its timed "
         "calls: contention and slow spells only add time). "
         f"Equal latency: within ±{meta['tolerance']:.0%} of wgates-latency's. "
-        "The peers are matched to wgates-latency's plan before their fine-tune; the final timing judges.",
+        "The peers are matched to wgates-latency's plan before their fine-tune; the final timing judges. "
+        "In brackets: the lowest and highest of the per-pass ratios, how far one pass's timing moves.",
         "",
     ]
     done = [s["verdict"] for s in summaries.values() if s["verdict"]["complete"]]
@@ -384,7 +393,8 @@ def markdown(summaries: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
                 f", predictor terms {s['latency_terms']}"
                 if s.get("latency_terms") not in (None, TERMS[0])
                 else ""
-            ),
+            )
+            + ("" if s.get("matched_beside") else ", peers matched beside the original"),
             "",
             "| arm | FLOPs kept | latency (ms) | vs original | vs wgates-latency | val after BN recal | "
             "final val | test |",
@@ -392,6 +402,8 @@ def markdown(summaries: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         ]
         for r in s["rows"]:
             vs = f"{r['vs_level']:.3f}" if r["vs_level"] is not None else "-"
+            if r.get("vs_level_passes") and r["arm"] != "wgates-latency":
+                vs += f" ({min(r['vs_level_passes']):.3f}–{max(r['vs_level_passes']):.3f})"
             lines.append(
                 f"| {r['arm']} | {r['flops_ratio']:.3f} | {r['ms']:.3f} | {r['latency_ratio']:.3f} | {vs} | "
                 f"{r['val_top1_bnrecal']:.2f} | {r['val_top1']:.2f} | {r['test_top1']:.2f} |"
@@ -513,6 +525,7 @@ def main(
             summaries[f"{ratio:g}{tag}/seed{seed}"] = {
                 "ratio": ratio, "seed": seed, **{k: records[0].get(k) for k in VARIED},
                 "latency_terms": records[0].get("latency_terms"),
+                "matched_beside": records[-1].get("matched_beside"),
                 **summarise(records, timing, tolerance),
             }  # fmt: skip
         meta = {
