@@ -25,6 +25,8 @@ class CostModel:
     predict: Predictor  # gate vectors by group id -> predicted cost (torch scalar)
     measure: Callable[[PruningPlan], float]
     original: float
+    # a cheap estimate of `measure` in the same unit, to order the repair's moves (None: exact FLOPs)
+    estimate: Callable[[PruningPlan], float] | None = None
 
 
 def flops_cost(pg: PrunableGraph, ratio: float, groups: list[str]) -> CostModel:

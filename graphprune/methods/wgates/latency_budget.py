@@ -9,6 +9,7 @@ from graphprune.efficiency.latency import LatencyPredictor, PairedTimer, build_l
 from graphprune.graph import PrunableGraph
 from graphprune.methods.base import MethodContext
 from graphprune.methods.wgates.cost import CostModel
+from graphprune.plan import PruningPlan
 
 
 def default_cache_dir() -> Path:
@@ -41,4 +42,10 @@ def latency_cost(ctx: MethodContext, pg: PrunableGraph, groups: list[str], scale
     target = (
         b.target_latency_ms if b.target_latency_ms is not None else (b.target_latency_ratio or 1.0) * original
     )
-    return CostModel("ms", target * scale, lambda keep: predictor(keep), measure, original)
+    sizes = {gid: pg.group(gid).size for gid in groups}
+
+    def estimate(plan: PruningPlan) -> float:  # the predictor on the plan's kept counts, in ms
+        kept = {gid: n - len(plan.channels.get(gid, ())) for gid, n in sizes.items()}
+        return predictor.predict_counts(kept, list(plan.blocks))
+
+    return CostModel("ms", target * scale, lambda keep: predictor(keep), measure, original, estimate)

@@ -176,9 +176,12 @@ def gate_channels(
         plan.remove_block(b)
     span_floor = float(opts.get("span_floor", 0.5))
     floors = {g.id: span_floor for g in groups if g.id in scores and spans_resolutions(pg.gm, g)}
+    repair_by = str(opts.get("repair_by", "flops"))
+    if repair_by not in ("flops", "predictor"):
+        raise MethodError(f"wgates: repair_by must be 'flops' or 'predictor', got {repair_by!r}")
     plan, done = repair(
         pg, plan, scores, cost.measure, cost.target, max_ratio=max_ratio, round_to=round_to,
-        keep_at_least=floors,
+        keep_at_least=floors, estimate=cost.estimate if repair_by == "predictor" else None,
     )  # fmt: skip
     kept = {gid: (pg.group(gid).size - len(plan.channels.get(gid, ())), pg.group(gid).size) for gid in scores}
     opened = [h["open_ratio"] for h in history]
