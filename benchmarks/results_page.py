@@ -31,6 +31,7 @@ KNOWN = {
     "arm_latency_cifar_resnet56.json": "The same on ResNet-56",
     "clean_split.json": "The accuracy verdicts with half the test set as a validation split never trained on",
     "equal_latency.json": "W-Gates' latency claim: latency budget vs FLOPs budget vs L1 at equal latency",
+    "repair_order.json": "W-Gates' repair ordered by FLOPs or by the latency predictor (the fast number)",
 }
 
 
@@ -180,6 +181,8 @@ def page(results: dict[str, dict[str, Any]], folder: Path) -> str:
         "  the best arm of each kind, the other half judges it)",
         "- `python benchmarks/equal_latency.py --quick --ratio R --seed S` (wgates-latency against",
         "  wgates-flops and L1 matched to its measured latency; quiet machine)",
+        "- `python benchmarks/repair_order.py --ratio R --seed S` (W-Gates' repair ordered by FLOPs and by",
+        "  the latency predictor, on equal_latency's finished gate stages: the fast number)",
         "- then `python benchmarks/results_page.py` for this page and the README summary",
         "",
     ]

@@ -218,3 +218,35 @@ def test_a_resumed_wgates_run_reuses_its_decision(
     mark_done(tmp_path, "wgates", {**(read_done(tmp_path, "wgates") or {}), "trained_again": True})
     decided = run()
     assert calls and decided.channels != first.channels  # the stage changed: decided afresh
+
+
+def test_repair_by_is_checked_and_passes_the_cost_models_estimate(
+    resnet20: gp.PrunableGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import graphprune.methods.wgates.method as wmethod
+    from graphprune.methods import MethodError
+    from graphprune.methods.wgates.cost import flops_cost
+
+    model = get_model("cifar_resnet20").eval()
+    model.load_state_dict(resnet20.gm.state_dict(), strict=False)
+    seen = []
+    real_repair = wmethod.repair
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(kwargs.get("estimate"))
+        return real_repair(*args, **kwargs)
+
+    monkeypatch.setattr(wmethod, "repair", spy)
+    groups = [g.id for g in resnet20.prunable_groups]
+    cost = flops_cost(resnet20, 0.5, groups)
+    cost.estimate = cost.measure  # stands in for the latency predictor
+    for by, passed in (("flops", None), ("predictor", cost.measure)):
+        ctx = MethodContext(
+            model=model, example_inputs=resnet20.example_inputs, pg=resnet20, budget=Budget(target_flops=0.5),
+            data=tiny_data(), options={"epochs": [0], "repair_by": by},
+        )  # fmt: skip
+        wmethod.gate_channels(ctx, resnet20, cost)
+        assert seen[-1] is passed
+    with pytest.raises(MethodError, match="repair_by must be"):
+        ctx.options["repair_by"] = "latency"
+        wmethod.gate_channels(ctx, resnet20, cost)

@@ -201,3 +201,24 @@ def test_repair_rounds_an_unrounded_plan(resnet20: gp.PrunableGraph) -> None:
     plan, done = repair(pg, unrounded, scores, FlopsCost(fm), budget, round_to=8)
     assert all(k % 8 == 0 and k >= 8 for k in kept(pg, plan).values())
     assert done["cost_after_repair"] <= budget
+
+
+def test_a_latency_estimate_brings_back_the_channels_a_block_pads_for_free(resnet20: gp.PrunableGraph) -> None:
+    """Counts are computed padded to blocks of 16 (onnxruntime's NCHWc here): 24 kept channels cost as 32.
+    Ordered by FLOPs, the repair keeps 24; ordered by an estimate that knows the padding, 32 at the same
+    measured cost."""
+    pg = resnet20
+    sizes = {g.id: g.size for g in pg.prunable_groups}
+
+    def padded(plan: gp.PruningPlan) -> float:  # the "measured" cost: each group's count padded to 16
+        return float(sum(-(-(sizes[g] - len(plan.channels.get(g, ()))) // 16) * 16 for g in sizes))
+
+    scores = {gid: np.linspace(1.0, 0.1, n) for gid, n in sizes.items()}
+    start = read_off(pg, {gid: s - 0.5 for gid, s in scores.items()}, 0.9, round_to=8)  # about half kept
+    target = padded(start)
+    by_flops, _ = repair(pg, start, scores, padded, target, round_to=8)
+    by_estimate, _ = repair(pg, start, scores, padded, target, round_to=8, estimate=padded)
+    assert padded(by_flops) <= target and padded(by_estimate) <= target
+    odd = [g for g, k in kept(pg, by_flops).items() if k % 16]  # counts padded: channels paid for, unused
+    assert odd and all(k % 16 == 0 or k == sizes[g] for g, k in kept(pg, by_estimate).items())
+    assert kept_score(by_estimate, scores) > kept_score(by_flops, scores)

@@ -15,6 +15,8 @@ threshold_range (4.0: how far the threshold may move over the stage, in score un
 (a measured budget: measure the current read-off every this many steps, default an eighth of the
 stage, and scale the prediction by measured / predicted; 0: never), budget_weight
 (2.0), max_ratio (0.9), span_floor (0.5: the share a group spanning several resolutions keeps),
+repair_by ("flops": the repair orders its moves by exact FLOPs; "predictor": by the cost model's
+estimate where it has one, the latency predictor of a latency budget),
 epochs / stage_steps (the --epochs list; wgates' gate stage is its first entry, abp+wgates' its third;
 0 epochs reads the gates off untrained).
 """
