@@ -441,7 +441,7 @@ def markdown(summaries: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
 @click.option("--calibrate-every", type=click.IntRange(min=0), default=None,
               help="W-Gates' latency calibration period in steps, both W-Gates arms (default: the method's; "
               "0: off); a set of its own.")  # fmt: skip
-@click.option("--repair-by", type=click.Choice(["flops", "predictor"]), default=None,
+@click.option("--repair-by", type=click.Choice(["flops", "predictor", "calibrated"]), default=None,
               help="What orders W-Gates' repair moves, both W-Gates arms (default: the method's; a FLOPs "
               "budget always uses its exact FLOPs); a set of its own.")  # fmt: skip
 @click.option("--tolerance", type=click.FloatRange(0.0, 0.5), default=0.03, show_default=True,

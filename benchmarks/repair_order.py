@@ -3,10 +3,10 @@
     python benchmarks/repair_order.py --ratio 0.75 --seed 0 --seed 1 --seed 2 --seed 3
 
 Reads the finished `wgates-latency` gate stages of `equal_latency.py` (its --work-dir, copied, never
-written), and repairs each twice to the same measured latency target: `repair_by="flops"` and
-`repair_by="predictor"`. Per plan: its FLOPs, validation top-1 after BatchNorm recalibration (the fast
-number, on the trained gate-stage weights), and the two plans' latency timed beside each other, so that
-a gain can be read as like for like only where that ratio is near 1 (the measured repair is noisy).
+written), and repairs each --repeats times per `repair_by` order to the same latency target. Per plan:
+its FLOPs, validation top-1 after BatchNorm recalibration (the fast number, on the trained gate-stage
+weights), and its latency timed beside the first FLOPs-ordered plan, so that a gain can be read as like
+for like only where that ratio is near 1; per order, how many distinct plans the repeats gave.
 Writes repair_order.{json,md} under --out. The machine should be quiet.
 """
 
@@ -21,6 +21,7 @@ from typing import Any
 import accuracy_suite
 import click
 import equal_latency
+import numpy as np
 import run_meta
 import torch
 
@@ -33,13 +34,14 @@ from graphprune.modelspec import resolve_model
 from graphprune.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDERS = ("flops", "predictor")
+ORDERS = ("flops", "predictor", "calibrated")
 
 
 def one_seed(
-    ratio: float, seed: int, tag: str, extra: dict[str, Any], work: Path, data: Any, tmp: Path
+    ratio: float, seed: int, tag: str, extra: dict[str, Any], work: Path, data: Any, tmp: Path, repeats: int
 ) -> dict[str, Any]:
-    """Both repairs of one finished gate stage: per order its plan's numbers, and their latency ratio."""
+    """Each order's repairs of one finished gate stage, `repeats` times: per repair its plan's numbers and
+    its latency timed beside the first FLOPs-ordered plan."""
     from graphprune.train import evaluate, recalibrate_bn
 
     mode = accuracy_suite.MODES["quick"]
@@ -53,56 +55,65 @@ def one_seed(
     if not (source / "stages" / "wgates" / "done.json").is_file():
         raise click.ClickException(f"no finished gate stage at {source}: run equal_latency.py first")
     out: dict[str, Any] = {"ratio": ratio, "seed": seed, "tag": tag}
+    first = tmp / f"{ratio:g}{tag}-seed{seed}-flops-0" / "plan.onnx"
     for order in ORDERS:
-        folder = tmp / f"{ratio:g}{tag}-seed{seed}-{order}"
-        shutil.copytree(source, folder / "method", ignore=shutil.ignore_patterns("*_decision.json"))
-        torch.manual_seed(seed)
-        trained, plan, report = equal_latency.wgates(
-            baseline, x, Budget(target_latency_ratio=ratio), data, cfg, folder, gate_steps,
-            work / "latency", equal_latency.MODES["quick"]["latency_samples"], 1,
-            {**extra, "repair_by": order},
-        )  # fmt: skip
-        slim = gp.apply(trained, plan).eval()
-        recalibrate_bn(slim, data, images=mode.recal_images, seed=seed)
-        export_plan(trained, plan, folder / "plan.onnx")
-        out[order] = {
-            "val_top1_bnrecal": evaluate(slim, data, "val").top1,
-            "flops_ratio": gp.count_flops(slim, x) / gp.count_flops(baseline, x),
-            "measured_cost": report["measured_cost"],
-            "kept_channels": report["kept_channels"],
-        }
-        last = (trained, plan)
-    # the predictor-ordered plan timed beside the FLOPs-ordered one
-    out["latency_predictor_over_flops"] = paired_plan_ratio(
-        *last, tmp / f"{ratio:g}{tag}-seed{seed}-flops" / "plan.onnx", threads=1, rounds=30
-    )
+        out[order] = []
+        for rep in range(repeats):
+            folder = tmp / f"{ratio:g}{tag}-seed{seed}-{order}-{rep}"
+            shutil.copytree(source, folder / "method", ignore=shutil.ignore_patterns("*_decision.json"))
+            torch.manual_seed(seed)
+            trained, plan, report = equal_latency.wgates(
+                baseline, x, Budget(target_latency_ratio=ratio), data, cfg, folder, gate_steps,
+                work / "latency", equal_latency.MODES["quick"]["latency_samples"], 1,
+                {**extra, "repair_by": order},
+            )  # fmt: skip
+            slim = gp.apply(trained, plan).eval()
+            recalibrate_bn(slim, data, images=mode.recal_images, seed=seed)
+            export_plan(trained, plan, folder / "plan.onnx")
+            out[order].append({
+                "val_top1_bnrecal": evaluate(slim, data, "val").top1,
+                "flops_ratio": gp.count_flops(slim, x) / gp.count_flops(baseline, x),
+                "measured_cost": report["measured_cost"],
+                "kept_channels": report["kept_channels"],
+                "latency_vs_first_flops_plan": paired_plan_ratio(trained, plan, first, threads=1, rounds=30),
+            })  # fmt: skip
     return out
+
+
+def _span(values: list[float], fmt: str) -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo:{fmt}}" if lo == hi else f"{lo:{fmt}}–{hi:{fmt}}"
 
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
-        "# W-Gates' repair order: exact FLOPs against the latency predictor",
+        "# W-Gates' repair order: exact FLOPs, the latency predictor, the calibrated predictor",
         "",
         f"Generated by `{meta['command']}` on {meta['date']} (git {meta['versions'].get('git')}), "
         f"load average at start {meta['load_average']}.",
         "ResNet-20, the finished `wgates-latency` gate stages of the equal-latency benchmark (quick mode), "
-        "each repaired twice to the same measured latency target. Validation top-1 after BatchNorm "
-        "recalibration on the gate stage's weights (no fine-tune). Latency: the predictor-ordered plan "
-        "over the FLOPs-ordered one, timed side by side (1 thread, batch 1); a gain is like for like only "
-        "where it is near 1.",
+        f"each repaired {meta['repeats']} times per order to the same latency target: `flops` orders the "
+        "moves by exact FLOPs and judges them by measurement (the default), `predictor` orders them by the "
+        "latency predictor and judges by measurement, `calibrated` orders and judges them by the predictor "
+        "scaled to the read-off's measured latency. Validation top-1 after BatchNorm recalibration on the "
+        "gate stage's weights (no fine-tune), median over the repeats. Latency: each plan timed beside the "
+        "first FLOPs-ordered plan (1 thread, batch 1). Distinct plans: how many different plans the "
+        "repeats gave (1: reproducible).",
         "",
-        "| target | seed | FLOPs: FLOPs kept | FLOPs: val | predictor: FLOPs kept | predictor: val | gain | "
-        "latency predictor / FLOPs |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| target | seed | order | distinct plans | FLOPs kept | val (median) | val range | "
+        "latency vs first flops plan |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        f, p = r["flops"], r["predictor"]
-        gain = p["val_top1_bnrecal"] - f["val_top1_bnrecal"]
-        lines.append(
-            f"| {r['ratio']:g}{r['tag']} | {r['seed']} | {f['flops_ratio']:.3f} | "
-            f"{f['val_top1_bnrecal']:.2f} | {p['flops_ratio']:.3f} | {p['val_top1_bnrecal']:.2f} | "
-            f"{gain:+.2f} | {r['latency_predictor_over_flops']:.3f} |"
-        )
+        for order in ORDERS:
+            reps = r[order]
+            vals = [x["val_top1_bnrecal"] for x in reps]
+            lines.append(
+                f"| {r['ratio']:g}{r['tag']} | {r['seed']} | {order} | "
+                f"{len({x['kept_channels'] for x in reps})} of {len(reps)} | "
+                f"{_span([x['flops_ratio'] for x in reps], '.3f')} | {float(np.median(vals)):.2f} | "
+                f"{_span(vals, '.2f')} | {_span([x['latency_vs_first_flops_plan'] for x in reps], '.3f')} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -112,13 +123,17 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 @click.option("--seed", "seeds", type=int, multiple=True, help="Seeds (repeatable; default 0).")
 @click.option("--span-floor", type=click.FloatRange(0.0, 1.0), default=None,
               help="The set's W-Gates stream floor (default: the method's).")  # fmt: skip
+@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True,
+              help="Repairs per order and seed (the measured repair is noisy).")  # fmt: skip
 @click.option(
     "--work-dir", type=click.Path(file_okay=False, path_type=Path), default=ROOT / "runs" / "equal-latency",
     help="equal_latency.py's work folder (default: runs/equal-latency).",
 )  # fmt: skip
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=ROOT / "docs" / "results",
               help="Where repair_order.{json,md} go (default: docs/results).")  # fmt: skip
-def main(ratio: float, seeds: tuple[int, ...], span_floor: float | None, work_dir: Path, out: Path) -> None:
+def main(
+    ratio: float, seeds: tuple[int, ...], span_floor: float | None, repeats: int, work_dir: Path, out: Path
+) -> None:
     """Repair each finished wgates-latency gate stage by FLOPs and by the predictor; write the page."""
     from graphprune.train import load_data
 
@@ -127,11 +142,11 @@ def main(ratio: float, seeds: tuple[int, ...], span_floor: float | None, work_di
     data = load_data("cifar10:", limit=mode.data_limit, val_split=mode.val_images, val_seed=0)
     extra = {"span_floor": span_floor} if span_floor is not None else {}
     tag = equal_latency.variant(extra)
-    meta = run_meta.describe_run("fast number")
+    meta = {**run_meta.describe_run("fast number"), "repeats": repeats}
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for seed in seeds or (0,):
-            rows.append(one_seed(ratio, seed, tag, extra, work_dir, data, Path(tmp)))
+            rows.append(one_seed(ratio, seed, tag, extra, work_dir, data, Path(tmp), repeats))
             click.echo(json.dumps(rows[-1]), err=True)
     write_text(out / "repair_order.json", json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     write_text(out / "repair_order.md", markdown(rows, meta))

@@ -250,3 +250,21 @@ def test_repair_by_is_checked_and_passes_the_cost_models_estimate(
     with pytest.raises(MethodError, match="repair_by must be"):
         ctx.options["repair_by"] = "latency"
         wmethod.gate_channels(ctx, resnet20, cost)
+
+
+def test_a_calibrated_repair_scales_the_estimate_by_the_median_measured_ratio(
+    resnet20: gp.PrunableGraph,
+) -> None:
+    from graphprune.methods.wgates.cost import CostModel
+    from graphprune.methods.wgates.method import repair_costs
+
+    noise = iter([1.3, 0.7, 1.1, 5.0])  # measurements of the read-off (the last one is never asked for)
+    cost = CostModel(
+        "ms", 1.0, lambda keep: torch.zeros(()), lambda plan: next(noise), 2.0, estimate=lambda plan: 0.5
+    )  # fmt: skip
+    plan = gp.PruningPlan.for_graph(resnet20)
+    judge, order, calibration = repair_costs(cost, plan, "calibrated")
+    assert calibration == (pytest.approx(2.2), 1.1)  # median 1.1 over the estimate 0.5
+    assert judge is order and judge(plan) == judge(plan) == pytest.approx(1.1)  # deterministic now
+    assert repair_costs(cost, plan, "flops")[1:] == (None, None)
+    assert repair_costs(cost, plan, "predictor")[1] is cost.estimate

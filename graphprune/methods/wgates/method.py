@@ -16,7 +16,8 @@ threshold_range (4.0: how far the threshold may move over the stage, in score un
 stage, and scale the prediction by measured / predicted; 0: never), budget_weight
 (2.0), max_ratio (0.9), span_floor (0.5: the share a group spanning several resolutions keeps),
 repair_by ("flops": the repair orders its moves by exact FLOPs; "predictor": by the cost model's
-estimate where it has one, the latency predictor of a latency budget),
+estimate where it has one, the latency predictor of a latency budget; "calibrated": orders and judges
+them by that estimate scaled to the read-off's measured cost; see `repair_costs`),
 epochs / stage_steps (the --epochs list; wgates' gate stage is its first entry, abp+wgates' its third;
 0 epochs reads the gates off untrained).
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -178,13 +180,13 @@ def gate_channels(
         plan.remove_block(b)
     span_floor = float(opts.get("span_floor", 0.5))
     floors = {g.id: span_floor for g in groups if g.id in scores and spans_resolutions(pg.gm, g)}
-    repair_by = str(opts.get("repair_by", "flops"))
-    if repair_by not in ("flops", "predictor"):
-        raise MethodError(f"wgates: repair_by must be 'flops' or 'predictor', got {repair_by!r}")
+    judge, estimate, calibration = repair_costs(cost, plan, str(opts.get("repair_by", "flops")))
     plan, done = repair(
-        pg, plan, scores, cost.measure, cost.target, max_ratio=max_ratio, round_to=round_to,
-        keep_at_least=floors, estimate=cost.estimate if repair_by == "predictor" else None,
+        pg, plan, scores, judge, cost.target, max_ratio=max_ratio, round_to=round_to,
+        keep_at_least=floors, estimate=estimate, max_evals=12 if judge is cost.measure else 64,
     )  # fmt: skip
+    if calibration is not None:  # judged by the calibrated predictor: what the plans measure
+        done.update(cost_before_repair=calibration[1], cost_after_repair=cost.measure(plan))
     kept = {gid: (pg.group(gid).size - len(plan.channels.get(gid, ())), pg.group(gid).size) for gid in scores}
     opened = [h["open_ratio"] for h in history]
     report: dict[str, Any] = {
@@ -194,6 +196,7 @@ def gate_channels(
         "measured_cost_before_repair": done["cost_before_repair"],
         "measured_cost": done["cost_after_repair"],
         "repair_moves": done["repair_moves"],
+        **({"repair_calibration": calibration[0]} if calibration is not None else {}),
         "repair_removed": done["repair_removed"],
         "repair_restored": done["repair_restored"],
         "kept_channels": ", ".join(f"{gid} {k}/{n}" for gid, (k, n) in kept.items()),
@@ -216,6 +219,33 @@ def gate_channels(
             plots.append(_plot_open_ratio(history, Path(ctx.run_dir) / f"{stage}_open_ratio.png"))
         save_decision(ctx.run_dir, stage, plan, report, plots)
     return plan, trained, report, plots
+
+
+REPAIR_BY = ("flops", "predictor", "calibrated")
+
+
+def repair_costs(
+    cost: CostModel, readoff: PruningPlan, repair_by: str, calibration_runs: int = 3
+) -> tuple[Callable[[PruningPlan], float], Callable[[PruningPlan], float] | None, tuple[float, float] | None]:
+    """What judges the repair's plans, what orders its moves (None: exact FLOPs), and for "calibrated" the
+    scale and the read-off's measured cost. "flops" and "predictor" judge by `cost.measure`; "calibrated"
+    judges by the estimate times the median of `calibration_runs` measured / predicted ratios of the
+    read-off, so that the repair is deterministic once calibrated. A cost without an estimate (FLOPs) is
+    exact already: every choice is the same."""
+    if repair_by not in REPAIR_BY:
+        raise MethodError(f"wgates: repair_by must be one of {', '.join(REPAIR_BY)}, got {repair_by!r}")
+    if cost.estimate is None or repair_by == "flops":
+        return cost.measure, None, None
+    if repair_by == "predictor":
+        return cost.measure, cost.estimate, None
+    measured = float(np.median([cost.measure(readoff) for _ in range(calibration_runs)]))
+    scale = measured / max(cost.estimate(readoff), 1e-12)
+    estimate = cost.estimate
+
+    def calibrated(plan: PruningPlan) -> float:
+        return scale * estimate(plan)
+
+    return calibrated, calibrated, (scale, measured)
 
 
 DECISION_FILE = "{stage}_decision.json"
