@@ -256,7 +256,7 @@ def test_a_calibrated_repair_scales_the_estimate_by_the_median_measured_ratio(
     resnet20: gp.PrunableGraph,
 ) -> None:
     from graphprune.methods.wgates.cost import CostModel
-    from graphprune.methods.wgates.method import repair_costs
+    from graphprune.methods.wgates.cost import repair_costs
 
     noise = iter([1.3, 0.7, 1.1, 5.0])  # measurements of the read-off (the last one is never asked for)
     cost = CostModel(

@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +38,14 @@ from graphprune.efficiency.loss import budget_loss
 from graphprune.fileio import write_text
 from graphprune.graph import PrunableGraph
 from graphprune.methods.base import MethodContext, MethodError, MethodResult, seeded
-from graphprune.methods.wgates.cost import CostModel, flops_cost
+from graphprune.methods.wgates.cost import CostModel, flops_cost, repair_costs
+from graphprune.methods.wgates.decision import save_decision, saved_decision
 from graphprune.methods.wgates.gates import WeightGate, build_gates, spans_resolutions
 from graphprune.methods.wgates.readoff import gate_scores, read_off
 from graphprune.methods.wgates.repair import repair
 from graphprune.passes.channel_gates import InsertChannelGates, RemoveChannelGates, gate_slots
 from graphprune.plan import PruningPlan
 from graphprune.train import TrainConfig, fit
-from graphprune.train.state import read_done
 
 
 def stage_config(ctx: MethodContext, index: int = 0) -> TrainConfig | None:
@@ -219,70 +218,6 @@ def gate_channels(
             plots.append(_plot_open_ratio(history, Path(ctx.run_dir) / f"{stage}_open_ratio.png"))
         save_decision(ctx.run_dir, stage, plan, report, plots)
     return plan, trained, report, plots
-
-
-REPAIR_BY = ("flops", "predictor", "calibrated")
-
-
-def repair_costs(
-    cost: CostModel, readoff: PruningPlan, repair_by: str, calibration_runs: int = 3
-) -> tuple[Callable[[PruningPlan], float], Callable[[PruningPlan], float] | None, tuple[float, float] | None]:
-    """What judges the repair's plans, what orders its moves (None: exact FLOPs), and for "calibrated" the
-    scale and the read-off's measured cost. "flops" and "predictor" judge by `cost.measure`; "calibrated"
-    judges by the estimate times the median of `calibration_runs` measured / predicted ratios of the
-    read-off, so that the repair is deterministic once calibrated. A cost without an estimate (FLOPs) is
-    exact already: every choice is the same."""
-    if repair_by not in REPAIR_BY:
-        raise MethodError(f"wgates: repair_by must be one of {', '.join(REPAIR_BY)}, got {repair_by!r}")
-    if cost.estimate is None or repair_by == "flops":
-        return cost.measure, None, None
-    if repair_by == "predictor":
-        return cost.measure, cost.estimate, None
-    measured = float(np.median([cost.measure(readoff) for _ in range(calibration_runs)]))
-    scale = measured / max(cost.estimate(readoff), 1e-12)
-    estimate = cost.estimate
-
-    def calibrated(plan: PruningPlan) -> float:
-        return scale * estimate(plan)
-
-    return calibrated, calibrated, (scale, measured)
-
-
-DECISION_FILE = "{stage}_decision.json"
-
-
-def save_decision(
-    run_dir: str | Path, stage: str, plan: PruningPlan, report: dict[str, Any], plots: list[Path]
-) -> None:
-    """Persist the stage's read-off and repaired plan with its report, for a resumed run to reuse: the
-    repair measures latency, so deciding again after a kill could give another plan than the one the
-    later stages' checkpoints were trained on. Tied to the gate stage's `done.json`."""
-    record = {
-        "stage_done": read_done(run_dir, stage),
-        "plan": plan.to_dict(),
-        "report": report,
-        "plots": [p.name for p in plots],
-    }
-    write_text(Path(run_dir) / DECISION_FILE.format(stage=stage), json.dumps(record, indent=1) + "\n")
-
-
-def saved_decision(
-    run_dir: str | Path | None, stage: str, pg: PrunableGraph
-) -> tuple[PruningPlan, dict[str, Any], list[Path]] | None:
-    """The plan, report and plots `save_decision` wrote for this gate stage, or None when there is none
-    or the stage has been trained since (its `done.json` differs). A plan for another model raises."""
-    if run_dir is None:
-        return None
-    path = Path(run_dir) / DECISION_FILE.format(stage=stage)
-    done = read_done(run_dir, stage)
-    if not path.is_file() or done is None:
-        return None
-    record = json.loads(path.read_text(encoding="utf-8"))
-    if record.get("stage_done") != done:
-        return None
-    plan = PruningPlan.from_dict(record["plan"], source=str(path))
-    plan.validate(pg)
-    return plan, record["report"], [Path(run_dir) / name for name in record["plots"]]
 
 
 def _stage_steps(cfg: TrainConfig, data: Any) -> int:
