@@ -98,7 +98,12 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "scaled to the read-off's measured latency. Validation top-1 after BatchNorm recalibration on the "
         "gate stage's weights (no fine-tune), median over the repeats. Latency: each plan timed beside the "
         "first FLOPs-ordered plan (1 thread, batch 1). Distinct plans: how many different plans the "
-        "repeats gave (1: reproducible).",
+        "repeats gave (1: reproducible)."
+        + (
+            f" Every repair starts from `repair_from={meta['repair_from']}`."
+            if meta.get("repair_from")
+            else ""
+        ),
         "",
         "| target | seed | order | distinct plans | FLOPs kept | val (median) | val range | "
         "latency vs first flops plan |",
@@ -123,6 +128,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 @click.option("--seed", "seeds", type=int, multiple=True, help="Seeds (repeatable; default 0).")
 @click.option("--span-floor", type=click.FloatRange(0.0, 1.0), default=None,
               help="The set's W-Gates stream floor (default: the method's).")  # fmt: skip
+@click.option("--repair-from", type=click.Choice(["readoff", "floor"]), default=None,
+              help="W-Gates' repair_from for every order (default: the method's).")  # fmt: skip
 @click.option("--repeats", type=click.IntRange(1), default=3, show_default=True,
               help="Repairs per order and seed (the measured repair is noisy).")  # fmt: skip
 @click.option(
@@ -132,7 +139,13 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=ROOT / "docs" / "results",
               help="Where repair_order.{json,md} go (default: docs/results).")  # fmt: skip
 def main(
-    ratio: float, seeds: tuple[int, ...], span_floor: float | None, repeats: int, work_dir: Path, out: Path
+    ratio: float,
+    seeds: tuple[int, ...],
+    span_floor: float | None,
+    repair_from: str | None,
+    repeats: int,
+    work_dir: Path,
+    out: Path,
 ) -> None:
     """Repair each finished wgates-latency gate stage by FLOPs and by the predictor; write the page."""
     from graphprune.train import load_data
@@ -140,17 +153,18 @@ def main(
     torch.set_num_threads(1)
     mode = accuracy_suite.MODES["quick"]
     data = load_data("cifar10:", limit=mode.data_limit, val_split=mode.val_images, val_seed=0)
-    extra = {"span_floor": span_floor} if span_floor is not None else {}
-    tag = equal_latency.variant(extra)
-    meta = {**run_meta.describe_run("fast number"), "repeats": repeats}
+    tag = equal_latency.variant({"span_floor": span_floor})
+    extra = {k: v for k, v in (("span_floor", span_floor), ("repair_from", repair_from)) if v is not None}
+    meta = {**run_meta.describe_run("fast number"), "repeats": repeats, "repair_from": repair_from}
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for seed in seeds or (0,):
             rows.append(one_seed(ratio, seed, tag, extra, work_dir, data, Path(tmp), repeats))
             click.echo(json.dumps(rows[-1]), err=True)
-    write_text(out / "repair_order.json", json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    write_text(out / "repair_order.md", markdown(rows, meta))
-    click.echo(f"wrote {out / 'repair_order'}.json and .md")
+    name = "repair_order" + tag + (f"_from_{repair_from}" if repair_from else "")
+    write_text(out / f"{name}.json", json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    write_text(out / f"{name}.md", markdown(rows, meta))
+    click.echo(f"wrote {out / name}.json and .md")
 
 
 if __name__ == "__main__":

@@ -255,8 +255,7 @@ def test_repair_by_is_checked_and_passes_the_cost_models_estimate(
 def test_a_calibrated_repair_scales_the_estimate_by_the_median_measured_ratio(
     resnet20: gp.PrunableGraph,
 ) -> None:
-    from graphprune.methods.wgates.cost import CostModel
-    from graphprune.methods.wgates.cost import repair_costs
+    from graphprune.methods.wgates.cost import CostModel, repair_costs
 
     noise = iter([1.3, 0.7, 1.1, 5.0])  # measurements of the read-off (the last one is never asked for)
     cost = CostModel(
@@ -268,3 +267,16 @@ def test_a_calibrated_repair_scales_the_estimate_by_the_median_measured_ratio(
     assert judge is order and judge(plan) == judge(plan) == pytest.approx(1.1)  # deterministic now
     assert repair_costs(cost, plan, "flops")[1:] == (None, None)
     assert repair_costs(cost, plan, "predictor")[1] is cost.estimate
+
+
+def test_repair_from_is_checked(resnet20: gp.PrunableGraph) -> None:
+    from graphprune.methods import MethodError
+    from graphprune.methods.wgates.cost import flops_cost
+    from graphprune.methods.wgates.method import gate_channels
+
+    ctx = MethodContext(
+        model=get_model("cifar_resnet20").eval(), example_inputs=resnet20.example_inputs, pg=resnet20,
+        budget=Budget(target_flops=0.5), data=tiny_data(), options={"epochs": [0], "repair_from": "scratch"},
+    )  # fmt: skip
+    with pytest.raises(MethodError, match="repair_from must be 'readoff' or 'floor'"):
+        gate_channels(ctx, resnet20, flops_cost(resnet20, 0.5, [g.id for g in resnet20.prunable_groups]))

@@ -17,7 +17,9 @@ stage, and scale the prediction by measured / predicted; 0: never), budget_weigh
 (2.0), max_ratio (0.9), span_floor (0.5: the share a group spanning several resolutions keeps),
 repair_by ("flops": the repair orders its moves by exact FLOPs; "predictor": by the cost model's
 estimate where it has one, the latency predictor of a latency budget; "calibrated": orders and judges
-them by that estimate scaled to the read-off's measured cost; see `repair_costs`),
+them by that estimate scaled to the read-off's measured cost; see `repair_costs`), repair_from
+("readoff": the repair moves channels from the read-off's plan; "floor": from every group at its floor,
+so the whole budget is allocated by score per cost),
 epochs / stage_steps (the --epochs list; wgates' gate stage is its first entry, abp+wgates' its third;
 0 epochs reads the gates off untrained).
 """
@@ -179,10 +181,14 @@ def gate_channels(
         plan.remove_block(b)
     span_floor = float(opts.get("span_floor", 0.5))
     floors = {g.id: span_floor for g in groups if g.id in scores and spans_resolutions(pg.gm, g)}
+    repair_from = str(opts.get("repair_from", "readoff"))
+    if repair_from not in ("readoff", "floor"):
+        raise MethodError(f"wgates: repair_from must be 'readoff' or 'floor', got {repair_from!r}")
     judge, estimate, calibration = repair_costs(cost, plan, str(opts.get("repair_by", "flops")))
     plan, done = repair(
         pg, plan, scores, judge, cost.target, max_ratio=max_ratio, round_to=round_to,
         keep_at_least=floors, estimate=estimate, max_evals=12 if judge is cost.measure else 64,
+        from_floor=repair_from == "floor",
     )  # fmt: skip
     if calibration is not None:  # judged by the calibrated predictor: what the plans measure
         done.update(cost_before_repair=calibration[1], cost_after_repair=cost.measure(plan))

@@ -67,6 +67,7 @@ def repair(
     estimate: Cost | None = None,
     max_evals: int = 12,
     keep_at_least: Mapping[str, float] | None = None,
+    from_floor: bool = False,
 ) -> tuple[PruningPlan, dict[str, float | int]]:
     """The plan nearest to `plan` whose `cost` is <= `target`: while over, the kept channels of least
     score per saved cost go; then every removed channel that still fits comes back, most score per cost
@@ -74,6 +75,8 @@ def repair(
     (1 - max_ratio) share; blocks in `plan` stay removed. `estimate` orders the moves when `cost` is not
     a `FlopsCost` (default: the plan's exact FLOPs); `max_evals` bounds the calls of such a `cost`.
     `keep_at_least` raises some groups' floors to a share of their channels (a stream across stages).
+    `from_floor`: start the knapsack with every scored group at its floor rather than at `plan`, so that
+    the whole budget is allocated by score per cost (the read-off's counts are ignored, its scores not).
     Returns the plan and what was done (cost before / after, channels moved, cost evaluations)."""
     blocks = list(plan.blocks)
     floors = {gid: min_kept(len(s), max_ratio, round_to) for gid, s in scores.items()}
@@ -82,6 +85,8 @@ def repair(
             floors[gid] = max(floors[gid], min_kept(len(scores[gid]), 1.0 - share, round_to))
     given: Removal = {gid: set(idx) for gid, idx in plan.channels.items()}
     start = {gid: set(idx) for gid, idx in given.items()}
+    if from_floor:
+        start.update({gid: _lowest(s, floors[gid]) for gid, s in scores.items()})
     for gid, s in scores.items():  # a count between valid ones rises to the next (as L1 rounds)
         out = start.get(gid, set())
         valid = max(rounded_kept(len(s), len(s) - len(out), round_to), floors[gid])
@@ -120,6 +125,10 @@ def repair(
         whole = {gid: idx for gid, idx in start.items() if gid not in scores}
         bounds = (estimated(deepest), estimated(given) * target / max(before, 1e-12), estimated(whole))
         chosen = _bisect(knapsack, measure, target, bounds, lambda: len(measured), max_evals)
+        if chosen is None and cost(as_plan(deepest)) <= target:
+            # one noisy measurement put the deepest plan over: search once more with fresh measurements
+            measured.clear()
+            chosen = _bisect(knapsack, measure, target, bounds, lambda: len(measured), max_evals)
     if chosen is None:
         deepest = {**start, **{gid: _lowest(s, floors[gid]) for gid, s in scores.items()}}
         raise BudgetError(
