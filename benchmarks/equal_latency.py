@@ -67,7 +67,7 @@ MODES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-VARIED = ("span_floor", "calibrate_every", "repair_by")
+VARIED = ("span_floor", "calibrate_every", "repair_by", "repair_from")
 """W-Gates options a set may set for both its W-Gates arms (None: the method's default)."""
 
 
@@ -75,7 +75,7 @@ def variant(options: dict[str, Any]) -> str:
     """The tag of a set by the W-Gates options it sets ("": the method's defaults), e.g. "-floor1-cal0",
     then by the latency predictor's terms where a record names others than the current default (sets
     run with an earlier predictor)."""
-    short = {"span_floor": "floor", "calibrate_every": "cal", "repair_by": "by-"}
+    short = {"span_floor": "floor", "calibrate_every": "cal", "repair_by": "by-", "repair_from": "from-"}
     tag = "".join(
         f"-{short[k]}{v:g}" if isinstance(v, (int, float)) else f"-{short[k]}{v}"
         for k in VARIED
@@ -394,6 +394,7 @@ def markdown(summaries: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
             + (f", W-Gates' stream floor {s['span_floor']:g}" if s.get("span_floor") is not None else "")
             + (f", calibrate_every {s['calibrate_every']:g}" if s.get("calibrate_every") is not None else "")
             + (f", repair ordered by {s['repair_by']}" if s.get("repair_by") is not None else "")
+            + (f", repair from the {s['repair_from']}" if s.get("repair_from") is not None else "")
             + (
                 f", predictor terms {s['latency_terms']}"
                 if s.get("latency_terms") not in (None, TERMS[0])
@@ -444,6 +445,9 @@ def markdown(summaries: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
 @click.option("--repair-by", type=click.Choice(["flops", "predictor", "calibrated"]), default=None,
               help="What orders W-Gates' repair moves, both W-Gates arms (default: the method's; a FLOPs "
               "budget always uses its exact FLOPs); a set of its own.")  # fmt: skip
+@click.option("--repair-from", type=click.Choice(["readoff", "floor"]), default=None,
+              help="Where W-Gates' repair starts, both W-Gates arms (default: the method's); a set of its "
+              "own.")  # fmt: skip
 @click.option("--tolerance", type=click.FloatRange(0.0, 0.5), default=0.03, show_default=True,
               help="How close (relative) a peer's latency must be to wgates-latency's.")  # fmt: skip
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
@@ -459,7 +463,7 @@ def markdown(summaries: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
 )  # fmt: skip
 def main(
     mode_name: str, seeds: tuple[int, ...], ratios: tuple[float, ...], span_floor: float | None,
-    calibrate_every: int | None, repair_by: str | None,
+    calibrate_every: int | None, repair_by: str | None, repair_from: str | None,
     tolerance: float, threads: int, device: str, out: Path, work_dir: Path | None,
 ) -> None:  # fmt: skip
     """Run (or resume) the equal-latency arms, then time every finished set together and write the page."""
@@ -472,6 +476,7 @@ def main(
         "span_floor": span_floor,
         "calibrate_every": calibrate_every,
         "repair_by": repair_by,
+        "repair_from": repair_from,
     }
     suite = accuracy_suite.MODES[spec["suite"]]
     with tempfile.TemporaryDirectory() as tmp:

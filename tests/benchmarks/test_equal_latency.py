@@ -46,6 +46,9 @@ def test_a_set_of_non_default_options_is_a_set_of_its_own() -> None:
     assert equal_latency.variant({}) == equal_latency.variant({"span_floor": None}) == ""
     assert equal_latency.variant({"calibrate_every": 0, "span_floor": 1.0}) == "-floor1-cal0"
     assert equal_latency.variant({"span_floor": 1.0, "repair_by": "predictor"}) == "-floor1-by-predictor"
+    assert equal_latency.variant({"repair_by": "calibrated", "repair_from": "floor"}) == (
+        "-by-calibrated-from-floor"
+    )
     # a record made with an earlier latency predictor is a set of its own; today's default is no tag
     assert equal_latency.variant({"latency_terms": equal_latency.TERMS[0]}) == ""
     assert equal_latency.variant({"span_floor": 1.0, "latency_terms": "align8"}) == "-floor1-align8"
