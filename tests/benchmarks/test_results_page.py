@@ -148,3 +148,22 @@ def test_readme_shows_the_clean_split_margins_and_skips_incomplete_cells() -> No
     clean = [line for line in lines if line.startswith("Clean split")]
     assert len(clean) == 1 and "r56" in clean[0]
     assert "tp-a +0.70 ± 0.30" in clean[0] and "tp-b +0.36" in clean[0]  # the strict reading shown too
+
+
+def test_the_latency_claim_line_keeps_each_repair_variant_apart() -> None:
+    def one(met: bool, top1: float, **options: object) -> dict:
+        rows = [{"arm": "wgates-latency", "test_top1": top1}, {"arm": "l1", "test_top1": 70.0}]
+        return {"ratio": 0.75, "span_floor": 1.0, "latency_terms": "nchwc", **options,
+                "verdict": {"complete": True, "met": met}, "rows": rows}  # fmt: skip
+
+    eq = {
+        "meta": {"tolerance": 0.03},
+        "sets": {"a": one(True, 80.0), "b": one(False, 76.0, repair_by="calibrated", repair_from="floor")},
+    }
+    [line] = results_page.equal_latency_lines(eq)
+    assert "met in 1 of 2 sets" in line
+    assert "stream floor 1: met in 1 of 1 (wgates-latency 80.00, l1 70.00)" in line
+    assert (
+        "stream floor 1, repair by calibrated and repair from floor: met in 0 of 1 (wgates-latency 76.00"
+        in line
+    )
