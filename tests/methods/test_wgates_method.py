@@ -186,17 +186,18 @@ def test_a_resumed_wgates_run_reuses_its_decision(
     resnet20: gp.PrunableGraph, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A measured repair can decide differently on a second try; resumed, the finished gate stage's plan
-    (which the later stages' checkpoints were trained on) is reused, until the stage is trained again."""
+    (which the later stages' checkpoints were trained on) is reused, until the stage is trained again or
+    the run is continued with another budget."""
     import graphprune.methods.wgates.method as wmethod
     from graphprune.train.state import mark_done, read_done
 
     model = get_model("cifar_resnet20").eval()
     model.load_state_dict(resnet20.gm.state_dict(), strict=False)
 
-    def run() -> gp.PruningPlan:
+    def run(target: float = 0.5) -> gp.PruningPlan:
         ctx = MethodContext(
             model=model, example_inputs=resnet20.example_inputs, pg=resnet20,
-            budget=Budget(target_flops=0.5), data=tiny_data(), run_dir=tmp_path, resume=True,
+            budget=Budget(target_flops=target), data=tiny_data(), run_dir=tmp_path, resume=True,
             train_cfg=TrainConfig(epochs=1, max_steps=2, batch_size=16, verbose=False,
                                   eval_every_epoch=False, device="cpu"),
         )  # fmt: skip
@@ -218,6 +219,9 @@ def test_a_resumed_wgates_run_reuses_its_decision(
     mark_done(tmp_path, "wgates", {**(read_done(tmp_path, "wgates") or {}), "trained_again": True})
     decided = run()
     assert calls and decided.channels != first.channels  # the stage changed: decided afresh
+    assert run().channels == decided.channels and len(calls) == 1  # saved again, reused again
+    run(0.4)
+    assert len(calls) == 2  # another budget: decided afresh
 
 
 def test_repair_by_is_checked_and_passes_the_cost_models_estimate(

@@ -171,7 +171,13 @@ def gate_channels(
         )
     gm.cpu().eval()
     trained = RemoveChannelGates()(gm).graph_module
-    if ctx.resume and (decided := saved_decision(ctx.run_dir, stage, pg)) is not None:
+    deciding = ("round_to", "max_ratio", "span_floor", "repair_by", "repair_from")
+    inputs = {
+        "budget": dataclasses.asdict(ctx.budget), "unit": cost.unit,
+        "target": cost.target if cost.unit == "MACs" else None,  # a measured target moves run to run
+        "fixed_blocks": sorted(fixed_blocks or ()), "options": {k: opts.get(k) for k in deciding},
+    }  # fmt: skip
+    if ctx.resume and (decided := saved_decision(ctx.run_dir, stage, pg, inputs)) is not None:
         return decided[0], trained, decided[1], [p for p in decided[2] if p.is_file()]
     scores = gate_scores(gm)
     keep = {gid: torch.from_numpy((s > 0).astype(np.float64)) for gid, s in scores.items()}
@@ -222,7 +228,7 @@ def gate_channels(
         write_text(Path(ctx.run_dir) / f"{stage}.json", json.dumps(details, indent=1) + "\n")
         if history:
             plots.append(_plot_open_ratio(history, Path(ctx.run_dir) / f"{stage}_open_ratio.png"))
-        save_decision(ctx.run_dir, stage, plan, report, plots)
+        save_decision(ctx.run_dir, stage, plan, report, plots, inputs)
     return plan, trained, report, plots
 
 
