@@ -109,6 +109,9 @@ ARMS = {
         Arm(
             "wgates-stream", "ablation", method="wgates", stage_shares=(0.25,), options=(("span_floor", 1.0),)
         ),
+        # ablation: W-Gates with a gate stage of a tenth of the budget (a quarter in the wgates arm), so
+        # that its distilled fine-tune is nearer L1's length
+        Arm("wgates-short", "ablation", method="wgates", stage_shares=(0.1,)),
         # abp+wgates with every channel of the stream across stages kept (span_floor 1.0, a documented
         # option): a learned arm, so the verdict chooses between it and abp+wgates by validation
         Arm(
@@ -210,7 +213,7 @@ MODES = {
         ("l1", "tp-depgraph", BEST_TWO, *LEARNED),
         epochs=6,
         lr=0.02,
-        extra_arms={0.6: ("abp+wgates-stream", "l1-stream"), 0.8: ("abp+wgates-stream",)},
+        extra_arms={0.6: ("abp+wgates-stream", "l1-stream", "wgates-short"), 0.8: ("abp+wgates-stream",)},
     ),
 }
 
