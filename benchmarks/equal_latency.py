@@ -10,13 +10,18 @@ quarter of it, KD from the baseline, BatchNorm recalibrated before the fine-tune
 - `wgates-latency`: W-Gates under `Budget(target_latency_ratio=--ratio)`, the fitted latency predictor in
   training and measured latency in the repair. Its plan's measured latency is the level the others match.
 - `wgates-flops`: W-Gates under a FLOPs budget. The FLOPs target is searched (a gate stage per try)
-  until the plan's measured latency is within --tolerance of the level.
-- `l1`: the L1 criterion (global, data-free) at the largest FLOPs target on a grid whose measured latency
-  is within the tolerance: the peer gets every FLOP that fits.
+  until the plan's measured latency is within a third of --tolerance of the level.
+- `l1`: the L1 criterion (global, data-free) at the FLOPs target on a grid whose latency is nearest the
+  level.
 
 A peer's candidates are timed beside wgates-latency's own export (its ratio to it times the level), so
 that an error in the level's one measurement does not move the match (records before 2026-12-07 19:00
-were timed beside the original, and their final timing put peers up to 11% off the level).
+were timed beside the original, and their final timing put peers up to 11% off the level). The search
+times them in the training process; the candidates nearest the level are then timed again as the final
+timing times them (from a fresh process, exported as the finished arms are, in interleaved rounds over
+several passes), and the peer is the one nearest the level by that timing (`matched_by` in its record).
+Before 2026-12-08, a peer was the candidate with the most FLOPs within the tolerance by the search's
+timing alone; at the final timing such peers sat up to 4% off the level (`--rematch` runs them again).
 
 Latency is onnxruntime on the CPU, 1 thread, batch 1, as a ratio to the original timed in alternating
 rounds (`paired_plan_ratio`); the machine should be quiet, so pause background runs. At the end the
@@ -40,7 +45,7 @@ from typing import Any
 
 import accuracy_suite
 import click
-import numpy as np
+import fresh_timing
 import run_meta
 import torch
 
@@ -49,7 +54,6 @@ from graphprune import shared
 from graphprune.efficiency.latency import TERMS, export_plan, paired_plan_ratio
 from graphprune.errors import PlanError
 from graphprune.fileio import write_text
-from graphprune.latency import interleaved_latency
 from graphprune.methods.wgates.repair import BudgetError
 from graphprune.modelspec import resolve_model
 from graphprune.weights import load_weights
@@ -59,6 +63,9 @@ ARMS = ("wgates-latency", "l1", "wgates-flops")  # wgates-flops starts its searc
 ROUND_TO = 8
 GATE_SHARE = 0.25  # the accuracy suite's wgates arm
 MAX_TRIES = 8  # FLOPs targets wgates-flops may try
+AIM = 1 / 3  # wgates-flops' search stops within this share of the tolerance of the level
+CONFIRM = 3  # candidates nearest the level, timed again as the final timing times them
+MATCHED_BY = "nearest the level, confirmed in a fresh process"
 MODES: dict[str, dict[str, Any]] = {
     "quick": {"suite": "quick", "grid": [round(0.10 + 0.02 * i, 2) for i in range(46)], "rounds": 15,
               "final_rounds": 45, "passes": 5, "latency_samples": 60},
@@ -93,13 +100,42 @@ def within(ratio: float, level: float, tolerance: float) -> bool:
     return abs(ratio / level - 1.0) <= tolerance
 
 
-def pick(trials: list[dict[str, Any]], level: float, tolerance: float) -> dict[str, Any]:
-    """The trial with the largest FLOPs target whose latency is within `tolerance` of `level` (the peer
-    gets every FLOP that fits), or the closest in latency if none is."""
-    fits = [t for t in trials if within(t["ratio"], level, tolerance)]
-    if fits:
-        return max(fits, key=lambda t: t["target_flops"])
-    return min(trials, key=lambda t: abs(t["ratio"] - level))
+def latency_of(trial: dict[str, Any]) -> float:
+    """A trial's latency over the original's: as confirmed, where it was timed again, else as searched."""
+    return float(trial.get("confirmed", trial["ratio"]))
+
+
+def nearest(trials: list[dict[str, Any]], level: float, k: int) -> list[dict[str, Any]]:
+    """The `k` trials whose search latency is nearest `level`."""
+    return sorted(trials, key=lambda t: abs(t["ratio"] / level - 1))[:k]
+
+
+def pick(trials: list[dict[str, Any]], level: float) -> dict[str, Any]:
+    """The trial nearest `level`: among the confirmed ones where any was confirmed. Aiming at the level,
+    not at the edge of the tolerance, leaves the final timing's noise the whole tolerance either side."""
+    confirmed = [t for t in trials if "confirmed" in t] or trials
+    return min(confirmed, key=lambda t: abs(latency_of(t) / level - 1))
+
+
+def confirm(
+    candidates: dict[float, tuple[gp.PrunableGraph, gp.PruningPlan]], level: float, level_file: Path,
+    spec: dict[str, Any], threads: int, folder: Path,
+) -> dict[float, float]:  # fmt: skip
+    """Per FLOPs target, its candidate's latency over the original's, timed as the final timing times the
+    finished arms: exported (simplified) into `folder`, beside the level's export `level_file`, from a fresh
+    process, `spec["passes"]` passes of `spec["final_rounds"]` interleaved rounds."""
+    from graphprune.export import export_onnx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"level": str(level_file)}
+    shape: list[list[int]] = []
+    for f, (pg, plan) in candidates.items():
+        path = folder / f"flops-{f:g}.onnx"
+        export_onnx(gp.apply(pg, plan).eval(), pg.example_inputs, path)
+        paths[f"{f:g}"] = str(path)
+        shape = [list(t.shape) for t in pg.example_inputs]
+    timed = fresh_timing.time_fresh(paths, shape, spec["final_rounds"], spec["passes"], threads)
+    return {f: level * timed[f"{f:g}"]["p10_ms"] / timed["level"]["p10_ms"] for f in candidates}
 
 
 def next_target(trials: list[dict[str, Any]], level: float) -> float:
@@ -206,10 +242,16 @@ def prune_arm(
                 continue
             ratio_f = peer_ratio(pg, plan, level, level_file, threads, rounds)
             trials.append({"target_flops": f, "ratio": ratio_f})
-        best = pick(trials, level, tolerance)
-        plan = gp.criteria.plan_by_criterion(pg, "l1", best["target_flops"], "global", round_to=ROUND_TO)
-        notes = {"plan_ratio": best["ratio"], "target_flops": best["target_flops"], "trials": trials}
-        return gp.apply(pg, plan), run_dir, notes
+        close = {t["target_flops"]: t for t in nearest(trials, level, CONFIRM)}
+        plans = {f: gp.criteria.plan_by_criterion(pg, "l1", f, "global", round_to=ROUND_TO) for f in close}
+        again = confirm({f: (pg, p) for f, p in plans.items()}, level, level_file, spec, threads,
+                        run_dir / "confirm")  # fmt: skip
+        for f, r in again.items():
+            close[f]["confirmed"] = r
+        best = pick(trials, level)
+        notes = {"plan_ratio": latency_of(best), "target_flops": best["target_flops"], "trials": trials,
+                 "matched_by": MATCHED_BY}  # fmt: skip
+        return gp.apply(pg, plans[best["target_flops"]]), run_dir / f"flops-{best['target_flops']:g}", notes
     # wgates-flops: a gate stage per FLOPs target, until one lands within the tolerance
     tried: dict[float, tuple[gp.PrunableGraph, gp.PruningPlan, Path, dict[str, Any]]] = {}
     f = spec.get("start_flops", 0.4)  # the quick mode's headline cut, unless L1's target is known
@@ -225,15 +267,19 @@ def prune_arm(
         found = peer_ratio(trained, plan, level, level_file, threads, rounds)
         trials.append({"target_flops": f, "ratio": found})
         tried[f] = (trained, plan, folder, report)
-        if within(found, level, tolerance) and found >= level:
-            break  # within, and at the top of it: no more FLOPs would fit
+        if within(found, level, AIM * tolerance):
+            break
         f = next_target(trials, level)
     if not trials:
         raise RuntimeError(f"wgates-flops reached no FLOPs target in {MAX_TRIES} tries")
-    best = pick(trials, level, tolerance)
+    close = {t["target_flops"]: t for t in nearest(trials, level, CONFIRM)}
+    again = confirm({f: tried[f][:2] for f in close}, level, level_file, spec, threads, run_dir / "confirm")
+    for f, r in again.items():
+        close[f]["confirmed"] = r
+    best = pick(trials, level)
     trained, plan, folder, report = tried[best["target_flops"]]
-    notes = {"plan_ratio": best["ratio"], "target_flops": best["target_flops"], "trials": trials,
-             "method_report": report}  # fmt: skip
+    notes = {"plan_ratio": latency_of(best), "target_flops": best["target_flops"], "trials": trials,
+             "method_report": report, "matched_by": MATCHED_BY}  # fmt: skip
     return gp.apply(trained, plan), folder, notes
 
 
@@ -298,18 +344,12 @@ def time_finals(
     paths = {"original": str(original), **{r["arm"]: r["final_onnx"] for r in records}}
     x = resolve_model(accuracy_suite.MODES[spec["suite"]].blocks[0].model).example_inputs
     shape = [list(t.shape) for t in x]
-    passes = [
-        interleaved_latency(paths, shape, rounds=spec["final_rounds"], threads=threads)
-        for _ in range(spec["passes"])
-    ]
-    return {
-        name: {
-            "p10_ms": float(np.median([t[name]["p10_ms"] for t in passes])),
-            "passes": len(passes),
-            "pass_p10_ms": [t[name]["p10_ms"] for t in passes],
-        }
-        for name in paths
-    }
+    return fresh_timing.time_together(paths, shape, spec["final_rounds"], spec["passes"], threads)
+
+
+def stale(record: dict[str, Any]) -> bool:
+    """A peer's record matched by an earlier rule (before candidates were confirmed in a fresh process)."""
+    return record.get("arm") != ARMS[0] and record.get("matched_by") != MATCHED_BY
 
 
 def finished_sets(folder: Path) -> dict[tuple[float, str, int], list[dict[str, Any]]]:
@@ -400,7 +440,12 @@ def markdown(summaries: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
                 if s.get("latency_terms") not in (None, TERMS[0])
                 else ""
             )
-            + ("" if s.get("matched_beside") else ", peers matched beside the original"),
+            + ("" if s.get("matched_beside") else ", peers matched beside the original")
+            + (
+                ""
+                if s.get("matched_by") or not s.get("matched_beside")
+                else ", peers matched by the search's timing alone"
+            ),
             "",
             "| arm | FLOPs kept | latency (ms) | vs original | vs wgates-latency | val after BN recal | "
             "final val | test |",
@@ -448,6 +493,9 @@ def markdown(summaries: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
 @click.option("--repair-from", type=click.Choice(["readoff", "floor"]), default=None,
               help="Where W-Gates' repair starts, both W-Gates arms (default: the method's); a set of its "
               "own.")  # fmt: skip
+@click.option("--rematch", is_flag=True,
+              help="Run again the peers of the chosen sets matched before their candidates were confirmed "
+              "in a fresh process (records without matched_by).")  # fmt: skip
 @click.option("--tolerance", type=click.FloatRange(0.0, 0.5), default=0.03, show_default=True,
               help="How close (relative) a peer's latency must be to wgates-latency's.")  # fmt: skip
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
@@ -463,7 +511,7 @@ def markdown(summaries: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
 )  # fmt: skip
 def main(
     mode_name: str, seeds: tuple[int, ...], ratios: tuple[float, ...], span_floor: float | None,
-    calibrate_every: int | None, repair_by: str | None, repair_from: str | None,
+    calibrate_every: int | None, repair_by: str | None, repair_from: str | None, rematch: bool,
     tolerance: float, threads: int, device: str, out: Path, work_dir: Path | None,
 ) -> None:  # fmt: skip
     """Run (or resume) the equal-latency arms, then time every finished set together and write the page."""
@@ -489,7 +537,7 @@ def main(
                     continue  # the latency target is out of reach: no level for the peers to match
                 for arm in ARMS:
                     path = record_file(out, mode_name, arm, ratio, seed, variant(spec))
-                    if path.is_file():
+                    if path.is_file() and not (rematch and stale(json.loads(path.read_text()))):
                         continue
                     if data is None:
                         data = load_data(
@@ -540,6 +588,7 @@ def main(
                 "ratio": ratio, "seed": seed, **{k: records[0].get(k) for k in VARIED},
                 "latency_terms": records[0].get("latency_terms"),
                 "matched_beside": records[-1].get("matched_beside"),
+                "matched_by": records[-1].get("matched_by") if not any(map(stale, records)) else None,
                 **summarise(records, timing, tolerance),
             }  # fmt: skip
         meta = {

@@ -290,8 +290,9 @@ def clean_split_lines(cell: dict[str, Any]) -> list[str]:
 
 def equal_latency_lines(eq: dict[str, Any]) -> list[str]:
     """W-Gates' latency claim: per latency predictor, target, stream floor and repair options, the sets
-    met and each arm's mean test top-1 (sets run with an earlier predictor apart: `latency_terms`)."""
-    groups: dict[tuple[str, float, Any, str], list[dict[str, Any]]] = {}
+    met and each arm's mean test top-1 (sets run with an earlier predictor apart: `latency_terms`; sets
+    whose peers were confirmed at the level apart: `matched_by`)."""
+    groups: dict[tuple[str, float, Any, str, bool], list[dict[str, Any]]] = {}
     for s in eq["sets"].values():
         if s["verdict"]["complete"]:
             repair = " and ".join(
@@ -299,10 +300,18 @@ def equal_latency_lines(eq: dict[str, Any]) -> list[str]:
                 for k in ("repair_by", "repair_from")
                 if s.get(k) is not None
             )
-            key = (s.get("latency_terms") or "", s["ratio"], s.get("span_floor"), repair)
+            key = (
+                s.get("latency_terms") or "",
+                s["ratio"],
+                s.get("span_floor"),
+                repair,
+                bool(s.get("matched_by")),
+            )
             groups.setdefault(key, []).append(s)
     cells = []
-    for (terms, ratio, floor, repair), sets in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+    for (terms, ratio, floor, repair, confirmed), sets in sorted(
+        groups.items(), key=lambda kv: tuple(map(str, kv[0]))
+    ):
         arms = [r["arm"] for r in sets[0]["rows"]]
         means = ", ".join(
             f"{a} {sum(r['test_top1'] for s in sets for r in s['rows'] if r['arm'] == a) / len(sets):.2f}"
@@ -312,6 +321,7 @@ def equal_latency_lines(eq: dict[str, Any]) -> list[str]:
         floor_text = f"stream floor {floor:g}" if floor is not None else "default floor"
         predictor = f"{terms} predictor, " if terms else ""
         floor_text += f", {repair}" if repair else ""
+        floor_text += ", peers confirmed at the level" if confirmed else ""
         cells.append(f"{predictor}target {ratio:g}, {floor_text}: met in {met} of {len(sets)} ({means})")
     total = sum(s["verdict"]["met"] for g in groups.values() for s in g)
     n = sum(len(g) for g in groups.values())

@@ -14,10 +14,22 @@ def trials(*pairs: tuple[float, float]) -> list[dict[str, float]]:
     return [{"target_flops": f, "ratio": r} for f, r in pairs]
 
 
-def test_the_peer_gets_the_most_flops_within_the_tolerance() -> None:
-    grid = trials((0.3, 0.50), (0.4, 0.58), (0.5, 0.61), (0.6, 0.70))
-    assert equal_latency.pick(grid, 0.60, 0.03)["target_flops"] == 0.5  # 0.58 and 0.61 fit; 0.5 has more
-    assert equal_latency.pick(grid, 0.60, 0.001)["target_flops"] == 0.5  # none fits: the closest
+def test_the_peer_is_the_candidate_nearest_the_level_by_its_confirmed_timing() -> None:
+    grid = trials((0.3, 0.50), (0.4, 0.595), (0.5, 0.615), (0.6, 0.70))
+    assert equal_latency.pick(grid, 0.60)["target_flops"] == 0.4  # nearest, not the most FLOPs that fit
+    assert [t["target_flops"] for t in equal_latency.nearest(grid, 0.60, 2)] == [0.4, 0.5]
+    # timed again from a fresh process, 0.4 reads 3% fast and 0.5 on the level: the confirmed timing rules,
+    # and a candidate that was not confirmed is not chosen on its search timing alone
+    grid[1]["confirmed"], grid[2]["confirmed"] = 0.582, 0.601
+    grid[3]["ratio"] = 0.6
+    assert equal_latency.pick(grid, 0.60)["target_flops"] == 0.5
+    assert equal_latency.latency_of(grid[2]) == 0.601 and equal_latency.latency_of(grid[0]) == 0.50
+
+
+def test_a_rematch_runs_again_only_the_peers_matched_by_an_earlier_rule() -> None:
+    assert equal_latency.stale({"arm": "l1"}) and equal_latency.stale({"arm": "wgates-flops"})
+    assert not equal_latency.stale({"arm": "l1", "matched_by": equal_latency.MATCHED_BY})
+    assert not equal_latency.stale({"arm": "wgates-latency"})  # the level is never matched
 
 
 def test_the_search_steps_toward_the_level_and_never_repeats_a_target() -> None:
@@ -103,7 +115,10 @@ def test_smoke_mode_matches_every_peer_and_resumes(tmp_path: Path, shared_dir: P
         r = records[arm]
         assert r["level"] == level and r["trials"]  # matched to wgates-latency's plan
         assert r["matched_beside"] == "wgates-latency's export"  # timed beside it, not beside the original
-        assert r["plan_ratio"] == equal_latency.pick(r["trials"], level, r["tolerance"])["ratio"]
+        assert r["matched_by"] == equal_latency.MATCHED_BY
+        confirmed = [t for t in r["trials"] if "confirmed" in t]
+        assert 1 <= len(confirmed) <= equal_latency.CONFIRM  # the nearest candidates timed again
+        assert r["plan_ratio"] == equal_latency.latency_of(equal_latency.pick(r["trials"], level))
         assert r["total_steps"] == r["budget_steps"] == records["wgates-latency"]["total_steps"]
     assert " ms (0.600 of " in records["wgates-latency"]["method_report"]["budget"]  # a latency budget
     page = (tmp_path / "equal_latency_smoke.md").read_text()
@@ -121,3 +136,21 @@ def test_smoke_mode_matches_every_peer_and_resumes(tmp_path: Path, shared_dir: P
         in (tmp_path / "equal_latency_smoke.md").read_text()
     )
     assert "skipped" not in run_script(BENCHMARKS / "equal_latency.py", *args, "--ratio", "0.05").stderr
+
+
+def test_fresh_timing_times_files_together_in_a_child_process(tmp_path: Path) -> None:
+    import fresh_timing
+    import torch
+
+    from graphprune.export import export_onnx
+
+    small, large = tmp_path / "small.onnx", tmp_path / "large.onnx"
+    export_onnx(torch.nn.Conv2d(3, 4, 3).eval(), (torch.randn(1, 3, 16, 16),), small)
+    export_onnx(torch.nn.Conv2d(3, 256, 3).eval(), (torch.randn(1, 3, 16, 16),), large)
+    paths = {"small": str(small), "large": str(large)}
+    timed = fresh_timing.time_fresh(paths, [[1, 3, 16, 16]], rounds=2, passes=2, threads=1)
+    assert set(timed) == {"small", "large"}
+    for t in timed.values():  # the median over passes of each pass's 10th percentile
+        assert len(t["pass_p10_ms"]) == 2 and t["p10_ms"] == pytest.approx(sum(t["pass_p10_ms"]) / 2)
+    with pytest.raises(RuntimeError, match="fresh process failed"):
+        fresh_timing.time_fresh({"gone": str(tmp_path / "gone.onnx")}, [[1, 3, 16, 16]], 1, 1, 1)

@@ -158,10 +158,12 @@ def test_the_latency_claim_line_keeps_each_repair_variant_apart() -> None:
 
     eq = {
         "meta": {"tolerance": 0.03},
-        "sets": {"a": one(True, 80.0), "b": one(False, 76.0, repair_by="calibrated", repair_from="floor")},
-    }
+        "sets": {"a": one(True, 80.0), "b": one(False, 76.0, repair_by="calibrated", repair_from="floor"),
+                 "c": one(True, 82.0, matched_by="nearest the level")},
+    }  # fmt: skip
     [line] = results_page.equal_latency_lines(eq)
-    assert "met in 1 of 2 sets" in line
+    assert "met in 2 of 3 sets" in line
+    assert "stream floor 1, peers confirmed at the level: met in 1 of 1 (wgates-latency 82.00" in line
     assert "stream floor 1: met in 1 of 1 (wgates-latency 80.00, l1 70.00)" in line
     assert (
         "stream floor 1, repair by calibrated and repair from floor: met in 0 of 1 (wgates-latency 76.00"
