@@ -284,3 +284,26 @@ def test_repair_from_is_checked(resnet20: gp.PrunableGraph) -> None:
     )  # fmt: skip
     with pytest.raises(MethodError, match="repair_from must be 'readoff' or 'floor'"):
         gate_channels(ctx, resnet20, flops_cost(resnet20, 0.5, [g.id for g in resnet20.prunable_groups]))
+
+
+def test_a_calibrated_repair_honours_the_budget_where_the_read_offs_scale_misleads(
+    resnet20: gp.PrunableGraph,
+) -> None:
+    """A predictor whose error grows away from the read-off (here it says cost² where cost is the truth):
+    calibrated at the read-off, the repair's plan measures over the target; calibrated again at that plan,
+    then trimmed by measurement, it measures within it."""
+    from graphprune.methods.wgates.cost import flops_cost
+    from graphprune.methods.wgates.method import RECALIBRATIONS, gate_channels
+
+    model = get_model("cifar_resnet20").eval()
+    cost = flops_cost(resnet20, 0.5, [g.id for g in resnet20.prunable_groups])
+    cost.estimate = lambda plan: cost.measure(plan) ** 2 / cost.original
+    ctx = MethodContext(
+        model=model, example_inputs=resnet20.example_inputs, pg=resnet20, budget=Budget(target_flops=0.5),
+        data=tiny_data(), options={"epochs": [0], "repair_by": "calibrated"},
+    )  # fmt: skip
+    plan, _, report, _ = gate_channels(ctx, resnet20, cost)
+    assert report["measured_cost_before_repair"] == cost.original  # untrained gates: every channel open
+    assert len(report["repair_recalibrated"].split(", ")) == RECALIBRATIONS
+    assert cost.measure(plan) <= cost.target == report["budget_target"]
+    assert report["measured_cost"] == cost.measure(plan) >= 0.95 * cost.target  # not far under either

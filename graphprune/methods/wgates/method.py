@@ -49,6 +49,10 @@ from graphprune.passes.channel_gates import InsertChannelGates, RemoveChannelGat
 from graphprune.plan import PruningPlan
 from graphprune.train import TrainConfig, fit
 
+RECALIBRATIONS = 2
+"""How often a calibrated repair whose plan measures over the target calibrates again, at that plan (then
+a repair judged by measurement trims what is still over)."""
+
 
 def stage_config(ctx: MethodContext, index: int = 0) -> TrainConfig | None:
     """The training config of the method's `index`-th stage: `options["epochs"][index]` (the --epochs
@@ -190,14 +194,34 @@ def gate_channels(
     repair_from = str(opts.get("repair_from", "readoff"))
     if repair_from not in ("readoff", "floor"):
         raise MethodError(f"wgates: repair_from must be 'readoff' or 'floor', got {repair_from!r}")
-    judge, estimate, calibration = repair_costs(cost, plan, str(opts.get("repair_by", "flops")))
-    plan, done = repair(
-        pg, plan, scores, judge, cost.target, max_ratio=max_ratio, round_to=round_to,
-        keep_at_least=floors, estimate=estimate, max_evals=12 if judge is cost.measure else 64,
-        from_floor=repair_from == "floor",
-    )  # fmt: skip
-    if calibration is not None:  # judged by the calibrated predictor: what the plans measure
-        done.update(cost_before_repair=calibration[1], cost_after_repair=cost.measure(plan))
+    readoff = plan
+    judge, estimate, calibration = repair_costs(cost, readoff, str(opts.get("repair_by", "flops")))
+    recalibrated: list[float] = []
+    while True:
+        plan, done = repair(
+            pg, readoff, scores, judge, cost.target, max_ratio=max_ratio, round_to=round_to,
+            keep_at_least=floors, estimate=estimate, max_evals=12 if judge is cost.measure else 64,
+            from_floor=repair_from == "floor",
+        )  # fmt: skip
+        if calibration is None:
+            break
+        # judged by the calibrated predictor: what the plan measures; over the target, the scale was
+        # set too far from the plan (at the read-off), so calibrate again at the plan and repair again
+        after = cost.measure(plan)
+        done.update(cost_before_repair=calibration[1], cost_after_repair=after)
+        if after <= cost.target or len(recalibrated) == RECALIBRATIONS:
+            break
+        judge, estimate, again = repair_costs(cost, plan, "calibrated")
+        assert again is not None
+        recalibrated.append(again[0])
+    trimmed = 0
+    if calibration is not None and done["cost_after_repair"] > cost.target:  # still over: trim, measured
+        plan, trim = repair(
+            pg, plan, scores, cost.measure, cost.target, max_ratio=max_ratio, round_to=round_to,
+            keep_at_least=floors, estimate=estimate, max_evals=12,
+        )  # fmt: skip
+        trimmed = int(trim["repair_moves"])
+        done.update(cost_after_repair=trim["cost_after_repair"])
     kept = {gid: (pg.group(gid).size - len(plan.channels.get(gid, ())), pg.group(gid).size) for gid in scores}
     opened = [h["open_ratio"] for h in history]
     report: dict[str, Any] = {
@@ -208,6 +232,8 @@ def gate_channels(
         "measured_cost": done["cost_after_repair"],
         "repair_moves": done["repair_moves"],
         **({"repair_calibration": calibration[0]} if calibration is not None else {}),
+        **({"repair_recalibrated": ", ".join(f"{k:.4g}" for k in recalibrated)} if recalibrated else {}),
+        **({"repair_trimmed_by_measurement": trimmed} if trimmed else {}),
         "repair_removed": done["repair_removed"],
         "repair_restored": done["repair_restored"],
         "kept_channels": ", ".join(f"{gid} {k}/{n}" for gid, (k, n) in kept.items()),
