@@ -159,6 +159,26 @@ def test_targets_judge_each_done_when_rule_and_wait_for_missing_arms() -> None:
     assert "| wgates beats l1 | graphprune:cifar_resnet20 | 0 | **not met** |" in page
 
 
+def test_a_pair_target_judges_the_variants_validation_chooses_on_both_sides() -> None:
+    r20 = _standard(
+        av.RESNET20,
+        arm("wgates", "learned", 0.40, 89.0, 85.6),
+        arm("wgates-short", "ablation", 0.40, 89.2, 85.9),  # validation prefers it: judged
+        arm("l1", "l1", 0.40, 88.0, 85.8),
+        arm("l1-stream", "l1", 0.40, 86.0, 86.5),  # best on test, but validation does not choose it
+    )
+    table = av.rows(r20)
+    (t,) = [t for t in av.targets(av.verdicts(table), table) if t["target"] == "wgates beats l1"]
+    assert t["met"] is True and t["measured"].startswith("wgates-short (chosen by validation over wgates)")
+    assert "l1 (chosen by validation over l1-stream) 85.80" in t["measured"] and t["measured"].endswith(
+        "+0.10"
+    )
+    r20[1]["val_top1"] = 88.0  # now validation prefers the plain arm, which loses
+    table = av.rows(r20)
+    (t,) = [t for t in av.targets(av.verdicts(table), table) if t["target"] == "wgates beats l1"]
+    assert t["met"] is False and t["measured"].startswith("wgates (chosen by validation over wgates-short)")
+
+
 def test_a_resumed_arm_costs_the_epochs_every_process_logged(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import json
 
