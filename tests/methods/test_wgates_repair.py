@@ -244,6 +244,7 @@ def test_a_busy_spell_of_measurements_does_not_make_a_reachable_target_out_of_re
     plan, done = repair(pg, read_off(pg, {k: v - 0.5 for k, v in scores.items()}), scores, measured, target)
     assert float(fm.flops(plan.channels, plan.blocks)) <= target
     assert float(fm.flops(plan.channels, plan.blocks)) > 0.4 * pg.flops  # searched, not the deepest plan
+    assert done["repair_cost_evaluations"] == len(calls)  # the first search's measurements counted too
 
 
 def test_a_repair_from_the_floor_allocates_the_budget_by_score_alone(resnet20: gp.PrunableGraph) -> None:

@@ -118,6 +118,7 @@ def repair(
         return fill(start, scores, estimator(), budget, floors=floors, round_to=round_to)
 
     before = measure(given)
+    spent = 0  # evaluations of `cost` no longer in `measured`
     if exact:
         chosen = knapsack(target)
     else:
@@ -127,6 +128,7 @@ def repair(
         chosen = _bisect(knapsack, measure, target, bounds, lambda: len(measured), max_evals)
         if chosen is None and cost(as_plan(deepest)) <= target:
             # one noisy measurement put the deepest plan over: search once more with fresh measurements
+            spent += len(measured) + 1
             measured.clear()
             chosen = _bisect(knapsack, measure, target, bounds, lambda: len(measured), max_evals)
     if chosen is None:
@@ -146,7 +148,7 @@ def repair(
         "repair_moves": gone - back,
         "repair_removed": gone,
         "repair_restored": back,
-        "repair_cost_evaluations": len(measured),
+        "repair_cost_evaluations": spent + len(measured),
     }
 
 
