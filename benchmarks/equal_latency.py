@@ -20,9 +20,10 @@ so that an error in the level's one measurement does not move the match), from a
 interleaved rounds over several passes (`matched_by` in its record). Two earlier rules missed:
 - before 2026-12-07 19:00, candidates were timed beside the original, and the final timing put peers up
   to 11% off the level;
-- until 2026-12-08, they were timed in the process that had trained (which read 3-4% faster than a fresh
-  one, seed 0 at target 0.75: 0.79 against 0.82 for the same plan), and the peer was the candidate with
-  the most FLOPs within the tolerance; the final timing put such peers up to 4% off the level.
+- until 2026-12-08, they were timed in the training process with a shorter protocol (one plan read 0.79
+  there and 0.82 from a fresh process with the final one, with another run training on the other core),
+  and the peer was the candidate with the most FLOPs within the tolerance; the final timing put such
+  peers up to 4% off the level.
 `--rematch` runs those peers again.
 
 Latency is onnxruntime on the CPU, 1 thread, batch 1, as a ratio to the original timed in alternating
