@@ -111,6 +111,23 @@ def test_the_verdict_needs_equal_latency_and_the_first_place_on_test() -> None:
     assert not equal_latency.summarise(records, timing, 0.03)["verdict"]["met"]
 
 
+def test_latency_against_the_level_is_the_median_of_the_per_pass_ratios() -> None:
+    """Two exports of one architecture: one pass caught the level in a fast spell and the peer in a slow
+    one (9% apart there). The median of the per-pass ratios reads them equal."""
+    records = [{"arm": a, "flops_ratio": 0.5, "val_top1_bnrecal": 1, "val_top1": 1, "test_top1": 1}
+               for a in ("wgates-latency", "l1", "wgates-flops")]  # fmt: skip
+    level = [0.40, 0.40, 0.375, 0.41, 0.41]
+    peer = [0.40, 0.40, 0.408, 0.405, 0.41]  # the same as the level, but for the third pass
+    timing = {"original": {"p10_ms": 0.5, "pass_p10_ms": [0.5] * 5}}
+    for arm, passes in (("wgates-latency", level), ("l1", peer), ("wgates-flops", level)):
+        timing[arm] = {"p10_ms": sorted(passes)[2], "pass_p10_ms": passes}
+    timing["wgates-latency"]["p10_ms"] = 0.40  # the per-file median
+    timing["l1"]["p10_ms"] = 0.405
+    rows = {r["arm"]: r for r in equal_latency.summarise(records, timing, 0.03)["rows"]}
+    assert rows["l1"]["vs_level"] == pytest.approx(1.0)  # median of 1, 1, 1.088, 0.988, 1
+    assert max(rows["l1"]["vs_level_passes"]) == pytest.approx(0.408 / 0.375)
+
+
 def test_smoke_mode_matches_every_peer_and_resumes(tmp_path: Path, shared_dir: Path) -> None:
     args = ("--smoke", "--out", tmp_path, "--work-dir", tmp_path / "work")
     run_script(BENCHMARKS / "equal_latency.py", *args)
