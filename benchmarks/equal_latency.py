@@ -20,10 +20,9 @@ so that an error in the level's one measurement does not move the match), from a
 interleaved rounds over several passes (`matched_by` in its record). Two earlier rules missed:
 - before 2026-12-07 19:00, candidates were timed beside the original, and the final timing put peers up
   to 11% off the level;
-- until 2026-12-07 22:10, they were timed in the training process with a shorter protocol (one plan read 0.79
-  there and 0.82 from a fresh process with the final one, with another run training on the other core),
-  and the peer was the candidate with the most FLOPs within the tolerance; the final timing put such
-  peers up to 4% off the level.
+- until 2026-12-07 22:10, they were timed in the training process with a shorter protocol, and the peer
+  was the candidate with the most FLOPs within the tolerance; the final timing put such peers up to 4%
+  off the level.
 `--rematch` runs those peers again.
 
 Latency is onnxruntime on the CPU, 1 thread, batch 1, as a ratio to the original timed in alternating
@@ -127,7 +126,6 @@ def time_beside(
 
     folder.mkdir(parents=True, exist_ok=True)
     paths, name_of = {"level": str(level_file)}, {}
-    shape: list[list[int]] = []
     for f, (pg, plan) in sorted(candidates.items()):
         key = plan_key(plan)
         if key not in name_of:
@@ -135,7 +133,7 @@ def time_beside(
             path = folder / f"flops-{f:g}.onnx"
             export_onnx(gp.apply(pg, plan).eval(), pg.example_inputs, path)
             paths[name_of[key]] = str(path)
-        shape = [list(t.shape) for t in pg.example_inputs]
+    shape = [list(t.shape) for t in next(iter(candidates.values()))[0].example_inputs]
     timed = fresh_timing.time_fresh(paths, shape, spec["final_rounds"], spec["passes"], threads)
     ratio = {name: level * timed[name]["p10_ms"] / timed["level"]["p10_ms"] for name in paths}
     return {f: ratio[name_of[plan_key(plan)]] for f, (_, plan) in candidates.items()}
@@ -357,8 +355,8 @@ def finished_sets(folder: Path) -> dict[tuple[float, str, int], list[dict[str, A
 def summarise(records: list[dict[str, Any]], timing: dict[str, Any], tolerance: float) -> dict[str, Any]:
     """Per arm its latency against wgates-latency's and its top-1; the claim's verdict. Against the level:
     the median over passes of each pass's ratio (the files of one pass share its spells of noise; a ratio
-    of the per-file medians does not: it put two exports of one architecture 8.7% apart), else the ratio
-    of the medians."""
+    of the per-file medians does not: on the page of commit d9280a6 it read one peer at 1.213 of the
+    level where its passes' median ratio was 1.027), else the ratio of the medians."""
     base = timing["original"]["p10_ms"]
     level = timing["wgates-latency"]["p10_ms"] if "wgates-latency" in timing else None
     rows = []

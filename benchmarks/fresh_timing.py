@@ -1,4 +1,5 @@
-"""ONNX files timed together from a fresh process: one that has just trained times them differently.
+"""ONNX files timed together from a fresh process, as the equal-latency benchmark's final timing times them
+(a process that has just trained is not the state a deployment runs in).
 
     echo '{"paths": {"a": "a.onnx", "b": "b.onnx"}, "shape": [[1, 3, 32, 32]], "rounds": 45,
            "passes": 5, "threads": 1}' | python benchmarks/fresh_timing.py
