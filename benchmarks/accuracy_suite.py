@@ -121,6 +121,15 @@ ARMS = {
             stage_shares=(0.1, 0.15, 0.2),
             options=(("span_floor", 1.0),),
         ),  # fmt: skip
+        # abp+wgates-stream with its own stages at 0.25 of the budget (0.45 above), so that the distilled
+        # fine-tune gets 0.75: wgates-short's lesson applied to the pipeline
+        Arm(
+            "abp+wgates-short",
+            "learned",
+            method="abp+wgates",
+            stage_shares=(0.05, 0.1, 0.1),
+            options=(("span_floor", 1.0),),
+        ),  # fmt: skip
         *(_tp(imp, g) for imp in ("groupnorm", "bnscale", "taylor") for g in (True, False)),
         _tp("groupnorm", True, 8),
         Arm("tp-depgraph", "torch_pruning", importance="groupnorm", sparse=True, stage_shares=(0.25,)),
@@ -213,7 +222,10 @@ MODES = {
         ("l1", "tp-depgraph", BEST_TWO, *LEARNED),
         epochs=6,
         lr=0.02,
-        extra_arms={0.6: ("abp+wgates-stream", "l1-stream", "wgates-short"), 0.8: ("abp+wgates-stream",)},
+        extra_arms={
+            0.6: ("abp+wgates-stream", "l1-stream", "wgates-short", "abp+wgates-short"),
+            0.8: ("abp+wgates-stream",),
+        },
     ),
 }
 
@@ -560,20 +572,33 @@ def summarise(out: Path) -> dict[str, Any]:
 
 
 def selected(
-    mode: Mode, out: Path, only: tuple[str, ...] = (), seeds: tuple[int, ...] = ()
+    mode: Mode,
+    out: Path,
+    only: tuple[str, ...] = (),
+    seeds: tuple[int, ...] = (),
+    models: tuple[str, ...] = (),
 ) -> list[tuple[Block, str, float | None, int]]:
-    """The mode's jobs, kept to the arms in `only` and the seeds in `seeds` where either is given."""
+    """The mode's jobs, kept to the arms in `only`, the seeds in `seeds` and the models in `models` (a spec
+    or its short name, `cifar_resnet56`) where any is given."""
     return [
         (block, arm, reduction, seed)
         for block, arm, reduction, seed in jobs(mode, out)
-        if (not only or arm in only) and (not seeds or seed in seeds)
+        if (not only or arm in only)
+        and (not seeds or seed in seeds)
+        and (not models or {block.model, block.model.split(":", 1)[-1]} & set(models))
     ]
 
 
-def missing(mode: Mode, out: Path, only: tuple[str, ...] = (), seeds: tuple[int, ...] = ()) -> list[str]:
+def missing(
+    mode: Mode,
+    out: Path,
+    only: tuple[str, ...] = (),
+    seeds: tuple[int, ...] = (),
+    models: tuple[str, ...] = (),
+) -> list[str]:
     """The selected arms of the mode that have no record, or one that is not `ok`."""
     bad = []
-    for block, arm, reduction, seed in selected(mode, out, only, seeds):
+    for block, arm, reduction, seed in selected(mode, out, only, seeds, models):
         path = arm_file(out, mode.name, block.model, arm, reduction, seed)
         status = json.loads(path.read_text())["status"] if path.is_file() else "missing"
         if status != "ok":
@@ -583,7 +608,7 @@ def missing(mode: Mode, out: Path, only: tuple[str, ...] = (), seeds: tuple[int,
 
 def run_arms(
     mode: Mode, out: Path, work_dir: Path | None, only: tuple[str, ...], threads: int, device: str,
-    seeds: tuple[int, ...] = (), compile_: bool = False,
+    seeds: tuple[int, ...] = (), compile_: bool = False, models: tuple[str, ...] = (),
 ) -> None:  # fmt: skip
     """Run the selected arms of the mode that have no record yet, writing each record."""
     from graphprune.train import load_data
@@ -593,7 +618,7 @@ def run_arms(
     with tempfile.TemporaryDirectory() as tmp:
         work = work_dir or (Path(tmp) if mode.name == "smoke" else ROOT / "runs" / f"accuracy-{mode.name}")
         data = load_data("cifar10:", limit=mode.data_limit, val_split=mode.val_images, val_seed=0)
-        for block, arm, reduction, seed in selected(mode, out, only, seeds):
+        for block, arm, reduction, seed in selected(mode, out, only, seeds, models):
             path = arm_file(out, mode.name, block.model, arm, reduction, seed)
             if path.exists():
                 click.echo(f"{path.stem}: done earlier, skipped (delete {path} to re-run)")
@@ -625,6 +650,10 @@ def run_arms(
     "--seed", "seeds", type=int, multiple=True,
     help="Run only these seeds (repeatable): two processes on different seeds share one --work-dir.",
 )  # fmt: skip
+@click.option(
+    "--model", "models", multiple=True,
+    help="Run only this model's arms (repeatable; the spec or its short name, e.g. cifar_resnet56).",
+)  # fmt: skip
 @click.option("--threads", type=click.IntRange(min=1), default=max(1, (os.cpu_count() or 2) - 1),
               show_default=True,
               help="CPU threads of every arm (recorded; runs repeat exactly at the same count).")  # fmt: skip
@@ -639,7 +668,8 @@ def run_arms(
 @click.option("--summary-only", is_flag=True, help="Only rebuild accuracy.json/.md/.png from the records.")
 def main(
     mode_name: str, out: Path, work_dir: Path | None, only: tuple[str, ...], seeds: tuple[int, ...],
-    threads: int, compile_: bool, device: str, strict: bool, no_summary: bool, summary_only: bool,
+    models: tuple[str, ...], threads: int, compile_: bool, device: str, strict: bool, no_summary: bool,
+    summary_only: bool,
 ) -> None:  # fmt: skip
     """Run (or resume) the accuracy suite, then rebuild accuracy.json, accuracy.md and accuracy.png."""
     mode = MODES[mode_name]
@@ -649,7 +679,13 @@ def main(
             f"unknown arm {unknown[0]!r} (choose from {', '.join(ARMS)})", param_hint="--arm"
         )
     if not summary_only:
-        run_arms(mode, out, work_dir, only, threads, device, seeds, compile_)
+        known = {b.model for b in mode.blocks} | {b.model.split(":", 1)[-1] for b in mode.blocks}
+        if set(models) - known:
+            raise click.BadParameter(
+                f"{sorted(set(models) - known)[0]!r} is not a model of the {mode.name} mode "
+                f"(choose from {', '.join(sorted(known))})", param_hint="--model",
+            )  # fmt: skip
+        run_arms(mode, out, work_dir, only, threads, device, seeds, compile_, models)
     if not no_summary:
         summary = summarise(out)
         write_text(out / "accuracy.json", json.dumps(summary, indent=1) + "\n")
@@ -657,7 +693,7 @@ def main(
         accuracy_verdicts.plot(summary, out / "accuracy.png")
         click.echo(f"wrote {out / 'accuracy.json'}, accuracy.md, accuracy.png")
     if strict:
-        bad = missing(mode, out, only, seeds)
+        bad = missing(mode, out, only, seeds, models)
         if bad:
             click.echo(f"error: {len(bad)} arm(s) not ok: {'; '.join(bad)}", err=True)
             sys.exit(1)
