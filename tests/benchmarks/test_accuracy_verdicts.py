@@ -110,6 +110,19 @@ def test_a_seed_selection_splits_the_standard_mode_between_two_processes(tmp_pat
     assert len(controls) == len(set(controls)) == 3  # one per model and seed, though ResNet-20 has 2 blocks
 
 
+def test_a_model_selection_runs_one_models_arms_by_spec_or_short_name(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import accuracy_suite
+
+    mode = accuracy_suite.MODES["standard"]
+    short = accuracy_suite.selected(mode, tmp_path, only=("l1",), seeds=(0,), models=("cifar_resnet56",))
+    spec = accuracy_suite.selected(
+        mode, tmp_path, only=("l1",), seeds=(0,), models=("graphprune:cifar_resnet56",)
+    )
+    assert short == spec and [(j[0].model, j[1], j[2]) for j in short] == [(av.RESNET56, "l1", 0.6)]
+    r20 = accuracy_suite.selected(mode, tmp_path, seeds=(0,), models=("cifar_resnet20",))
+    assert r20 and {j[0].model for j in r20} == {av.RESNET20}
+
+
 def test_a_verdict_names_the_pruned_arms_seeds_not_the_controls() -> None:
     arms = [*ARMS, arm("unpruned", "control", 1.0, 90.0, 89.2, seed=1)]  # a second control seed only
     verdict = next(v for v in av.verdicts(av.rows(arms)) if v["mode"] == "quick")
