@@ -307,3 +307,23 @@ def test_a_calibrated_repair_honours_the_budget_where_the_read_offs_scale_mislea
     assert len(report["repair_recalibrated"].split(", ")) == RECALIBRATIONS
     assert cost.measure(plan) <= cost.target == report["budget_target"]
     assert report["measured_cost"] == cost.measure(plan) >= 0.95 * cost.target  # not far under either
+
+
+def test_a_calibrated_repair_that_stops_far_under_the_budget_is_filled_by_measurement(
+    resnet20: gp.PrunableGraph,
+) -> None:
+    """A predictor that overrates small plans (here sqrt(cost x original), exact at the read-off): the
+    calibrated repair stops at a quarter of the model for a target of half; measured, it is filled."""
+    from graphprune.methods.wgates.cost import flops_cost
+    from graphprune.methods.wgates.method import UNDER, gate_channels
+
+    cost = flops_cost(resnet20, 0.5, [g.id for g in resnet20.prunable_groups])
+    cost.estimate = lambda plan: (cost.measure(plan) * cost.original) ** 0.5
+    ctx = MethodContext(
+        model=get_model("cifar_resnet20").eval(), example_inputs=resnet20.example_inputs, pg=resnet20,
+        budget=Budget(target_flops=0.5), data=tiny_data(), options={"epochs": [0], "repair_by": "calibrated"},
+    )  # fmt: skip
+    plan, _, report, _ = gate_channels(ctx, resnet20, cost)
+    assert "repair_recalibrated" not in report  # the calibrated plan measured within the target ...
+    assert report["repair_moves_by_measurement"] < 0  # ... far under it: channels came back
+    assert (1 - UNDER) * cost.target <= cost.measure(plan) == report["measured_cost"] <= cost.target

@@ -52,6 +52,9 @@ from graphprune.train import TrainConfig, fit
 RECALIBRATIONS = 2
 """How often a calibrated repair whose plan measures over the target calibrates again, at that plan (then
 a repair judged by measurement trims what is still over)."""
+UNDER = 0.05
+"""A calibrated repair whose plan measures more than this share under the target is filled by a repair
+judged by measurement (a predictor that overrates small plans stops the repair far short of the budget)."""
 
 
 def stage_config(ctx: MethodContext, index: int = 0) -> TrainConfig | None:
@@ -214,14 +217,15 @@ def gate_channels(
         judge, estimate, again = repair_costs(cost, plan, "calibrated")
         assert again is not None
         recalibrated.append(again[0])
-    trimmed = 0
-    if calibration is not None and done["cost_after_repair"] > cost.target:  # still over: trim, measured
-        plan, trim = repair(
+    by_measurement = 0
+    if calibration is not None and not (1 - UNDER) * cost.target <= done["cost_after_repair"] <= cost.target:
+        # still over (trim) or far under (fill): a repair judged by measurement, from this plan
+        plan, fix = repair(
             pg, plan, scores, cost.measure, cost.target, max_ratio=max_ratio, round_to=round_to,
             keep_at_least=floors, estimate=estimate, max_evals=12,
         )  # fmt: skip
-        trimmed = int(trim["repair_moves"])
-        done.update(cost_after_repair=trim["cost_after_repair"])
+        by_measurement = int(fix["repair_moves"])
+        done.update(cost_after_repair=fix["cost_after_repair"])
     kept = {gid: (pg.group(gid).size - len(plan.channels.get(gid, ())), pg.group(gid).size) for gid in scores}
     opened = [h["open_ratio"] for h in history]
     report: dict[str, Any] = {
@@ -233,7 +237,8 @@ def gate_channels(
         "repair_moves": done["repair_moves"],
         **({"repair_calibration": calibration[0]} if calibration is not None else {}),
         **({"repair_recalibrated": ", ".join(f"{k:.4g}" for k in recalibrated)} if recalibrated else {}),
-        **({"repair_trimmed_by_measurement": trimmed} if trimmed else {}),
+        # channels the measured repair removed (> 0: trimmed) or restored (< 0: filled)
+        **({"repair_moves_by_measurement": by_measurement} if by_measurement else {}),
         "repair_removed": done["repair_removed"],
         "repair_restored": done["repair_restored"],
         "kept_channels": ", ".join(f"{gid} {k}/{n}" for gid, (k, n) in kept.items()),
