@@ -130,6 +130,15 @@ ARMS = {
             stage_shares=(0.05, 0.1, 0.1),
             options=(("span_floor", 1.0),),
         ),  # fmt: skip
+        # abp+wgates-stream with ABP's share of the cut halved (`block_share` 0.25: at -60% blocks go to
+        # 0.80 of the FLOPs, not 0.63): fewer blocks of ResNet-20's nine go, more channels
+        Arm(
+            "abp+wgates-b25",
+            "learned",
+            method="abp+wgates",
+            stage_shares=(0.1, 0.15, 0.2),
+            options=(("span_floor", 1.0), ("block_share", 0.25)),
+        ),  # fmt: skip
         *(_tp(imp, g) for imp in ("groupnorm", "bnscale", "taylor") for g in (True, False)),
         _tp("groupnorm", True, 8),
         Arm("tp-depgraph", "torch_pruning", importance="groupnorm", sparse=True, stage_shares=(0.25,)),
@@ -203,6 +212,7 @@ MODES = {
                 "wgates-stream",
                 "abp+wgates-stream",
                 "l1-stream",
+                "abp+wgates-b25",
             ),  # fmt: skip
             0.5: (
                 "tp-groupnorm-layer",
@@ -223,7 +233,7 @@ MODES = {
         epochs=6,
         lr=0.02,
         extra_arms={
-            0.6: ("abp+wgates-stream", "l1-stream", "wgates-short", "abp+wgates-short"),
+            0.6: ("abp+wgates-stream", "l1-stream", "wgates-short", "abp+wgates-short", "abp+wgates-b25"),
             0.8: ("abp+wgates-stream",),
         },
     ),

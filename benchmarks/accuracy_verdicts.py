@@ -138,7 +138,7 @@ WITHIN = 1.0
 RESNET20, RESNET56 = "graphprune:cifar_resnet20", "graphprune:cifar_resnet56"
 WGATES = ("wgates", "wgates-short", "wgates-stream")
 """W-Gates alone, as the suite runs it: the target judges the variant validation chooses."""
-ABP_WGATES = ("abp+wgates", "abp+wgates-stream", "abp+wgates-short")
+ABP_WGATES = ("abp+wgates", "abp+wgates-stream", "abp+wgates-short", "abp+wgates-b25")
 L1 = ("l1", "l1-stream")
 
 
