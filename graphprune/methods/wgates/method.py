@@ -217,7 +217,7 @@ def gate_channels(
         judge, estimate, again = repair_costs(cost, plan, "calibrated")
         assert again is not None
         recalibrated.append(again[0])
-    by_measurement = 0
+    by_measurement: int | None = None
     if calibration is not None and not (1 - UNDER) * cost.target <= done["cost_after_repair"] <= cost.target:
         # still over (trim) or far under (fill): a repair judged by measurement, from this plan
         plan, fix = repair(
@@ -237,8 +237,8 @@ def gate_channels(
         "repair_moves": done["repair_moves"],
         **({"repair_calibration": calibration[0]} if calibration is not None else {}),
         **({"repair_recalibrated": ", ".join(f"{k:.4g}" for k in recalibrated)} if recalibrated else {}),
-        # channels the measured repair removed (> 0: trimmed) or restored (< 0: filled)
-        **({"repair_moves_by_measurement": by_measurement} if by_measurement else {}),
+        # where it ran, channels the measured repair removed (> 0: trimmed) or restored (< 0: filled)
+        **({"repair_moves_by_measurement": by_measurement} if by_measurement is not None else {}),
         "repair_removed": done["repair_removed"],
         "repair_restored": done["repair_restored"],
         "kept_channels": ", ".join(f"{gid} {k}/{n}" for gid, (k, n) in kept.items()),
