@@ -339,17 +339,30 @@ def stale(record: dict[str, Any]) -> bool:
 
 def finished_sets(folder: Path) -> dict[tuple[float, str, int], list[dict[str, Any]]]:
     """The records under `folder` by (latency target, variant tag, seed), where every arm has one, in
-    ARMS order; raises if a finished arm's export is gone (it cannot be timed)."""
+    ARMS order."""
     found: dict[tuple[float, str, int], dict[str, dict[str, Any]]] = {}
     for path in sorted(folder.glob("*.json")):
         r = json.loads(path.read_text())
         found.setdefault((r["ratio"], variant(r), r["seed"]), {})[r["arm"]] = r
-    sets = {key: [arms[a] for a in ARMS] for key, arms in found.items() if set(arms) == set(ARMS)}
-    for records in sets.values():
-        gone = [r["final_onnx"] for r in records if not Path(r["final_onnx"]).is_file()]
-        if gone:
-            raise click.ClickException(f"the export of a finished arm is gone: {gone[0]}")
-    return sets
+    return {key: [arms[a] for a in ARMS] for key, arms in found.items() if set(arms) == set(ARMS)}
+
+
+def earlier_timing(page: Path, label: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The set `label` as the page at `page` last timed it, for a set whose exports are gone (a work
+    folder lost with its machine): kept only where that page's rows are these records' (same arms, FLOPs
+    and top-1); raises otherwise, naming the first export that is gone."""
+    gone = next(r["final_onnx"] for r in records if not Path(r["final_onnx"]).is_file())
+    earlier = json.loads(page.read_text()) if page.is_file() else {}
+    entry = earlier.get("sets", {}).get(label)
+
+    def same(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return [(r["arm"], round(r["flops_ratio"], 6), r["val_top1"], r["test_top1"]) for r in rows]
+
+    if entry is None or same(entry["rows"]) != same(records):
+        raise click.ClickException(
+            f"the export of a finished arm is gone and {page.name} has no timing of these records: {gone}"
+        )
+    return {**entry, "timed_by": entry.get("timed_by", earlier["meta"]["commit"]), "reused": True}
 
 
 def summarise(records: list[dict[str, Any]], timing: dict[str, Any], tolerance: float) -> dict[str, Any]:
@@ -410,6 +423,15 @@ def markdown(summaries: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         "every peer within the tolerance of wgates-latency's latency, wgates-latency first on test top-1.",
         "",
     ]
+    reused = [s for s in summaries.values() if s.get("reused")]
+    if reused:
+        lines += [
+            f"{len(reused)} of the sets were timed by an earlier run (commit "
+            f"{', '.join(sorted({str(s['timed_by']) for s in reused}))}): their exports are gone, so their "
+            "rows and verdicts are that run's. Each set's verdict compares arms timed together, never across "
+            "runs.",
+            "",
+        ]
     for r in meta.get("out_of_reach", []):
         options = variant(r)
         lines += [
@@ -432,6 +454,11 @@ def markdown(summaries: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
                 else ""
             )
             + ("" if s.get("matched_beside") else ", peers matched beside the original")
+            + (
+                f", timed by the run of commit {s['timed_by']} (its exports are gone)"
+                if s.get("reused")
+                else ""
+            )
             + (
                 ""
                 if s.get("matched_by") or not s.get("matched_beside")
@@ -572,22 +599,27 @@ def main(
         resolved = resolve_model(suite.blocks[0].model)
         original = Path(tmp) / "original.onnx"  # exported as the finished arms were
         export_onnx(resolved.model.eval(), resolved.example_inputs, original)
+        name = "equal_latency" if mode_name == "quick" else f"equal_latency_{mode_name}"
+        commit = run_meta.versions()["git"]
         summaries = {}
         for (ratio, tag, seed), records in sorted(finished_sets(out / "equal_latency" / mode_name).items()):
+            label = f"{ratio:g}{tag}/seed{seed}"
+            if not all(Path(r["final_onnx"]).is_file() for r in records):
+                summaries[label] = earlier_timing(out / f"{name}.json", label, records)
+                continue
             timing = time_finals(records, original, spec, threads)
-            summaries[f"{ratio:g}{tag}/seed{seed}"] = {
+            summaries[label] = {
                 "ratio": ratio, "seed": seed, **{k: records[0].get(k) for k in VARIED},
                 "latency_terms": records[0].get("latency_terms"),
                 "matched_beside": records[-1].get("matched_beside"),
                 "matched_by": records[-1].get("matched_by") if not any(map(stale, records)) else None,
-                **summarise(records, timing, tolerance),
+                **summarise(records, timing, tolerance), "timed_by": commit,
             }  # fmt: skip
         meta = {
-            "mode": mode_name, "command": run_meta.command_line(), "commit": run_meta.versions()["git"],
+            "mode": mode_name, "command": run_meta.command_line(), "commit": commit,
             "suite": suite.name, "budget_steps": suite.steps, "rounds": spec["final_rounds"],
             "passes": spec["passes"], "tolerance": tolerance, "load_average": os.getloadavg()[0],
         }  # fmt: skip
-        name = "equal_latency" if mode_name == "quick" else f"equal_latency_{mode_name}"
         meta["out_of_reach"] = [
             {k: r.get(k) for k in ("ratio", "seed", *VARIED, "latency_terms", "error")}
             for path in sorted((out / "equal_latency" / mode_name).glob(f"{ARMS[0]}@*.json"))

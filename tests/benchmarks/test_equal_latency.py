@@ -161,6 +161,31 @@ def test_smoke_mode_matches_every_peer_and_resumes(tmp_path: Path, shared_dir: P
         in (tmp_path / "equal_latency_smoke.md").read_text()
     )
     assert "skipped" not in run_script(BENCHMARKS / "equal_latency.py", *args, "--ratio", "0.05").stderr
+    # the work folder is lost (a fresh machine): the set keeps the page's timing of its records
+    before = json.loads((tmp_path / "equal_latency_smoke.json").read_text())["sets"]["0.6/seed0"]
+    for export in (tmp_path / "work").rglob("final.onnx"):
+        export.unlink()
+    run_script(BENCHMARKS / "equal_latency.py", *args)
+    kept = json.loads((tmp_path / "equal_latency_smoke.json").read_text())["sets"]["0.6/seed0"]
+    assert kept["reused"] and kept["rows"] == before["rows"]
+    assert "1 of the sets were timed by an earlier run" in (tmp_path / "equal_latency_smoke.md").read_text()
+
+
+def test_a_set_whose_exports_are_gone_keeps_its_timing_only_for_the_same_records(tmp_path: Path) -> None:
+    from click import ClickException
+
+    records = [{"arm": a, "flops_ratio": 0.5, "val_top1": 80.0, "test_top1": 79.0,
+                "final_onnx": str(tmp_path / a / "final.onnx")} for a in equal_latency.ARMS]  # fmt: skip
+    rows = [{k: r[k] for k in ("arm", "flops_ratio", "val_top1", "test_top1")} | {"ms": 0.4} for r in records]
+    page = tmp_path / "equal_latency.json"
+    page.write_text(json.dumps({"meta": {"commit": "abc1234"}, "sets": {"0.6/seed0": {"rows": rows}}}))
+    kept = equal_latency.earlier_timing(page, "0.6/seed0", records)
+    assert kept["rows"] == rows and kept["timed_by"] == "abc1234" and kept["reused"]
+    records[1]["test_top1"] = 78.5  # the arm ran again: the page's timing is not of these records
+    with pytest.raises(ClickException, match="has no timing of these records: .*final.onnx"):
+        equal_latency.earlier_timing(page, "0.6/seed0", records)
+    with pytest.raises(ClickException, match="is gone"):
+        equal_latency.earlier_timing(page, "0.75/seed0", records)
 
 
 def test_fresh_timing_times_files_together_in_a_child_process(tmp_path: Path) -> None:
