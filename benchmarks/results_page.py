@@ -326,9 +326,11 @@ def equal_latency_lines(eq: dict[str, Any]) -> list[str]:
     total = sum(s["verdict"]["met"] for g in groups.values() for s in g)
     n = sum(len(g) for g in groups.values())
     tol = eq["meta"]["tolerance"]
+    reused = sum(bool(s.get("reused")) for g in groups.values() for s in g)
+    earlier = f" ({reused} of them timed by an earlier run: their exports are gone)" if reused else ""
     return [
         f"W-Gates' latency claim (quick, ResNet-20, equal latency within ±{tol:.0%}, mean test top-1 over "
-        f"seeds and calibration settings): met in {total} of {n} sets; " + "; ".join(cells) + "."
+        f"seeds and calibration settings): met in {total} of {n} sets{earlier}; " + "; ".join(cells) + "."
     ]
 
 

@@ -169,3 +169,7 @@ def test_the_latency_claim_line_keeps_each_repair_variant_apart() -> None:
         "stream floor 1, repair by calibrated and repair from floor: met in 0 of 1 (wgates-latency 76.00"
         in line
     )
+    assert "timed by an earlier run" not in line
+    eq["sets"]["a"]["reused"] = True  # its exports were gone: the page kept an earlier run's timing
+    [line] = results_page.equal_latency_lines(eq)
+    assert "met in 2 of 3 sets (1 of them timed by an earlier run: their exports are gone)" in line
