@@ -77,6 +77,18 @@ def _tp(importance: str, global_pruning: bool, round_to: int = 1) -> Arm:
     return Arm(name, "torch_pruning", importance=importance, global_pruning=global_pruning, round_to=round_to)
 
 
+def _stream_pipeline(name: str, stage_shares: tuple[float, ...] = (0.1, 0.15, 0.2), **options: Any) -> Arm:
+    """A learned abp+wgates arm whose channel stage keeps the streams across stages whole (span_floor 1.0),
+    with these stage shares and method options."""
+    return Arm(name, "learned", method="abp+wgates", stage_shares=stage_shares,
+               options=(("span_floor", 1.0), *options.items()))  # fmt: skip
+
+
+def short_name(model: str) -> str:
+    """A model spec without its source, as in file names: `graphprune:cifar_resnet56` -> `cifar_resnet56`."""
+    return model.split(":", 1)[-1]
+
+
 ARMS = {
     a.name: a
     for a in (
@@ -114,31 +126,13 @@ ARMS = {
         Arm("wgates-short", "ablation", method="wgates", stage_shares=(0.1,)),
         # abp+wgates with every channel of the stream across stages kept (span_floor 1.0, a documented
         # option): a learned arm, so the verdict chooses between it and abp+wgates by validation
-        Arm(
-            "abp+wgates-stream",
-            "learned",
-            method="abp+wgates",
-            stage_shares=(0.1, 0.15, 0.2),
-            options=(("span_floor", 1.0),),
-        ),  # fmt: skip
-        # abp+wgates-stream with its own stages at 0.25 of the budget (0.45 above), so that the distilled
-        # fine-tune gets 0.75: wgates-short's lesson applied to the pipeline
-        Arm(
-            "abp+wgates-short",
-            "learned",
-            method="abp+wgates",
-            stage_shares=(0.05, 0.1, 0.1),
-            options=(("span_floor", 1.0),),
-        ),  # fmt: skip
-        # abp+wgates-stream with ABP's share of the cut halved (`block_share` 0.25: at -60% blocks go to
-        # 0.80 of the FLOPs, not 0.63): fewer blocks of ResNet-20's nine go, more channels
-        Arm(
-            "abp+wgates-b25",
-            "learned",
-            method="abp+wgates",
-            stage_shares=(0.1, 0.15, 0.2),
-            options=(("span_floor", 1.0), ("block_share", 0.25)),
-        ),  # fmt: skip
+        _stream_pipeline("abp+wgates-stream"),
+        # the same with its own stages at 0.25 of the budget (0.45 above), so that the distilled fine-tune
+        # gets 0.75: wgates-short's lesson applied to the pipeline
+        _stream_pipeline("abp+wgates-short", stage_shares=(0.05, 0.1, 0.1)),
+        # the same with ABP's share of the cut halved (`block_share` 0.25: at -60% blocks go to 0.80 of the
+        # FLOPs, not 0.63): fewer blocks of ResNet-20's nine go, more channels
+        _stream_pipeline("abp+wgates-b25", block_share=0.25),
         *(_tp(imp, g) for imp in ("groupnorm", "bnscale", "taylor") for g in (True, False)),
         _tp("groupnorm", True, 8),
         Arm("tp-depgraph", "torch_pruning", importance="groupnorm", sparse=True, stage_shares=(0.25,)),
@@ -250,7 +244,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def arm_file(out: Path, mode: str, model: str, arm: str, reduction: float | None, seed: int) -> Path:
-    short = model.split(":", 1)[-1]
+    short = short_name(model)
     target = f"@{reduction:g}" if reduction is not None else ""
     return out / "accuracy_arms" / mode / f"{short}-{arm.replace('+', '_')}{target}-seed{seed}.json"
 
@@ -595,7 +589,7 @@ def selected(
         for block, arm, reduction, seed in jobs(mode, out)
         if (not only or arm in only)
         and (not seeds or seed in seeds)
-        and (not models or {block.model, block.model.split(":", 1)[-1]} & set(models))
+        and (not models or {block.model, short_name(block.model)} & set(models))
     ]
 
 
@@ -689,7 +683,7 @@ def main(
             f"unknown arm {unknown[0]!r} (choose from {', '.join(ARMS)})", param_hint="--arm"
         )
     if not summary_only:
-        known = {b.model for b in mode.blocks} | {b.model.split(":", 1)[-1] for b in mode.blocks}
+        known = {m for b in mode.blocks for m in (b.model, short_name(b.model))}
         if set(models) - known:
             raise click.BadParameter(
                 f"{sorted(set(models) - known)[0]!r} is not a model of the {mode.name} mode "
